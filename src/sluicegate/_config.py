@@ -1,0 +1,162 @@
+"""Flow-control configuration: frozen dataclasses, validated on construction.
+
+Every error is a `ConfigError` naming the field and the value; policy and queue names
+are resolved here, so a config that constructs is a config that runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import final
+
+from ._core._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
+from ._core._queues import QUEUES
+from ._errors import ConfigError, IncompatiblePolicyError, UnknownPluginError
+
+__all__ = ["BandConfig", "FlowControlConfig"]
+
+
+def _check_name(field_name: str, value: str, table: Mapping[str, object]) -> None:
+    if value not in table:
+        known = ", ".join(sorted(table))
+        raise UnknownPluginError(f"{field_name}={value!r} is unknown; known names: {known}")
+
+
+def _check_limit(field_name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{field_name} must be an int >= 0 or None, got {value!r}")
+
+
+def _check_duration(field_name: str, value: float | None, *, allow_none: bool) -> None:
+    if value is None:
+        if allow_none:
+            return
+        raise ConfigError(f"{field_name} must be a number of seconds > 0, got None")
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{field_name} must be a number of seconds > 0, got {value!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BandConfig:
+    """How one priority band queues and picks requests.
+
+    Args:
+        ordering: order inside a flow: ``fcfs``, ``edf`` or ``slo-deadline``.
+        fairness: choice between the flows of the band: ``global-strict`` or
+            ``round-robin``.
+        queue: ``fifo`` or ``heap``; None picks ``heap`` when the ordering needs it,
+            else ``fifo``.
+        max_requests: most requests waiting in the band; None = unlimited; 0 = never
+            queue (dispatch at once when capacity is free, else reject: a sheddable
+            fast-reject band).
+        max_bytes: most bytes waiting in the band; None = unlimited.
+    """
+
+    ordering: str = "fcfs"
+    fairness: str = "global-strict"
+    queue: str | None = None
+    max_requests: int | None = 5000
+    max_bytes: int | None = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        _check_name("ordering", self.ordering, ORDERING_POLICIES)
+        _check_name("fairness", self.fairness, FAIRNESS_POLICIES)
+        if self.queue is not None:
+            _check_name("queue", self.queue, QUEUES)
+        _check_limit("max_requests", self.max_requests)
+        _check_limit("max_bytes", self.max_bytes)
+        requires = ORDERING_POLICIES[self.ordering]().requires
+        missing = requires - QUEUES[self.queue_name]().capabilities
+        if missing:
+            raise IncompatiblePolicyError(
+                f"ordering={self.ordering!r} needs queue capabilities {sorted(missing)} "
+                f"that queue={self.queue!r} lacks; use queue='heap' or leave it unset"
+            )
+
+    @property
+    def queue_name(self) -> str:
+        """The queue actually used (resolves the ``None`` default)."""
+        if self.queue is not None:
+            return self.queue
+        return "heap" if ORDERING_POLICIES[self.ordering]().requires else "fifo"
+
+
+def _frozen_bands(bands: Mapping[int, BandConfig]) -> Mapping[int, BandConfig]:
+    out: dict[int, BandConfig] = {}
+    for priority, band in bands.items():
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ConfigError(f"bands: priority must be an int, got {priority!r}")
+        if not isinstance(band, BandConfig):
+            raise ConfigError(f"bands[{priority}] must be a BandConfig, got {band!r}")
+        out[priority] = band
+    return MappingProxyType(dict(sorted(out.items(), reverse=True)))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class FlowControlConfig:
+    """The whole flow-control configuration.
+
+    Args:
+        default_ttl: seconds a request may wait when it names no TTL; None = forever.
+        no_endpoint_ttl: seconds a request may wait while the pool has no backend at
+            all; None = only `default_ttl` applies; 0 = reject at once when empty.
+        max_requests: most requests waiting across all bands; None = unlimited.
+        max_bytes: most bytes waiting across all bands; None = unlimited.
+        default_band: template for bands created on first sight, and for band 0.
+        negative_band: template for priorities < 0; None = `default_band`.
+        bands: static bands by priority; they keep their config forever.
+        dynamic_bands: create a band the first time its priority is seen; when off,
+            requests at an unknown priority are served in band 0.
+        flow_idle_timeout: seconds a flow with nothing queued or in flight is kept.
+        band_idle_timeout: seconds a dynamic band with no flow is kept.
+    """
+
+    default_ttl: float | None = 30.0
+    no_endpoint_ttl: float | None = None
+    max_requests: int | None = None
+    max_bytes: int | None = None
+    default_band: BandConfig = field(default_factory=BandConfig)
+    negative_band: BandConfig | None = None
+    bands: Mapping[int, BandConfig] = field(default_factory=dict)
+    dynamic_bands: bool = True
+    flow_idle_timeout: float = 300.0
+    band_idle_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check_duration("default_ttl", self.default_ttl, allow_none=True)
+        if self.no_endpoint_ttl != 0:
+            _check_duration("no_endpoint_ttl", self.no_endpoint_ttl, allow_none=True)
+        _check_limit("max_requests", self.max_requests)
+        _check_limit("max_bytes", self.max_bytes)
+        if not isinstance(self.default_band, BandConfig):
+            raise ConfigError(f"default_band must be a BandConfig, got {self.default_band!r}")
+        if self.negative_band is not None and not isinstance(self.negative_band, BandConfig):
+            raise ConfigError(f"negative_band must be a BandConfig, got {self.negative_band!r}")
+        if not isinstance(self.bands, Mapping):
+            raise ConfigError(f"bands must be a mapping of priority to BandConfig, got {self.bands!r}")
+        object.__setattr__(self, "bands", _frozen_bands(self.bands))
+        if not isinstance(self.dynamic_bands, bool):
+            raise ConfigError(f"dynamic_bands must be a bool, got {self.dynamic_bands!r}")
+        _check_duration("flow_idle_timeout", self.flow_idle_timeout, allow_none=False)
+        _check_duration("band_idle_timeout", self.band_idle_timeout, allow_none=False)
+
+    def template_for(self, priority: int) -> BandConfig:
+        """The config a band at `priority` gets: static, else the matching template."""
+        static = self.bands.get(priority)
+        if static is not None:
+            return static
+        if priority < 0 and self.negative_band is not None:
+            return self.negative_band
+        return self.default_band

@@ -1,0 +1,355 @@
+"""The asyncio shell around the scheduler: futures, the clock and timers.
+
+The scheduler decides; this module only carries decisions out. It owns one Future
+per waiting request (completed exactly once, with the ticket or an error), reads the
+loop clock, and keeps at most one timer armed: at the earliest TTL, no-endpoint
+deadline or idle collection, or at the detector's re-check interval while dispatch is
+blocked on a detector that cannot notify. Nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import TYPE_CHECKING, final
+
+from ._config import FlowControlConfig
+from ._core._scheduler import Scheduler
+from ._core._ticket import State, Ticket
+from ._errors import (
+    ControllerClosedEvictedError,
+    EvictedError,
+    NoEndpointsEvictedError,
+    RejectedError,
+    TTLExpiredError,
+    WouldBlock,
+)
+from ._saturation import NeverSaturated
+from ._types import ControllerStatistics, FlowKey, Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+    from types import TracebackType
+
+    from ._saturation import SaturationDetector
+
+__all__ = ["FlowController"]
+
+
+@final
+class FlowController:
+    """Decides if and when each request proceeds.
+
+    Use it as an async context manager; requests made before it starts or after it
+    closes get `ControllerClosedError`. Closing evicts every queued request.
+
+    Args:
+        config: the flow-control configuration (default: `FlowControlConfig()`).
+        saturation: the detector asked before each dispatch (default: never saturated).
+    """
+
+    def __init__(
+        self,
+        config: FlowControlConfig | None = None,
+        *,
+        saturation: SaturationDetector | None = None,
+    ) -> None:
+        self._core = Scheduler(config if config is not None else FlowControlConfig())
+        self._detector: SaturationDetector = saturation if saturation is not None else NeverSaturated()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._in_pass = False
+        self._again = False
+        self._kicked = False
+        self._had_endpoints = True
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> FlowController:
+        if self._running or self._core.closed:
+            raise RuntimeError("a FlowController can be started once")
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._had_endpoints = self._detector.has_endpoints()
+        self._detector.set_listener(self._on_saturation_change)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: refuse new requests and evict every queued one (EvictedOther).
+
+        Requests in flight stay in flight until released. Idempotent.
+        """
+        if self._core.closed:
+            return
+        self._running = False
+        evicted = self._core.close(self._now())
+        self._detector.set_listener(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for ticket in evicted:
+            self._fail(ticket)
+
+    @property
+    def config(self) -> FlowControlConfig:
+        """The configuration in force."""
+        return self._core.config
+
+    @property
+    def saturation(self) -> SaturationDetector:
+        """The saturation detector."""
+        return self._detector
+
+    # -- requests -------------------------------------------------------------------
+
+    async def enqueue_and_wait(
+        self,
+        key: FlowKey,
+        *,
+        size: int = 0,
+        ttl: float | None = None,
+        slo: float | None = None,
+    ) -> Ticket:
+        """Wait until the request may proceed; return its ticket.
+
+        The request counts as in flight until `ticket.release()`. If the waiting task
+        is cancelled, the request leaves its queue at once and `CancelledError`
+        propagates unchanged.
+
+        Args:
+            key: the request's flow.
+            size: the request's size in bytes (counted against byte limits).
+            ttl: seconds it may wait; None = the configured default; `math.inf` = forever.
+            slo: seconds from now to its SLO deadline (for `slo-deadline` ordering).
+
+        Raises:
+            QueueFullError: a capacity limit is reached (429).
+            NoEndpointsError: the pool has no backend and may not wait for one (503).
+            ControllerClosedError: the controller is not running (503).
+            TTLExpiredError: it waited its whole TTL (503).
+            NoEndpointsEvictedError: it waited its no-endpoint TTL with no backend (503).
+            ControllerClosedEvictedError: the controller closed while it waited (503).
+            ValueError: `size`, `ttl` or `slo` is invalid.
+        """
+        ticket = self._submit(key, size, ttl, slo)
+        if ticket.state is State.DISPATCHED:
+            ticket.handed_over = True
+            return ticket
+        loop = self._loop
+        assert loop is not None
+        waiter = ticket.waiter = loop.create_future()
+        self._arm_timer()
+        try:
+            await waiter
+        except BaseException:
+            now = loop.time()
+            if self._core.cancel(ticket, now):
+                pass
+            elif self._core.revoke(ticket, now, self._detector):
+                self._dispatch()
+            raise
+        ticket.handed_over = True
+        return ticket
+
+    def enqueue_nowait(self, key: FlowKey, *, size: int = 0) -> Ticket:
+        """Dispatch at once if nothing waits and capacity is free, else raise.
+
+        Raises:
+            WouldBlock: the request would have to wait; nothing is counted.
+            ControllerClosedError: the controller is not running.
+        """
+        if not self._running:
+            raise self._core.reject_closed()
+        core = self._core
+        if core.queued_requests or not core.can_dispatch(self._detector):
+            raise WouldBlock(f"{key} cannot be dispatched without waiting")
+        return self._submit(key, size, None, None)
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        key: FlowKey,
+        *,
+        size: int = 0,
+        ttl: float | None = None,
+        slo: float | None = None,
+    ) -> AsyncIterator[Ticket]:
+        """`enqueue_and_wait`, then release the ticket when the block ends.
+
+        Raises:
+            The errors of `enqueue_and_wait`.
+        """
+        ticket = await self.enqueue_and_wait(key, size=size, ttl=ttl, slo=slo)
+        try:
+            yield ticket
+        finally:
+            ticket.release()
+
+    def _submit(self, key: FlowKey, size: int, ttl: float | None, slo: float | None) -> Ticket:
+        if not isinstance(key, FlowKey):
+            raise TypeError(f"key must be a FlowKey, got {key!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"size must be an int >= 0, got {size!r}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be > 0 seconds (or None, or math.inf), got {ttl!r}")
+        if slo is not None and not slo >= 0:
+            raise ValueError(f"slo must be >= 0 seconds, got {slo!r}")
+        if not self._running:
+            raise self._core.reject_closed()
+        try:
+            ticket = self._core.submit(key, size, ttl, slo, self._now(), self._detector)
+        except RejectedError:
+            self._arm_collection()
+            raise
+        ticket._owner = self
+        return ticket
+
+    def _release(self, ticket: Ticket, /) -> None:
+        if self._core.release(ticket, self._now(), self._detector):
+            self._dispatch()
+            self._arm_collection()
+
+    def _arm_collection(self) -> None:
+        # Idle-collection deadlines only ever come later than the armed one, so a
+        # release or rejection needs to arm a timer only when none is armed.
+        if self._timer is None and self._running:
+            self._arm_timer()
+
+    # -- band set and configuration ----------------------------------------------------
+
+    def reconcile_priorities(self, desired: Iterable[int]) -> None:
+        """Make the band set follow `desired`.
+
+        Missing bands are created from their template. A band that is neither static,
+        desired nor 0 is removed once it holds no queued or in-flight request (at once
+        if it is empty now); until then it keeps serving what it holds.
+
+        Raises:
+            ValueError: a priority is not an int.
+        """
+        priorities = list(desired)
+        for p in priorities:
+            if not isinstance(p, int) or isinstance(p, bool):
+                raise ValueError(f"priorities must be ints, got {p!r}")
+        self._core.reconcile(priorities)
+        self._after_change()
+
+    def reconfigure(self, config: FlowControlConfig) -> None:
+        """Adopt a new configuration without dropping queued or in-flight requests.
+
+        New limits apply to new admissions; requests already queued stay queued even
+        if they are now over a lowered limit.
+        """
+        if not isinstance(config, FlowControlConfig):
+            raise TypeError(f"config must be a FlowControlConfig, got {config!r}")
+        self._core.reconfigure(config)
+        self._after_change()
+
+    def statistics(self) -> ControllerStatistics:
+        """A frozen, exact snapshot of bands, flows, counters and outcomes."""
+        return self._core.statistics()
+
+    # -- events -----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
+    def _after_change(self) -> None:
+        if self._running:
+            self._dispatch()
+
+    def _on_saturation_change(self) -> None:
+        # May be called from inside the detector, even during a pass: defer.
+        if not self._kicked and self._running and self._loop is not None:
+            self._kicked = True
+            self._loop.call_soon(self._on_kick)
+
+    def _on_kick(self) -> None:
+        self._kicked = False
+        if not self._running:
+            return
+        has_endpoints = self._detector.has_endpoints()
+        if self._had_endpoints and not has_endpoints:
+            for ticket in self._core.endpoints_lost(self._now()):
+                self._fail(ticket)
+        self._had_endpoints = has_endpoints
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Run dispatch passes until nothing changes; re-entrant calls fold in."""
+        if self._in_pass:
+            self._again = True
+            return
+        if not self._running:
+            return
+        self._in_pass = True
+        try:
+            again = True
+            while again:
+                self._again = False
+                for ticket in self._core.dispatch(self._now(), self._detector):
+                    ticket.waiter.set_result(ticket)
+                again = self._again
+        finally:
+            self._in_pass = False
+        if self._core.blocked and self._detector.recheck_interval is not None:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self._core.next_deadline()
+        if self._core.blocked and (interval := self._detector.recheck_interval) is not None:
+            recheck = self._now() + interval
+            at = recheck if at is None else min(at, recheck)
+        if at is None or at >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        if not self._running:
+            return
+        for ticket in self._core.expire(self._now(), self._detector):
+            self._fail(ticket)
+        self._dispatch()
+        self._arm_timer()
+
+    def _fail(self, ticket: Ticket) -> None:
+        waiter = ticket.waiter
+        if waiter is None or waiter.done():
+            return
+        waiter.set_exception(_error_for(ticket))
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "running" if self._running else ("closed" if core.closed else "idle")
+        return (
+            f"<FlowController {state} [bands: {len(core.registry.bands)} | queued:"
+            f" {core.queued_requests} | in flight: {core.in_flight}] {self._detector!r}>"
+        )
+
+
+def _error_for(ticket: Ticket) -> EvictedError:
+    waited = f"{ticket.key} waited"
+    if ticket.outcome is Outcome.EVICTED_TTL:
+        ttl = (ticket.expires_at or 0.0) - ticket.arrival
+        return TTLExpiredError(f"{waited} its whole TTL ({ttl:.3f} s) without capacity")
+    if ticket.outcome is Outcome.EVICTED_NO_ENDPOINTS:
+        return NoEndpointsEvictedError(f"{waited} its no-endpoint TTL with no backend available")
+    return ControllerClosedEvictedError(f"{waited}, then the flow controller closed")
+

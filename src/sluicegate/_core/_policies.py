@@ -1,0 +1,181 @@
+"""Ordering (inside a flow) and fairness (between the flows of a band) policies.
+
+Each kind has one read-only table from name to factory; config validation resolves
+names there and lists the known ones on a miss. Policies are Protocols so a plugin
+need not import sluicegate.
+
+Costs: ordering is O(1) per ticket; both fairness policies select in O(1) amortised
+(round-robin) or O(log active flows) (global-strict), never a scan of registered flows.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, final
+
+from ._queues import PRIORITY_CONFIGURABLE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ._registry import Flow
+    from ._ticket import Ticket
+
+__all__ = [
+    "FAIRNESS_POLICIES",
+    "ORDERING_POLICIES",
+    "Edf",
+    "FairnessPolicy",
+    "Fcfs",
+    "GlobalStrict",
+    "OrderingPolicy",
+    "RoundRobin",
+    "SloDeadline",
+]
+
+
+class OrderingPolicy(Protocol):
+    """**Protocol:** order the requests of one flow.
+
+    `sort_key` MUST end with the ticket's `seq` so that keys are unique and ties go
+    to the earlier arrival. It is computed once, at admission.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]]
+
+    def sort_key(self, ticket: Ticket, /) -> Any: ...
+
+
+@final
+class Fcfs:
+    """First come, first served by logical arrival (the moment of submission)."""
+
+    name: ClassVar[str] = "fcfs"
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def sort_key(self, ticket: Ticket, /) -> Any:
+        # seq grows with arrival time on the one loop, so it *is* the arrival order.
+        return ticket.seq
+
+
+@final
+class Edf:
+    """Earliest deadline first; deadline = arrival + TTL, no TTL sorts last."""
+
+    name: ClassVar[str] = "edf"
+    requires: ClassVar[frozenset[str]] = frozenset({PRIORITY_CONFIGURABLE})
+
+    def sort_key(self, ticket: Ticket, /) -> Any:
+        deadline = ticket.expires_at
+        return (math.inf if deadline is None else deadline, ticket.seq)
+
+
+@final
+class SloDeadline:
+    """Earliest SLO deadline first; deadline = arrival + the request's target (e.g. TTFT)."""
+
+    name: ClassVar[str] = "slo-deadline"
+    requires: ClassVar[frozenset[str]] = frozenset({PRIORITY_CONFIGURABLE})
+
+    def sort_key(self, ticket: Ticket, /) -> Any:
+        deadline = ticket.slo_at
+        return (math.inf if deadline is None else deadline, ticket.seq)
+
+
+class FairnessPolicy(Protocol):
+    """**Protocol:** choose which flow of a band is served next.
+
+    The band calls `head_changed` whenever a flow's head changes, including when the
+    flow becomes non-empty or empty, except after a dispatch, where it calls
+    `dispatched` instead. `select` MUST return a flow with a non-empty queue, or None
+    when the band has no queued request, and MUST NOT mutate the flow.
+    """
+
+    name: ClassVar[str]
+
+    def head_changed(self, flow: Flow, /) -> None: ...
+
+    def dispatched(self, flow: Flow, ticket: Ticket, /) -> None: ...
+
+    def select(self) -> Flow | None: ...
+
+
+@final
+class GlobalStrict:
+    """The best head across all flows by the band's ordering (ties: earlier arrival).
+
+    A heap of (head sort key, flow) with lazy invalidation: an entry is live while it
+    names its flow's current head. Keys are unique, so the order is deterministic.
+    """
+
+    name: ClassVar[str] = "global-strict"
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Any, Flow]] = []
+
+    def head_changed(self, flow: Flow, /) -> None:
+        head = flow.queue.peek()
+        if head is not None:
+            heapq.heappush(self._heap, (head.sort_key, flow))
+
+    def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
+        self.head_changed(flow)
+
+    def select(self) -> Flow | None:
+        heap = self._heap
+        while heap:
+            key, flow = heap[0]
+            head = flow.queue.peek()
+            if head is not None and head.sort_key == key:
+                return flow
+            heapq.heappop(heap)
+        return None
+
+
+@final
+class RoundRobin:
+    """One dispatch per backlogged flow per turn, in order of becoming backlogged."""
+
+    name: ClassVar[str] = "round-robin"
+    __slots__ = ("_members", "_ring")
+
+    def __init__(self) -> None:
+        self._ring: deque[Flow] = deque()
+        self._members: set[Flow] = set()
+
+    def head_changed(self, flow: Flow, /) -> None:
+        if flow not in self._members and len(flow.queue):
+            self._members.add(flow)
+            self._ring.append(flow)
+
+    def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
+        ring = self._ring
+        if ring and ring[0] is flow:
+            ring.popleft()
+            if len(flow.queue):
+                ring.append(flow)
+            else:
+                self._members.discard(flow)
+
+    def select(self) -> Flow | None:
+        ring = self._ring
+        while ring:
+            flow = ring[0]
+            if len(flow.queue):
+                return flow
+            ring.popleft()  # emptied by eviction since its turn was queued
+            self._members.discard(flow)
+        return None
+
+
+ORDERING_POLICIES: Final[Mapping[str, Callable[[], OrderingPolicy]]] = MappingProxyType(
+    {"fcfs": Fcfs, "edf": Edf, "slo-deadline": SloDeadline}
+)
+FAIRNESS_POLICIES: Final[Mapping[str, Callable[[], FairnessPolicy]]] = MappingProxyType(
+    {"global-strict": GlobalStrict, "round-robin": RoundRobin}
+)

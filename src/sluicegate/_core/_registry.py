@@ -1,0 +1,257 @@
+"""Bands and flows: provisioning, idle collection and reconciliation.
+
+Theory of operation
+-------------------
+A band exists for every priority that is static (from config), 0, desired (the last
+`reconcile`), or was seen on a request while dynamic bands are on. `levels` lists the
+bands from the highest priority down; it is replaced, never mutated, so an iteration in
+progress is never disturbed by a band appearing or going.
+
+Flows are created on first use and collected after `flow_idle_timeout` with nothing
+queued and nothing in flight. Idleness is tracked, not scanned for: a flow enters the
+ordered `_idle_flows` map when it goes idle and leaves it when it gets work, so the
+oldest idle flow is always first and collection only looks at what is due.
+
+A band is removed in exactly two ways, both only when it holds no queued and no
+in-flight request, and never when it is protected (static, 0 or desired):
+
+* retirement: `reconcile` marks an undesired, non-empty band retiring; it goes the
+  moment its last request leaves;
+* idle collection: a dynamic band with no flow for `band_idle_timeout`.
+
+So nothing queued is ever dropped, orphaned or moved by a removal.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from typing import TYPE_CHECKING, final
+
+from .._types import FlowKey
+from ._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
+from ._queues import QUEUES
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .._config import BandConfig, FlowControlConfig
+    from ._policies import FairnessPolicy, OrderingPolicy
+    from ._queues import Queue
+
+__all__ = ["Band", "Flow", "Registry"]
+
+
+@final
+class Flow:
+    """One (fairness id, band) pair: a queue plus counters."""
+
+    __slots__ = ("band", "in_flight", "key", "queue", "queued_bytes")
+
+    def __init__(self, key: FlowKey, band: Band) -> None:
+        self.key = key
+        self.band = band
+        self.queue: Queue = QUEUES[band.config.queue_name]()
+        self.queued_bytes = 0
+        self.in_flight = 0
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.key} queued={len(self.queue)} in_flight={self.in_flight}>"
+
+
+@final
+class Band:
+    """One priority level: its flows, policies, limits and counters."""
+
+    __slots__ = (
+        "config",
+        "fairness",
+        "fallback_requests",
+        "flows",
+        "in_flight",
+        "ordering",
+        "priority",
+        "queued_bytes",
+        "queued_requests",
+        "retiring",
+        "static",
+    )
+
+    def __init__(self, priority: int, config: BandConfig, *, static: bool) -> None:
+        self.priority = priority
+        self.static = static
+        self.retiring = False
+        self.flows: dict[str, Flow] = {}
+        self.queued_requests = 0
+        self.queued_bytes = 0
+        self.in_flight = 0
+        self.fallback_requests = 0
+        self.config = config
+        self.ordering: OrderingPolicy = ORDERING_POLICIES[config.ordering]()
+        self.fairness: FairnessPolicy = FAIRNESS_POLICIES[config.fairness]()
+
+    @property
+    def drained(self) -> bool:
+        """True when nothing is queued or in flight here."""
+        return self.queued_requests == 0 and self.in_flight == 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Band {self.priority} flows={len(self.flows)} queued={self.queued_requests}"
+            f" in_flight={self.in_flight}>"
+        )
+
+
+@final
+class Registry:
+    """The set of bands and flows, and their lifecycles."""
+
+    def __init__(self, config: FlowControlConfig) -> None:
+        self.config = config
+        self.bands: dict[int, Band] = {}
+        self.levels: list[Band] = []
+        self.desired: frozenset[int] = frozenset()
+        self._idle_flows: OrderedDict[Flow, float] = OrderedDict()
+        self._idle_bands: OrderedDict[Band, float] = OrderedDict()
+        for priority in config.bands:
+            self._add_band(priority)
+        self._add_band(0)
+
+    # -- bands -----------------------------------------------------------------
+
+    def _add_band(self, priority: int) -> Band:
+        band = self.bands.get(priority)
+        if band is not None:
+            band.retiring = False
+            return band
+        band = Band(
+            priority,
+            self.config.template_for(priority),
+            static=priority in self.config.bands,
+        )
+        self.bands[priority] = band
+        levels = list(self.levels)
+        keys = [-b.priority for b in levels]
+        levels.insert(bisect.bisect(keys, -priority), band)
+        self.levels = levels  # copy-on-write: never disturb an iteration
+        return band
+
+    def _remove_band(self, band: Band) -> None:
+        for flow in band.flows.values():
+            self._idle_flows.pop(flow, None)
+        band.flows.clear()
+        self._idle_bands.pop(band, None)
+        del self.bands[band.priority]
+        self.levels = [b for b in self.levels if b is not band]
+
+    def protected(self, band: Band) -> bool:
+        """Static, 0 and desired bands are never removed."""
+        return band.static or band.priority == 0 or band.priority in self.desired
+
+    def band_for(self, priority: int) -> tuple[Band, bool]:
+        """The band serving `priority`, creating it if dynamic bands are on.
+
+        Returns:
+            the band, and True when the request falls back to band 0.
+        """
+        band = self.bands.get(priority)
+        dynamic = self.config.dynamic_bands
+        if band is not None and (dynamic or not band.retiring):
+            return band, False
+        if dynamic:
+            return self._add_band(priority), False
+        return self.bands[0], True
+
+    # -- flows -----------------------------------------------------------------
+
+    def flow_for(self, band: Band, flow_id: str) -> Flow:
+        """The flow of `flow_id` in `band`, created on first use and marked busy."""
+        flow = band.flows.get(flow_id)
+        if flow is None:
+            if not band.flows:
+                self._idle_bands.pop(band, None)
+            flow = band.flows[flow_id] = Flow(FlowKey(flow_id, band.priority), band)
+        else:
+            self._idle_flows.pop(flow, None)
+        return flow
+
+    def settle(self, flow: Flow, now: float) -> None:
+        """Called after `flow` lost a queued or in-flight request."""
+        if flow.in_flight or len(flow.queue):
+            return
+        band = flow.band
+        if band.retiring and band.drained:
+            self._remove_band(band)
+        elif self.bands.get(band.priority) is band:
+            self._idle_flows[flow] = now
+
+    # -- collection and reconciliation -------------------------------------------
+
+    def next_collection_at(self) -> float | None:
+        """When the next flow or band becomes collectable, or None."""
+        at: float | None = None
+        if self._idle_flows:
+            since = next(iter(self._idle_flows.values()))
+            at = since + self.config.flow_idle_timeout
+        if self._idle_bands:
+            since = next(iter(self._idle_bands.values()))
+            band_at = since + self.config.band_idle_timeout
+            at = band_at if at is None else min(at, band_at)
+        return at
+
+    def collect(self, now: float) -> None:
+        """Remove the flows and bands whose idle time is up."""
+        flow_timeout = self.config.flow_idle_timeout
+        idle_flows = self._idle_flows
+        while idle_flows:
+            flow, since = next(iter(idle_flows.items()))
+            if now - since < flow_timeout:
+                break
+            idle_flows.popitem(last=False)
+            band = flow.band
+            del band.flows[flow.key.id]
+            if not band.flows and not self.protected(band):
+                self._idle_bands[band] = now
+        band_timeout = self.config.band_idle_timeout
+        idle_bands = self._idle_bands
+        while idle_bands:
+            band, since = next(iter(idle_bands.items()))
+            if now - since < band_timeout:
+                break
+            idle_bands.popitem(last=False)
+            if not band.flows and not self.protected(band):
+                self._remove_band(band)
+
+    def reconcile(self, desired: Iterable[int]) -> None:
+        """Follow a desired set of priorities; see `FlowController.reconcile_priorities`."""
+        self.desired = frozenset(desired)
+        for priority in sorted(self.desired, reverse=True):
+            band = self._add_band(priority)
+            self._idle_bands.pop(band, None)
+        for band in list(self.levels):
+            if self.protected(band):
+                band.retiring = False
+            elif band.drained:
+                self._remove_band(band)
+            else:
+                band.retiring = True
+
+    def reconfigure(self, config: FlowControlConfig) -> list[Band]:
+        """Adopt a new config. Returns the bands whose policies changed (to rebuild)."""
+        self.config = config
+        for priority in config.bands:
+            self._add_band(priority)
+        changed: list[Band] = []
+        for band in self.levels:
+            band.static = band.priority in config.bands
+            new = config.template_for(band.priority)
+            old, band.config = band.config, new
+            if (old.ordering, old.fairness, old.queue_name) != (
+                new.ordering,
+                new.fairness,
+                new.queue_name,
+            ):
+                changed.append(band)
+            if band.static:
+                self._idle_bands.pop(band, None)
+        return changed

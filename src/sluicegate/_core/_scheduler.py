@@ -1,0 +1,449 @@
+"""The flow-control decision step: admission, dispatch, expiry, release.
+
+Theory of operation
+-------------------
+The scheduler is synchronous and never reads a clock: every method that depends on
+time takes `now`. The asyncio shell (`FlowController`) calls it on each event
+(submission, release, cancellation, a timer, a saturation change) and carries out
+what it returns.
+
+A ticket leaves the queue exactly once, by exactly one of: `dispatch` (Dispatched),
+`expire` (EvictedTTL / EvictedNoEndpoints), `cancel` (EvictedCancelled), `close`
+(EvictedOther). Each of them checks `state is QUEUED` first, so two events in the same
+loop iteration cannot both finalise a ticket, and capacity is released the moment the
+ticket leaves: there are no zombies.
+
+Dispatch walks the bands from the highest priority down. Inside a band the fairness
+policy picks a flow and the flow's queue (ordered by the band's ordering policy) gives
+the ticket. Before each dispatch the gate (saturation detector) is asked; once it says
+saturated, the pass stops: no lower band jumps ahead of a blocked higher one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from typing import TYPE_CHECKING, Final, final
+
+from .._errors import ControllerClosedError, NoEndpointsError, QueueFullError
+from .._types import (
+    BandStatistics,
+    ControllerStatistics,
+    FlowKey,
+    FlowStatistics,
+    Outcome,
+)
+from ._registry import Registry
+from ._ticket import State, Ticket
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .._config import FlowControlConfig
+    from .._saturation import SaturationDetector
+    from ._registry import Band, Flow
+
+__all__ = ["Scheduler"]
+
+_log = logging.getLogger("sluicegate")
+
+_TTL: Final = 0
+_NO_ENDPOINT: Final = 1
+
+
+@final
+class Scheduler:
+    """All flow-control state, and the synchronous steps that change it."""
+
+    def __init__(self, config: FlowControlConfig) -> None:
+        self.registry = Registry(config)
+        self.submitted = 0
+        self.queued_requests = 0
+        self.queued_bytes = 0
+        self.in_flight = 0
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.closed = False
+        #: True when the last pass stopped on a saturated gate with work queued.
+        self.blocked = False
+        self._seq = 0
+        # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
+        self._timers: list[tuple[float, int, int, Ticket]] = []
+
+    @property
+    def config(self) -> FlowControlConfig:
+        return self.registry.config
+
+    # -- admission -----------------------------------------------------------------
+
+    def reject_closed(self) -> ControllerClosedError:
+        """Count a submission refused because the controller is not running."""
+        self.submitted += 1
+        self.outcomes[Outcome.REJECTED_OTHER] += 1
+        return ControllerClosedError("the flow controller is not running")
+
+    def submit(
+        self,
+        key: FlowKey,
+        size: int,
+        ttl: float | None,
+        slo: float | None,
+        now: float,
+        gate: SaturationDetector,
+    ) -> Ticket:
+        """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
+
+        Args:
+            ttl: seconds it may wait; None = the configured default; inf = forever.
+            slo: seconds from now to its SLO deadline (for `slo-deadline` ordering).
+
+        Returns:
+            the ticket, DISPATCHED or QUEUED.
+        """
+        if self.closed:
+            raise self.reject_closed()
+        self.submitted += 1
+        config = self.registry.config
+        if ttl is None:
+            ttl = config.default_ttl
+        self._seq += 1
+        ticket = Ticket(
+            key,
+            size,
+            now,
+            self._seq,
+            None if ttl is None or ttl == math.inf else now + ttl,
+            None if slo is None else now + slo,
+        )
+        band, fallback = self.registry.band_for(key.priority)
+        if fallback:
+            band.fallback_requests += 1
+        flow = self.registry.flow_for(band, key.id)
+        ticket.band, ticket.flow, ticket.priority = band, flow, band.priority
+        if self.queued_requests == 0 and self.can_dispatch(gate):
+            self._start(ticket, now, gate)
+            return ticket
+        self._check_admission(ticket, band, gate, now)
+        self._enqueue(ticket, band, flow, now)
+        return ticket
+
+    def _check_admission(self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float) -> None:
+        config = self.registry.config
+        error: Exception | None = None
+        if config.no_endpoint_ttl == 0 and not _has_endpoints(gate):
+            error = NoEndpointsError(f"no backend is available for {ticket.key}")
+        elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
+            error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
+        elif (limit := band.config.max_bytes) is not None and band.queued_bytes + ticket.size > limit:
+            error = QueueFullError(
+                f"band {band.priority} would exceed max_bytes={limit} "
+                f"({band.queued_bytes} queued + {ticket.size})"
+            )
+        elif (limit := config.max_requests) is not None and self.queued_requests >= limit:
+            error = QueueFullError(f"the controller holds its max_requests={limit}")
+        elif (limit := config.max_bytes) is not None and self.queued_bytes + ticket.size > limit:
+            error = QueueFullError(
+                f"the controller would exceed max_bytes={limit} "
+                f"({self.queued_bytes} queued + {ticket.size})"
+            )
+        if error is not None:
+            assert isinstance(error, QueueFullError | NoEndpointsError)
+            self._finish(ticket, error.outcome)
+            self.registry.settle(ticket.flow, now)  # type: ignore[arg-type]  # set by submit
+            raise error
+
+    def _enqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
+        ticket.sort_key = band.ordering.sort_key(ticket)
+        ticket.state = State.QUEUED
+        size = ticket.size
+        self.queued_requests += 1
+        self.queued_bytes += size
+        band.queued_requests += 1
+        band.queued_bytes += size
+        flow.queued_bytes += size
+        if flow.queue.push(ticket):
+            band.fairness.head_changed(flow)
+        if ticket.expires_at is not None:
+            heapq.heappush(self._timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
+        no_endpoint_ttl = self.registry.config.no_endpoint_ttl
+        if no_endpoint_ttl is not None:
+            ticket.no_endpoint_at = now + no_endpoint_ttl
+            heapq.heappush(self._timers, (ticket.no_endpoint_at, ticket.seq, _NO_ENDPOINT, ticket))
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def dispatch(self, now: float, gate: SaturationDetector) -> list[Ticket]:
+        """Dispatch as many queued requests as the gate allows, by priority.
+
+        Tickets whose waiter was cancelled in the meantime are evicted instead
+        (EvictedCancelled), never dispatched.
+        """
+        out: list[Ticket] = []
+        self.blocked = False
+        if not self.queued_requests:
+            return out
+        for band in self.registry.levels:
+            while band.queued_requests:
+                if not self.can_dispatch(gate):
+                    self.blocked = True
+                    return out
+                try:
+                    flow = band.fairness.select()
+                except Exception:
+                    _log.exception("fairness policy of band %d failed; skipping it", band.priority)
+                    break
+                if flow is None:
+                    _log.error("fairness policy of band %d found no flow", band.priority)
+                    break
+                ticket = flow.queue.pop()
+                self._unqueue(ticket, band, flow)
+                band.fairness.dispatched(flow, ticket)
+                waiter = ticket.waiter
+                if waiter is not None and waiter.cancelled():
+                    self._finish(ticket, Outcome.EVICTED_CANCELLED)
+                    self.registry.settle(flow, now)
+                    continue
+                self._start(ticket, now, gate)
+                out.append(ticket)
+        return out
+
+    def can_dispatch(self, gate: SaturationDetector) -> bool:
+        """True when the gate has endpoints and is not saturated (a failing gate is saturated)."""
+        try:
+            return gate.has_endpoints() and not gate.is_saturated()
+        except Exception:
+            _log.exception("saturation detector failed; treating the pool as saturated")
+            return False
+
+    def _start(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
+        ticket.state = State.DISPATCHED
+        ticket.dispatched_at = now
+        ticket.outcome = Outcome.DISPATCHED
+        self.outcomes[Outcome.DISPATCHED] += 1
+        self.in_flight += 1
+        ticket.band.in_flight += 1  # type: ignore[union-attr]  # set by submit
+        ticket.flow.in_flight += 1  # type: ignore[union-attr]  # set by submit
+        try:
+            gate.on_dispatch(ticket)
+        except Exception:
+            _log.exception("saturation detector failed in on_dispatch")
+
+    def _unqueue(self, ticket: Ticket, band: Band, flow: Flow) -> None:
+        size = ticket.size
+        self.queued_requests -= 1
+        self.queued_bytes -= size
+        band.queued_requests -= 1
+        band.queued_bytes -= size
+        flow.queued_bytes -= size
+
+    def _finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        ticket.state = State.FINISHED
+        ticket.outcome = outcome
+        self.outcomes[outcome] += 1
+
+    # -- leaving: release, cancel, revoke, expire, close -------------------------------
+
+    def release(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
+        """Give back a dispatched ticket's in-flight slot. Returns False if not in flight."""
+        if ticket.state is not State.DISPATCHED:
+            return False
+        ticket.state = State.RELEASED
+        self._end_flight(ticket, now, gate)
+        return True
+
+    def _end_flight(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
+        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        self.in_flight -= 1
+        flow.band.in_flight -= 1
+        flow.in_flight -= 1
+        try:
+            gate.on_release(ticket)
+        except Exception:
+            _log.exception("saturation detector failed in on_release")
+        self.registry.settle(flow, now)
+
+    def revoke(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
+        """Undo a dispatch that its caller never received (cancelled in between).
+
+        The outcome becomes EvictedCancelled and the in-flight slot is given back.
+        """
+        if ticket.state is not State.DISPATCHED or ticket.handed_over:
+            return False
+        self.outcomes[Outcome.DISPATCHED] -= 1
+        self._finish(ticket, Outcome.EVICTED_CANCELLED)
+        self._end_flight(ticket, now, gate)
+        return True
+
+    def evict(self, ticket: Ticket, outcome: Outcome, now: float) -> bool:
+        """Remove a queued ticket with `outcome`. Returns False if it was not queued."""
+        if ticket.state is not State.QUEUED:
+            return False
+        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        band = flow.band
+        head_changed = flow.queue.discard(ticket)
+        self._unqueue(ticket, band, flow)
+        self._finish(ticket, outcome)
+        if head_changed:
+            band.fairness.head_changed(flow)
+        self.registry.settle(flow, now)
+        return True
+
+    def cancel(self, ticket: Ticket, now: float) -> bool:
+        """The waiter was cancelled: evict as EvictedCancelled if still queued."""
+        return self.evict(ticket, Outcome.EVICTED_CANCELLED, now)
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which `expire` has work to do, or None."""
+        timers = self._timers
+        while timers and timers[0][3].state is not State.QUEUED:
+            heapq.heappop(timers)
+        at = timers[0][0] if timers else None
+        gc_at = self.registry.next_collection_at()
+        if gc_at is not None and (at is None or gc_at < at):
+            at = gc_at
+        return at
+
+    def expire(self, now: float, gate: SaturationDetector) -> list[Ticket]:
+        """Evict what is due at `now` and collect idle flows and bands.
+
+        Returns:
+            the evicted tickets (EvictedTTL or EvictedNoEndpoints).
+        """
+        out: list[Ticket] = []
+        timers = self._timers
+        no_endpoints: bool | None = None
+        while timers and timers[0][0] <= now:
+            _, _, kind, ticket = heapq.heappop(timers)
+            if ticket.state is not State.QUEUED:
+                continue
+            if kind == _TTL:
+                self.evict(ticket, Outcome.EVICTED_TTL, now)
+                out.append(ticket)
+                continue
+            if no_endpoints is None:
+                no_endpoints = not _has_endpoints(gate)
+            if no_endpoints:
+                self.evict(ticket, Outcome.EVICTED_NO_ENDPOINTS, now)
+                out.append(ticket)
+        self.registry.collect(now)
+        return out
+
+    def endpoints_lost(self, now: float) -> list[Ticket]:
+        """The pool just lost its last backend: evict what is past its no-endpoint TTL."""
+        if self.registry.config.no_endpoint_ttl is None:
+            return []
+        due = [
+            t
+            for band in self.registry.levels
+            for flow in list(band.flows.values())
+            for t in _queued(flow)
+            if t.no_endpoint_at is not None and t.no_endpoint_at <= now
+        ]
+        for ticket in due:
+            self.evict(ticket, Outcome.EVICTED_NO_ENDPOINTS, now)
+        return due
+
+    def close(self, now: float) -> list[Ticket]:
+        """Stop admitting and evict everything queued (EvictedOther)."""
+        self.closed = True
+        evicted = [
+            t for band in self.registry.levels for flow in list(band.flows.values()) for t in _queued(flow)
+        ]
+        for ticket in evicted:
+            self.evict(ticket, Outcome.EVICTED_OTHER, now)
+        self._timers.clear()
+        return evicted
+
+    # -- configuration ----------------------------------------------------------------
+
+    def reconcile(self, desired: Iterable[int]) -> None:
+        """Follow a desired set of priorities (see `FlowController.reconcile_priorities`)."""
+        self.registry.reconcile(desired)
+
+    def reconfigure(self, config: FlowControlConfig) -> None:
+        """Adopt `config` without dropping anything queued or in flight.
+
+        Bands whose ordering, fairness or queue changed get new policy objects and
+        their queued tickets are re-inserted in their old order under the new keys.
+        """
+        for band in self.registry.reconfigure(config):
+            self._rebuild(band)
+
+    def _rebuild(self, band: Band) -> None:
+        from ._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
+        from ._queues import QUEUES
+
+        band.ordering = ORDERING_POLICIES[band.config.ordering]()
+        band.fairness = FAIRNESS_POLICIES[band.config.fairness]()
+        for flow in band.flows.values():
+            tickets = flow.queue.drain()
+            flow.queue = QUEUES[band.config.queue_name]()
+            for ticket in tickets:
+                ticket.sort_key = band.ordering.sort_key(ticket)
+                flow.queue.push(ticket)
+            if tickets:
+                band.fairness.head_changed(flow)
+
+    # -- statistics -------------------------------------------------------------------
+
+    def statistics(self) -> ControllerStatistics:
+        """A frozen snapshot; every figure is exact."""
+        bands: dict[int, BandStatistics] = {}
+        flows: dict[FlowKey, FlowStatistics] = {}
+        for band in self.registry.levels:
+            cfg = band.config
+            bands[band.priority] = BandStatistics(
+                priority=band.priority,
+                queued_requests=band.queued_requests,
+                queued_bytes=band.queued_bytes,
+                in_flight=band.in_flight,
+                flows=len(band.flows),
+                max_requests=cfg.max_requests,
+                max_bytes=cfg.max_bytes,
+                dynamic=not band.static,
+                retiring=band.retiring,
+                ordering=cfg.ordering,
+                fairness=cfg.fairness,
+                fallback_requests=band.fallback_requests,
+            )
+            for flow in band.flows.values():
+                queued = _queued(flow)
+                flows[flow.key] = FlowStatistics(
+                    key=flow.key,
+                    queued_requests=len(flow.queue),
+                    queued_bytes=flow.queued_bytes,
+                    in_flight=flow.in_flight,
+                    oldest_arrival=min((t.arrival for t in queued), default=None),
+                )
+        config = self.registry.config
+        return ControllerStatistics(
+            submitted=self.submitted,
+            queued_requests=self.queued_requests,
+            queued_bytes=self.queued_bytes,
+            in_flight=self.in_flight,
+            max_requests=config.max_requests,
+            max_bytes=config.max_bytes,
+            outcomes=dict(self.outcomes),
+            bands=bands,
+            flows=flows,
+            closed=self.closed,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scheduler [bands: {len(self.registry.bands)} | queued: {self.queued_requests}"
+            f" | in flight: {self.in_flight} | submitted: {self.submitted}]>"
+        )
+
+
+def _queued(flow: Flow) -> list[Ticket]:
+    """The live tickets of a flow, without disturbing its queue."""
+    return flow.queue.live()
+
+
+def _has_endpoints(gate: SaturationDetector) -> bool:
+    try:
+        return gate.has_endpoints()
+    except Exception:
+        _log.exception("saturation detector failed in has_endpoints")
+        return True

@@ -1,0 +1,133 @@
+"""The error tree. Every error carries its `Outcome` and a suggested HTTP status.
+
+::
+
+    FlowControlError(Exception)                   base; never raised directly
+    +-- RejectedError                             never entered a queue
+    |   +-- QueueFullError           429          band or global capacity
+    |   +-- NoEndpointsError         503          no backend, and no time to wait for one
+    |   +-- ControllerClosedError    503          not running (not started, or closed)
+    +-- EvictedError                              was queued, removed without dispatch
+    |   +-- TTLExpiredError          503          waited its whole TTL
+    |   +-- NoEndpointsEvictedError  503          waited its no-endpoint TTL with no backend
+    |   +-- ControllerClosedEvictedError 503      controller closed while it waited
+    +-- ConfigError(ValueError)                   names the field and the value
+    |   +-- UnknownPluginError(LookupError)       lists the known names
+    |   +-- IncompatiblePolicyError               policy needs what the queue lacks
+    +-- WouldBlock                                only from *_nowait
+
+Cancellation is not in the tree: a cancelled waiter sees `asyncio.CancelledError`
+unchanged (its outcome, EvictedCancelled, is counted, never raised).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ._types import Outcome
+
+__all__ = [
+    "ConfigError",
+    "ControllerClosedError",
+    "ControllerClosedEvictedError",
+    "EvictedError",
+    "FlowControlError",
+    "IncompatiblePolicyError",
+    "NoEndpointsError",
+    "NoEndpointsEvictedError",
+    "QueueFullError",
+    "RejectedError",
+    "TTLExpiredError",
+    "UnknownPluginError",
+    "WouldBlock",
+]
+
+
+class FlowControlError(Exception):
+    """Base of every sluicegate error.
+
+    Attributes:
+        outcome: the request's outcome, usable as a metric label.
+        status_hint: the HTTP status a gateway should answer with.
+    """
+
+    outcome: ClassVar[Outcome] = Outcome.REJECTED_OTHER
+    status_hint: ClassVar[int] = 500
+
+
+class RejectedError(FlowControlError):
+    """The request was refused before it entered a queue."""
+
+    outcome = Outcome.REJECTED_OTHER
+    status_hint = 500
+
+
+class QueueFullError(RejectedError):
+    """A band or global capacity limit is reached. Retry later, or raise the limit."""
+
+    outcome = Outcome.REJECTED_CAPACITY
+    status_hint = 429
+
+
+class NoEndpointsError(RejectedError):
+    """No backend serves this pool, and the no-endpoint TTL allows no wait."""
+
+    outcome = Outcome.REJECTED_NO_ENDPOINTS
+    status_hint = 503
+
+
+class ControllerClosedError(RejectedError):
+    """The controller is not running: not started yet, or closed."""
+
+    outcome = Outcome.REJECTED_OTHER
+    status_hint = 503
+
+
+class EvictedError(FlowControlError):
+    """The request was queued, then removed without being dispatched."""
+
+    outcome = Outcome.EVICTED_OTHER
+    status_hint = 503
+
+
+class TTLExpiredError(EvictedError):
+    """The request waited its whole TTL without capacity becoming free."""
+
+    outcome = Outcome.EVICTED_TTL
+    status_hint = 503
+
+
+class NoEndpointsEvictedError(EvictedError):
+    """The request waited its no-endpoint TTL while the pool had no backend."""
+
+    outcome = Outcome.EVICTED_NO_ENDPOINTS
+    status_hint = 503
+
+
+class ControllerClosedEvictedError(EvictedError):
+    """The controller closed while the request was waiting."""
+
+    outcome = Outcome.EVICTED_OTHER
+    status_hint = 503
+
+
+class ConfigError(FlowControlError, ValueError):
+    """Invalid configuration. The message names the field and the value."""
+
+    outcome = Outcome.REJECTED_OTHER
+    status_hint = 500
+
+
+class UnknownPluginError(ConfigError, LookupError):
+    """A policy or queue name is not in its table. The message lists the known names."""
+
+
+class IncompatiblePolicyError(ConfigError):
+    """A policy needs a queue capability that the configured queue lacks."""
+
+
+class WouldBlock(FlowControlError):
+    """A `*_nowait` call could not complete without waiting."""
+
+    outcome = Outcome.REJECTED_CAPACITY
+    status_hint = 429
