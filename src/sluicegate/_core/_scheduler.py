@@ -294,6 +294,8 @@ class Scheduler:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which `expire` has work to do, or None."""
+        if self.closed:
+            return None
         timers = self._timers
         while timers and timers[0][3].state is not State.QUEUED:
             heapq.heappop(timers)

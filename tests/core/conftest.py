@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from sluicegate import FlowControlConfig, FlowKey
+from sluicegate._core._scheduler import Scheduler
+from sluicegate._core._ticket import Ticket
+from sluicegate.testing import ManualDetector
+
+Submit = Callable[..., Ticket]
+
+
+class Harness:
+    """A scheduler plus a manual gate, driven with literal times."""
+
+    def __init__(self, config: FlowControlConfig, gate: ManualDetector) -> None:
+        self.core = Scheduler(config)
+        self.gate = gate
+
+    def submit(
+        self,
+        fid: str = "a",
+        priority: int = 0,
+        *,
+        size: int = 0,
+        ttl: float | None = None,
+        slo: float | None = None,
+        now: float = 0.0,
+    ) -> Ticket:
+        return self.core.submit(FlowKey(fid, priority), size, ttl, slo, now, self.gate)
+
+    def dispatch(self, now: float = 0.0) -> list[Ticket]:
+        return self.core.dispatch(now, self.gate)
+
+    def release(self, ticket: Ticket, now: float = 0.0) -> bool:
+        return self.core.release(ticket, now, self.gate)
+
+
+@pytest.fixture
+def make() -> Callable[..., Harness]:
+    def factory(config: FlowControlConfig | None = None, *, saturated: bool = True) -> Harness:
+        return Harness(config or FlowControlConfig(), ManualDetector(saturated=saturated))
+
+    return factory

@@ -1,0 +1,183 @@
+"""Property-based test: the scheduler against a simple model, under random events."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import sluicegate as sg
+from sluicegate._core._scheduler import Scheduler
+from sluicegate._core._ticket import State, Ticket
+
+
+class LimitGate:
+    """A concurrency-limit gate whose limit the test changes."""
+
+    recheck_interval = None
+
+    def __init__(self) -> None:
+        self.limit = 0
+        self.in_flight = 0
+        self.endpoints = True
+
+    def is_saturated(self) -> bool:
+        return self.in_flight >= self.limit
+
+    def has_endpoints(self) -> bool:
+        return self.endpoints
+
+    def on_dispatch(self, ticket: Ticket) -> None:
+        self.in_flight += 1
+
+    def on_release(self, ticket: Ticket) -> None:
+        self.in_flight -= 1
+
+    def set_listener(self, listener: object) -> None:
+        pass
+
+
+CONFIG = sg.FlowControlConfig(
+    default_ttl=None,
+    no_endpoint_ttl=4.0,
+    max_requests=12,
+    max_bytes=400,
+    default_band=sg.BandConfig(max_requests=5, max_bytes=150),
+    negative_band=sg.BandConfig(ordering="edf", fairness="round-robin", max_requests=3),
+    bands={1: sg.BandConfig(ordering="slo-deadline", fairness="round-robin", max_requests=None)},
+    flow_idle_timeout=3.0,
+    band_idle_timeout=5.0,
+)
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Scheduler(CONFIG)
+        self.gate = LimitGate()
+        self.now = 0.0
+        self.tickets: list[Ticket] = []
+        self.first_outcome: dict[int, sg.Outcome] = {}
+        self.rejections = 0
+
+    @rule(
+        fid=st.sampled_from("ab"),
+        priority=st.sampled_from([-2, -1, 0, 1, 2, 3]),
+        size=st.integers(0, 80),
+        ttl=st.none() | st.floats(0.5, 6.0),
+        slo=st.none() | st.floats(0.0, 3.0),
+    )
+    def submit(self, fid: str, priority: int, size: int, ttl: float | None, slo: float | None) -> None:
+        try:
+            t = self.core.submit(sg.FlowKey(fid, priority), size, ttl, slo, self.now, self.gate)
+        except sg.RejectedError:
+            self.rejections += 1
+            return
+        self.tickets.append(t)
+
+    @rule(limit=st.integers(0, 3))
+    def set_limit(self, limit: int) -> None:
+        self.gate.limit = limit
+
+    @rule(endpoints=st.booleans())
+    def set_endpoints(self, endpoints: bool) -> None:
+        was = self.gate.endpoints
+        self.gate.endpoints = endpoints
+        if was and not endpoints:
+            self.core.endpoints_lost(self.now)
+
+    @rule()
+    def dispatch(self) -> None:
+        queued_before = {t.seq: t.priority for t in self.tickets if t.state is State.QUEUED}
+        out = self.core.dispatch(self.now, self.gate)
+        assert all(t.state is State.DISPATCHED for t in out)
+        if out:
+            assert self.gate.in_flight <= self.gate.limit, "dispatched past saturation"
+        remaining = [t.priority for t in self.tickets if t.state is State.QUEUED]
+        if remaining:
+            # Strict priority: nothing dispatched from below a band that still waits.
+            assert self.core.blocked
+            assert all(t.priority >= max(remaining) for t in out)
+        assert all(t.seq in queued_before for t in out)
+
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        in_flight = [t for t in self.tickets if t.state is State.DISPATCHED]
+        if in_flight:
+            t = data.draw(st.sampled_from(in_flight))
+            assert self.core.release(t, self.now, self.gate)
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        queued = [t for t in self.tickets if t.state is State.QUEUED]
+        if queued:
+            assert self.core.cancel(data.draw(st.sampled_from(queued)), self.now)
+
+    @rule(dt=st.floats(0.0, 4.0))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        self.core.expire(self.now, self.gate)
+        for t in self.tickets:
+            if t.state is State.QUEUED and t.expires_at is not None:
+                assert t.expires_at > self.now, "a due TTL was not expired"
+
+    @rule(desired=st.sets(st.sampled_from([-2, 0, 2, 3, 7])))
+    def reconcile(self, desired: set[int]) -> None:
+        self.core.reconcile(desired)
+
+    @precondition(lambda self: not self.core.closed)
+    @rule()
+    def close(self) -> None:
+        evicted = self.core.close(self.now)
+        assert all(t.outcome is sg.Outcome.EVICTED_OTHER for t in evicted)
+
+    @invariant()
+    def every_ticket_has_one_outcome(self) -> None:
+        for t in self.tickets:
+            if t.state is State.QUEUED:
+                assert t.outcome is None
+            else:
+                assert t.outcome is not None
+                assert self.first_outcome.setdefault(t.seq, t.outcome) is t.outcome
+
+    @invariant()
+    def counters_conserve(self) -> None:
+        s = self.core.statistics()
+        assert s.submitted == s.dispatched + s.rejected + s.evicted + s.queued_requests
+        assert s.rejected == self.rejections
+        queued = [t for t in self.tickets if t.state is State.QUEUED]
+        in_flight = [t for t in self.tickets if t.state is State.DISPATCHED]
+        assert s.queued_requests == len(queued)
+        assert s.queued_bytes == sum(t.size for t in queued)
+        assert s.in_flight == len(in_flight) == self.gate.in_flight
+        assert sum(b.queued_requests for b in s.bands.values()) == s.queued_requests
+        assert sum(f.queued_requests for f in s.flows.values()) == s.queued_requests
+        assert sum(f.in_flight for f in s.flows.values()) == s.in_flight
+
+    @invariant()
+    def limits_never_exceeded(self) -> None:
+        s = self.core.statistics()
+        assert s.queued_requests <= 12 and s.queued_bytes <= 400
+        for band in s.bands.values():
+            if band.max_requests is not None:
+                assert band.queued_requests <= band.max_requests
+            if band.max_bytes is not None:
+                assert band.queued_bytes <= band.max_bytes
+
+    @invariant()
+    def nothing_is_orphaned(self) -> None:
+        s = self.core.statistics()
+        for t in self.tickets:
+            if t.state in (State.QUEUED, State.DISPATCHED):
+                assert t.priority in s.bands
+                assert sg.FlowKey(t.key.id, t.priority) in s.flows
+
+    @invariant()
+    def protected_bands_exist(self) -> None:
+        bands = self.core.statistics().bands
+        assert 0 in bands and 1 in bands
+        assert self.core.registry.desired <= set(bands)
+
+
+TestScheduler = SchedulerMachine.TestCase
+TestScheduler.settings = settings(max_examples=150, stateful_step_count=80, deadline=None)
