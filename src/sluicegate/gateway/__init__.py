@@ -1,0 +1,68 @@
+"""The OpenAI-compatible flow-control gateway (`sluicegate serve`).
+
+A raw ASGI application served by uvicorn, relaying to pools of model servers through
+one pooled aiohttp session, with a `sluicegate.FlowController` and a saturation
+detector per pool. Needs the ``server`` extras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._app import Gateway
+from ._classify import Classification, classify
+from ._config import (
+    BandSettings,
+    ConcurrencySettings,
+    FlowControlSettings,
+    GatewayConfig,
+    GatewayConfigError,
+    MetricsSettings,
+    ObjectiveSettings,
+    PoolSettings,
+    ServerSettings,
+    UtilizationSettings,
+    load_config,
+    parse_config,
+)
+from ._errors import GatewayError
+from ._pool import Pool, Router
+from ._saturation import Backend, BackendMetrics, ConcurrencyDetector, UtilizationDetector
+from ._scrape import parse_metrics
+from ._server import run, serve_in_background
+
+__all__ = [
+    "Backend",
+    "BackendMetrics",
+    "BandSettings",
+    "Classification",
+    "ConcurrencyDetector",
+    "ConcurrencySettings",
+    "FlowControlSettings",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayConfigError",
+    "GatewayError",
+    "MetricsSettings",
+    "ObjectiveSettings",
+    "Pool",
+    "PoolSettings",
+    "Router",
+    "ServerSettings",
+    "UtilizationDetector",
+    "UtilizationSettings",
+    "classify",
+    "load_config",
+    "parse_config",
+    "parse_metrics",
+    "run",
+    "serve_in_background",
+]
+
+# Public names report their public home, as in `sluicegate/__init__.py`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("sluicegate.gateway._"):
+        with contextlib.suppress(AttributeError, TypeError):  # immutable builtins
+            _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,70 @@
+"""`sluicegate serve`: run the gateway from a YAML file or from a list of backends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from ._config import GatewayConfig, GatewayConfigError, load_config
+from ._server import run
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML configuration file (reloaded on SIGHUP and when it changes).",
+)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="URL",
+    help="A backend base URL (repeatable); one pool serving every model. Ignored with --config.",
+)
+@click.option("--host", default=None, help="Listening address (overrides the config).")
+@click.option("--port", type=int, default=None, help="Listening port; 0 picks a free one.")
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --backend: limit in-flight requests per backend instead of scraping /metrics.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    config_path: Path | None,
+    backends: tuple[str, ...],
+    host: str | None,
+    port: int | None,
+    max_in_flight: int | None,
+    log_level: str,
+) -> None:
+    """Run the OpenAI-compatible flow-control gateway."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        if config_path is not None:
+            config = load_config(config_path)
+        elif backends:
+            config = GatewayConfig.simple(list(backends), max_in_flight=max_in_flight)
+        else:
+            raise click.UsageError("give --config FILE or at least one --backend URL")
+        if host is not None or port is not None:
+            server = config.server.model_copy(
+                update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
+            )
+            config = config.model_copy(update={"server": server})
+    except GatewayConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    run(config, config_path=config_path)

@@ -1,0 +1,344 @@
+"""Gateway configuration: YAML validated by pydantic into frozen models.
+
+Every error is a `GatewayConfigError` whose message names the file, the field path and
+the offending value, so a typo never silently does nothing (unknown keys are refused).
+The flow-control section is turned into a `sluicegate.FlowControlConfig` while
+validating, so a config that loads is a config the controllers accept.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+import sluicegate as sg
+
+__all__ = [
+    "BandSettings",
+    "ConcurrencySettings",
+    "FlowControlSettings",
+    "GatewayConfig",
+    "GatewayConfigError",
+    "MetricsSettings",
+    "ObjectiveSettings",
+    "PoolSettings",
+    "ServerSettings",
+    "UtilizationSettings",
+    "load_config",
+    "parse_config",
+]
+
+#: Names usable as objectives and pools: what a header or a label can carry safely.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}\Z")
+
+
+class GatewayConfigError(sg.ConfigError):
+    """The gateway configuration is invalid. The message names file, field and value."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandSettings(_Model):
+    """One priority band (see `sluicegate.BandConfig`)."""
+
+    ordering: str = "fcfs"
+    fairness: str = "global-strict"
+    queue: str | None = None
+    max_requests: Annotated[int, Field(ge=0)] | None = 5000
+    max_bytes: Annotated[int, Field(ge=0)] | None = 1_000_000_000
+
+    def build(self) -> sg.BandConfig:
+        """The core band config. Raises `sluicegate.ConfigError` on unknown names."""
+        return sg.BandConfig(
+            ordering=self.ordering,
+            fairness=self.fairness,
+            queue=self.queue,
+            max_requests=self.max_requests,
+            max_bytes=self.max_bytes,
+        )
+
+
+_Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class FlowControlSettings(_Model):
+    """The flow-control section; each pool's controller runs with it."""
+
+    default_ttl: _Seconds | None = 30.0
+    #: How long a request may wait while its pool has no reachable backend (0 = reject).
+    no_endpoint_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = 30.0
+    max_requests: Annotated[int, Field(ge=0)] | None = None
+    max_bytes: Annotated[int, Field(ge=0)] | None = None
+    default_band: BandSettings = BandSettings()
+    negative_band: BandSettings | None = None
+    bands: dict[int, BandSettings] = Field(default_factory=dict)
+    dynamic_bands: bool = True
+    flow_idle_timeout: _Seconds = 300.0
+    band_idle_timeout: _Seconds = 600.0
+    _built: sg.FlowControlConfig = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _build(self) -> FlowControlSettings:
+        try:
+            self._built = sg.FlowControlConfig(
+                default_ttl=self.default_ttl,
+                no_endpoint_ttl=self.no_endpoint_ttl,
+                max_requests=self.max_requests,
+                max_bytes=self.max_bytes,
+                default_band=self.default_band.build(),
+                negative_band=None if self.negative_band is None else self.negative_band.build(),
+                bands={p: b.build() for p, b in self.bands.items()},
+                dynamic_bands=self.dynamic_bands,
+                flow_idle_timeout=self.flow_idle_timeout,
+                band_idle_timeout=self.band_idle_timeout,
+            )
+        except sg.ConfigError as exc:
+            # Re-raised as ValueError so pydantic reports it under this section's path.
+            raise ValueError(str(exc)) from None
+        return self
+
+    def build(self) -> sg.FlowControlConfig:
+        """The validated core configuration."""
+        return self._built
+
+
+class UtilizationSettings(_Model):
+    """Saturation from each backend's scraped /metrics (vLLM or SGLang names)."""
+
+    type: Literal["utilization"] = "utilization"
+    queue_depth_threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    kv_cache_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+    scrape_interval: _Seconds = 0.05
+    staleness: _Seconds = 1.0
+    stale_policy: Literal["fail-closed", "fail-open", "last-known"] = "fail-closed"
+    #: Seconds one scrape may take; None = `staleness`.
+    scrape_timeout: _Seconds | None = None
+    metrics_path: str = "/metrics"
+
+
+class ConcurrencySettings(_Model):
+    """Saturation from the gateway's own count of requests in flight per backend."""
+
+    type: Literal["concurrency"]
+    max_in_flight: Annotated[int, Field(ge=1)] = 100
+
+
+def _check_backend(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"a backend must be an http(s) URL with a host, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"a backend URL takes no query or fragment, got {url!r}")
+    # Request paths already start with /v1, so a base path must not end with '/'.
+    return url.rstrip("/")
+
+
+class PoolSettings(_Model):
+    """A set of backends serving some models, with its own controller and detector."""
+
+    name: str
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    backends: list[str] = Field(default_factory=list)
+    #: Requests for models no pool names go here.
+    default: bool = False
+    saturation: Annotated[
+        UtilizationSettings | ConcurrencySettings, Field(discriminator="type")
+    ] = UtilizationSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"pool names match {NAME_PATTERN.pattern}, got {value!r}")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _backends(cls, value: list[str]) -> list[str]:
+        urls = [_check_backend(u) for u in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"backends are listed twice: {urls!r}")
+        return urls
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        if not value or any(not m for m in value):
+            raise ValueError(f"models must be a non-empty list of names or patterns, got {value!r}")
+        return value
+
+
+class ObjectiveSettings(_Model):
+    """A named objective a client picks by header; it sets the request's priority."""
+
+    name: str
+    priority: int
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"objective names match {NAME_PATTERN.pattern}, got {value!r}")
+        return value
+
+
+class ServerSettings(_Model):
+    """Listening address, request limits, upstream timeouts, drain and auth."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1)] = 16 * 1024 * 1024
+    #: Cap on the per-request TTL a client may ask for with `x-sluicegate-ttl-ms`.
+    max_ttl: _Seconds = 600.0
+    #: Seconds in-flight requests may take to finish after SIGTERM.
+    drain_grace: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    connect_timeout: _Seconds = 5.0
+    #: Seconds between two bytes from a backend; None = no limit.
+    read_timeout: _Seconds | None = 600.0
+    #: When set, /metrics and /debug/* require `Authorization: Bearer <token>`.
+    auth_token: str | None = None
+
+
+class MetricsSettings(_Model):
+    """Prometheus naming and label cardinality."""
+
+    prefix: str = "inference_extension_flow_control_"
+    #: Distinct fairness ids given their own label; later ones are reported as `other`.
+    max_fairness_ids: Annotated[int, Field(ge=1)] = 100
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", value):
+            raise ValueError(f"not a valid Prometheus metric prefix: {value!r}")
+        return value
+
+
+class GatewayConfig(_Model):
+    """The whole gateway configuration (the YAML file's top level)."""
+
+    server: ServerSettings = ServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    pools: list[PoolSettings]
+    flow_control: FlowControlSettings = FlowControlSettings()
+    objectives: list[ObjectiveSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewayConfig:
+        names = [p.name for p in self.pools]
+        if not names:
+            raise ValueError("pools: at least one pool is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"pools: names must be unique, got {names!r}")
+        defaults = [p.name for p in self.pools if p.default]
+        if len(defaults) > 1:
+            raise ValueError(f"pools: at most one pool may be the default, got {defaults!r}")
+        objectives = [o.name for o in self.objectives]
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"objectives: names must be unique, got {objectives!r}")
+        return self
+
+    @property
+    def priorities(self) -> frozenset[int]:
+        """The priorities the objectives name, plus 0 (the default)."""
+        return frozenset({0, *(o.priority for o in self.objectives)})
+
+    @classmethod
+    def simple(
+        cls,
+        backends: list[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        max_in_flight: int | None = None,
+    ) -> GatewayConfig:
+        """One default pool serving every model from `backends`.
+
+        Args:
+            backends: base URLs of OpenAI-compatible servers.
+            host: listening address.
+            port: listening port.
+            max_in_flight: use a concurrency limit per backend instead of scraping.
+
+        Raises:
+            GatewayConfigError: a value is invalid.
+        """
+        saturation: dict[str, Any] = (
+            {"type": "utilization"}
+            if max_in_flight is None
+            else {"type": "concurrency", "max_in_flight": max_in_flight}
+        )
+        raw = {
+            "server": {"host": host, "port": port},
+            "pools": [{"name": "default", "backends": backends, "saturation": saturation}],
+        }
+        return parse_config(raw, source="command line")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("utilization", "concurrency"):
+            continue  # pydantic's discriminator tag, not a field the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid gateway configuration"]
+    for err in exc.errors(include_url=False):
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {source}: {_loc(tuple(err['loc']))}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: object, *, source: str = "<config>") -> GatewayConfig:
+    """Validate an already-parsed document.
+
+    Raises:
+        GatewayConfigError: a value is invalid; the message names source, field and value.
+    """
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise GatewayConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a YAML configuration file.
+
+    Raises:
+        GatewayConfigError: the file is unreadable, not YAML, or invalid.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GatewayConfigError(f"{source}: cannot read the configuration: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise GatewayConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    return parse_config(raw, source=source)

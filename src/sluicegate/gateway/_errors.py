@@ -1,0 +1,106 @@
+"""Every error the gateway answers, and the one place it becomes an HTTP response.
+
+Flow-control outcomes (`sluicegate.FlowControlError`) and the gateway's own refusals
+(`GatewayError`: bad headers, bodies, unknown models, upstream failures) are both turned
+into an OpenAI-shaped body ``{"error": {"message", "type", "code", "param"}}`` by
+`error_reply`, so status codes and wording stay consistent across routes.
+"""
+
+from __future__ import annotations
+
+from typing import Final, final
+
+import orjson
+
+import sluicegate as sg
+
+__all__ = ["OUTCOME_BYPASSED", "OUTCOME_INVALID", "GatewayError", "error_reply"]
+
+#: `x-sluicegate-outcome` of a request refused before it reached flow control.
+OUTCOME_INVALID: Final = "Invalid"
+#: `x-sluicegate-outcome` of a request that is not flow-controlled (health, metrics...).
+OUTCOME_BYPASSED: Final = "Bypassed"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@final
+class GatewayError(Exception):
+    """A refusal decided by the gateway itself, answered as an OpenAI error.
+
+    Args:
+        status: the HTTP status.
+        message: what went wrong and, where it helps, what to do instead.
+        type: the OpenAI error type (``invalid_request_error``...).
+        code: a stable machine-readable code.
+        param: the header or field at fault, if any.
+        outcome: the `x-sluicegate-outcome` value.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str,
+        param: str | None = None,
+        outcome: str = OUTCOME_INVALID,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.outcome = outcome
+
+
+def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
+    """Status, OpenAI type and code of a flow-control outcome."""
+    if isinstance(exc, sg.QueueFullError | sg.WouldBlock):
+        return 429, "rate_limit_error", "queue_full"
+    if isinstance(exc, sg.TTLExpiredError):
+        return 503, "service_unavailable", "queue_timeout"
+    if isinstance(exc, sg.NoEndpointsError | sg.NoEndpointsEvictedError):
+        return 503, "service_unavailable", "no_endpoints"
+    if isinstance(exc, sg.ControllerClosedError | sg.ControllerClosedEvictedError):
+        return 503, "service_unavailable", "shutting_down"
+    status = exc.status_hint if 400 <= exc.status_hint < 600 else 500
+    return status, "server_error", "flow_control_error"
+
+
+def error_reply(
+    exc: Exception, *, queue_ms: float, retry_after: int | None = None
+) -> tuple[int, bytes, Headers]:
+    """Map any error to (status, OpenAI JSON body, response headers).
+
+    Args:
+        exc: a `GatewayError`, a `sluicegate.FlowControlError`, or anything else (500).
+        queue_ms: milliseconds the request waited in flow control.
+        retry_after: seconds for `Retry-After`; only sent with 429.
+    """
+    param: str | None = None
+    if isinstance(exc, GatewayError):
+        status, type_, code, outcome = exc.status, exc.type, exc.code, exc.outcome
+        param = exc.param
+        message = exc.message
+    elif isinstance(exc, sg.FlowControlError):
+        status, type_, code = _flow_control(exc)
+        outcome = exc.outcome.value
+        message = str(exc) or type(exc).__name__
+    else:
+        status, type_, code, outcome = 500, "server_error", "internal_error", OUTCOME_INVALID
+        message = "internal gateway error; see the gateway log"
+    body = orjson.dumps(
+        {"error": {"message": message, "type": type_, "code": code, "param": param}}
+    )
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-sluicegate-outcome", outcome.encode()),
+        (b"x-sluicegate-queue-ms", f"{queue_ms:.3f}".encode()),
+    ]
+    if status == 429 and retry_after is not None:
+        headers.append((b"retry-after", str(max(1, retry_after)).encode()))
+    return status, body, headers

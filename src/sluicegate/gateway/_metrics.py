@@ -1,0 +1,167 @@
+"""Prometheus metrics, named like the upstream flow-control dashboards expect.
+
+Per-request figures (outcome counts, queue and added-latency histograms) are recorded
+as requests finish, through cached label children. Everything that is state (queue
+sizes, pool saturation, stale backends, in flight per backend) is read from the
+controllers and detectors only when /metrics is scraped, so it costs the data path
+nothing. Fairness ids get their own label value up to `max_fairness_ids`; later ids
+are reported as ``other``, so a client cannot blow up the series count.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Final, final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from ._config import MetricsSettings
+    from ._pool import Pool
+
+__all__ = ["OTHER_FAIRNESS_ID", "GatewayMetrics"]
+
+OTHER_FAIRNESS_ID: Final = "other"
+_QUEUE_BUCKETS: Final = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+_CYCLE_BUCKETS: Final = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+)  # fmt: skip
+_ADDED_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+
+@final
+class GatewayMetrics:
+    """The gateway's metrics, in their own `CollectorRegistry`.
+
+    Args:
+        settings: prefix and fairness-id cardinality cap.
+        pools: returns the live pools, read at each scrape.
+    """
+
+    def __init__(self, settings: MetricsSettings, pools: Callable[[], Iterable[Pool]]) -> None:
+        prefix = settings.prefix
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._cap = settings.max_fairness_ids
+        self._ids: set[str] = set()
+        self._children: dict[tuple[str, int, str], tuple[Histogram, Counter]] = {}
+        self._queue_duration = Histogram(
+            f"{prefix}request_queue_duration_seconds",
+            "Time from arrival to the flow-control outcome.",
+            ["fairness_id", "priority", "outcome"],
+            buckets=_QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+        self._requests = Counter(
+            f"{prefix}requests",
+            "Requests by flow-control outcome.",
+            ["outcome", "priority"],
+            registry=self.registry,
+        )
+        self.dispatch_cycle = Histogram(
+            f"{prefix}dispatch_cycle_duration_seconds",
+            "Duration of dispatch passes run on release (release plus the dispatches it allows).",
+            buckets=_CYCLE_BUCKETS,
+            registry=self.registry,
+        )
+        self.added_latency = Histogram(
+            f"{prefix}gateway_added_latency_seconds",
+            "Time to the first response byte, minus queueing and upstream time.",
+            buckets=_ADDED_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(prefix, pools, self.fairness_label))
+
+    def fairness_label(self, fairness_id: str) -> str:
+        """The label value for `fairness_id`, folding ids beyond the cap into ``other``."""
+        ids = self._ids
+        if fairness_id in ids:
+            return fairness_id
+        if len(ids) < self._cap:
+            ids.add(fairness_id)
+            return fairness_id
+        return OTHER_FAIRNESS_ID
+
+    def record(self, fairness_id: str, priority: int, outcome: str, queue_s: float) -> None:
+        """Count one flow-control outcome and observe its queue time."""
+        key = (fairness_id, priority, outcome)
+        children = self._children.get(key)
+        if children is None:
+            label = self.fairness_label(fairness_id)
+            prio = str(priority)
+            children = (
+                self._queue_duration.labels(label, prio, outcome),
+                self._requests.labels(outcome, prio),
+            )
+            # Cache only bounded keys: ids past the cap share the 'other' children.
+            if label == fairness_id:
+                self._children[key] = children
+        children[0].observe(queue_s)
+        children[1].inc()
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+@final
+class _StateCollector(Collector):
+    """Gauges computed from the live controllers and detectors at scrape time."""
+
+    def __init__(
+        self, prefix: str, pools: Callable[[], Iterable[Pool]], label: Callable[[str], str]
+    ) -> None:
+        self._prefix = prefix
+        self._pools = pools
+        self._label = label
+
+    def collect(self) -> Iterator[Metric]:
+        p = self._prefix
+        size = GaugeMetricFamily(
+            f"{p}queue_size",
+            "Requests waiting in flow control.",
+            labels=["fairness_id", "priority"],
+        )
+        nbytes = GaugeMetricFamily(
+            f"{p}queue_bytes", "Bytes waiting in flow control.", labels=["fairness_id", "priority"]
+        )
+        saturation = GaugeMetricFamily(
+            f"{p}pool_saturation",
+            "Lowest backend score of the pool (>= 1: saturated).",
+            labels=["pool"],
+        )
+        stale = GaugeMetricFamily(
+            f"{p}stale_backends",
+            "Backends whose metrics are older than staleness.",
+            labels=["pool"],
+        )
+        in_flight = GaugeMetricFamily(
+            f"{p}backend_in_flight", "Requests in flight per backend.", labels=["pool", "backend"]
+        )
+        sizes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        byte_sizes: defaultdict[tuple[str, str], int] = defaultdict(int)
+        for pool in self._pools():
+            stats = pool.controller.statistics()
+            for key, flow in stats.flows.items():
+                labels = (self._label(key.id), str(key.priority))
+                sizes[labels] += flow.queued_requests
+                byte_sizes[labels] += flow.queued_bytes
+            detector = pool.detector
+            saturation.add_metric([pool.name], detector.pool_saturation())
+            stale.add_metric([pool.name], detector.stale_backends())
+            for backend in detector.backends.values():
+                in_flight.add_metric([pool.name, backend.url], backend.in_flight)
+        for labels, value in sizes.items():
+            size.add_metric(list(labels), value)
+        for labels, value in byte_sizes.items():
+            nbytes.add_metric(list(labels), value)
+        yield from (size, nbytes, saturation, stale, in_flight)

@@ -1,0 +1,218 @@
+"""Pools of backends (one flow controller and detector each) and model routing."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import math
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Final, final
+
+import sluicegate as sg
+
+from ._config import GatewayConfigError, UtilizationSettings
+from ._errors import GatewayError
+from ._saturation import ConcurrencyDetector, UtilizationDetector
+from ._scrape import scrape_forever
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    import aiohttp
+
+    from ._config import PoolSettings
+
+__all__ = ["DrainMeter", "Pool", "Router"]
+
+#: Retry-After when a band has not drained at all lately, so no rate is known.
+UNKNOWN_RETRY_AFTER: Final = 10
+MAX_RETRY_AFTER: Final = 60
+
+
+@final
+class DrainMeter:
+    """A band's recent dispatch rate, from the times of its last dispatches."""
+
+    WINDOW: Final = 10.0
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque(maxlen=2048)
+
+    def record(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float) -> float:
+        """Dispatches per second over the last `WINDOW` seconds (0.0 if none)."""
+        times = self._times
+        horizon = now - self.WINDOW
+        while times and times[0] < horizon:
+            times.popleft()
+        if not times:
+            return 0.0
+        return len(times) / max(now - times[0], 1.0)
+
+
+@final
+class Pool:
+    """A set of backends with its own `FlowController` and saturation detector.
+
+    Args:
+        settings: the pool's configuration.
+        flow_control: the controller configuration.
+        clock: the loop clock.
+    """
+
+    def __init__(
+        self, settings: PoolSettings, flow_control: sg.FlowControlConfig, clock: Callable[[], float]
+    ) -> None:
+        self.name = settings.name
+        self.settings = settings
+        self._clock = clock
+        sat = settings.saturation
+        self.detector: UtilizationDetector | ConcurrencyDetector = (
+            UtilizationDetector(settings.backends, sat, clock)
+            if isinstance(sat, UtilizationSettings)
+            else ConcurrencyDetector(settings.backends, sat, clock)
+        )
+        self.controller = sg.FlowController(flow_control, saturation=self.detector)
+        self._meters: dict[int, DrainMeter] = {}
+        self._scrapers: dict[str, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    def start_scraping(self, session: aiohttp.ClientSession) -> None:
+        """Start one scrape loop per backend (utilization pools only)."""
+        self._session = session
+        for url in self.detector.backends:
+            self._start_scraper(url)
+
+    def _start_scraper(self, url: str) -> None:
+        detector = self.detector
+        if not isinstance(detector, UtilizationDetector) or self._session is None:
+            return
+        coro = scrape_forever(self._session, detector, detector.backends[url])
+        task = asyncio.get_running_loop().create_task(coro, name=f"scrape {self.name} {url}")
+        self._scrapers[url] = task
+
+    def _stop_scraper(self, url: str) -> None:
+        task = self._scrapers.pop(url, None)
+        if task is not None:
+            task.cancel()
+            # Keep a reference until it is done, then forget it.
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def stop_scraping(self) -> None:
+        """Cancel every scrape loop and wait for them to end."""
+        for url in list(self._scrapers):
+            self._stop_scraper(url)
+        tasks = list(self._retired)
+        for task in tasks:
+            task.cancel()
+        # The loops end with CancelledError, which is what we asked for; anything else
+        # was already logged by the loop itself.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def check(self, settings: PoolSettings) -> None:
+        """Raise `GatewayConfigError` if `settings` cannot be applied without a restart."""
+        if settings.saturation.type != self.settings.saturation.type:
+            raise GatewayConfigError(
+                f"pools[{self.name}].saturation.type: changing {self.settings.saturation.type!r}"
+                f" to {settings.saturation.type!r} needs a restart"
+            )
+
+    def apply(
+        self, settings: PoolSettings, flow_control: sg.FlowControlConfig, priorities: Iterable[int]
+    ) -> None:
+        """Adopt validated settings; nothing queued or in flight is dropped."""
+        self.settings = settings
+        self.controller.reconfigure(flow_control)
+        self.controller.reconcile_priorities(priorities)
+        sat = settings.saturation
+        if isinstance(self.detector, UtilizationDetector):
+            assert isinstance(sat, UtilizationSettings)
+            self.detector.configure(sat)
+        else:
+            assert not isinstance(sat, UtilizationSettings)
+            self.detector.configure(sat)
+        added, removed = self.detector.set_backends(settings.backends)
+        for backend in removed:
+            self._stop_scraper(backend.url)
+        for backend in added:
+            self._start_scraper(backend.url)
+
+    def dispatched(self, priority: int, now: float) -> None:
+        """Record a dispatch from band `priority` (feeds Retry-After)."""
+        meter = self._meters.get(priority)
+        if meter is None:
+            meter = self._meters[priority] = DrainMeter()
+        meter.record(now)
+
+    def retry_after(self, priority: int) -> int:
+        """Seconds after which band `priority` should have room, from its drain rate."""
+        band = self.controller.statistics().bands.get(priority)
+        queued = band.queued_requests if band is not None else 0
+        meter = self._meters.get(priority)
+        rate = meter.rate(self._clock()) if meter is not None else 0.0
+        if rate <= 0.0:
+            return UNKNOWN_RETRY_AFTER
+        return max(1, min(MAX_RETRY_AFTER, math.ceil((queued + 1) / rate)))
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {self.controller!r}>"
+
+
+@final
+class Router:
+    """Finds the pool serving a model: exact names first, then patterns, then the default."""
+
+    def __init__(self, pools: Sequence[Pool]) -> None:
+        self._exact: dict[str, Pool] = {}
+        self._patterns: list[tuple[re.Pattern[str], Pool]] = []
+        self._default: Pool | None = None
+        self._served: list[str] = []
+        for pool in pools:
+            for model in pool.settings.models:
+                self._served.append(model)
+                if any(c in model for c in "*?["):
+                    self._patterns.append((re.compile(fnmatch.translate(model)), pool))
+                else:
+                    self._exact.setdefault(model, pool)
+            if pool.settings.default and self._default is None:
+                self._default = pool
+
+    @property
+    def served_models(self) -> list[str]:
+        """Model names and patterns, as configured."""
+        return list(self._served)
+
+    def route(self, model: object) -> Pool:
+        """The pool for `model` (a request body's ``model`` field, possibly absent).
+
+        Raises:
+            GatewayError: no pool serves it and there is no default pool (404).
+        """
+        if isinstance(model, str):
+            pool = self._exact.get(model)
+            if pool is not None:
+                return pool
+            for pattern, candidate in self._patterns:
+                if pattern.match(model):
+                    return candidate
+        if self._default is not None:
+            return self._default
+        served = ", ".join(self._served)
+        if not isinstance(model, str):
+            raise GatewayError(
+                400,
+                f"the request names no model; this gateway serves: {served}",
+                code="missing_model",
+                param="model",
+            )
+        raise GatewayError(
+            404,
+            f"The model '{model}' does not exist on this gateway. Served models: {served}",
+            code="model_not_found",
+            param="model",
+        )

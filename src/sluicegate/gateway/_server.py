@@ -1,0 +1,180 @@
+"""Running the gateway under uvicorn: in the background (tests, embedding) or as a
+process with signal handling (SIGTERM/SIGINT drain, SIGHUP and file-change reload).
+
+Shutdown order on SIGTERM: readiness turns 503 and every queued request gets 503 (the
+controllers close), then uvicorn stops accepting and waits up to `drain_grace` for
+in-flight responses, then the gateway stops its scrapes and session. The process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import uvicorn
+
+from ._app import Gateway
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Generator, Iterable
+
+    from ._config import GatewayConfig
+
+__all__ = ["run", "serve", "serve_in_background"]
+
+_log = logging.getLogger("sluicegate.gateway")
+
+
+@final
+class _Server(uvicorn.Server):
+    # Signals are handled by `serve`, which must drain the controllers before uvicorn
+    # stops; uvicorn's own handlers would also re-raise SIGTERM at exit (exit code 143).
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        # Listening now lets clients queue in the backlog before uvicorn accepts.
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _uvicorn(gateway: Gateway) -> _Server:
+    server = gateway.config.server
+    config = uvicorn.Config(
+        gateway,
+        lifespan="off",
+        http="httptools",
+        loop="none",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(round(server.drain_grace), 0) or None,
+        timeout_keep_alive=30,
+    )
+    return _Server(config)
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(
+    config: GatewayConfig, *, host: str | None = None, port: int | None = None
+) -> AsyncIterator[Gateway]:
+    """Run a gateway on the current loop; yields it with `url` set. Stops on exit.
+
+    Args:
+        config: the configuration.
+        host: overrides ``server.host``.
+        port: overrides ``server.port`` (0 picks a free port).
+    """
+    sock = _listen(host or config.server.host, config.server.port if port is None else port)
+    async with Gateway(config) as gateway:
+        gateway.url = _url(sock)
+        server = _uvicorn(gateway)
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        try:
+            yield gateway
+        finally:
+            await gateway.drain()
+            server.should_exit = True
+            await task
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None  # being replaced; the next event brings the new file
+
+
+def _resolve(path: Path) -> Path:
+    return path.resolve()
+
+
+def _touches(changes: Iterable[tuple[Any, str]], target: Path) -> bool:
+    return any(Path(p).resolve() == target for _, p in changes)
+
+
+async def _watch_file(gateway: Gateway, target: Path) -> None:
+    """Reload when the config file changes (inotify through watchfiles; no polling here).
+
+    Args:
+        gateway: the gateway to reload.
+        target: the configuration file, resolved.
+    """
+    import watchfiles
+
+    last = _read(target)
+    # Watch the directory: editors replace files by rename, which a file watch misses.
+    async for changes in watchfiles.awatch(target.parent, debounce=400, step=50):
+        if not _touches(changes, target):
+            continue
+        content = _read(target)
+        if content is not None and content != last:
+            last = content
+            gateway.reload_from_file()
+
+
+async def serve(
+    config: GatewayConfig, *, config_path: Path | None = None, watch: bool = True
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain. Meant for a process's main coroutine."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    sock = _listen(config.server.host, config.server.port)
+    async with Gateway(config, config_path=config_path) as gateway:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload_from_file)
+        server = _uvicorn(gateway)
+        server_task = loop.create_task(server.serve(sockets=[sock]))
+        watcher = None
+        if config_path is not None and watch:
+            watcher = loop.create_task(_watch_file(gateway, _resolve(config_path)))
+        gateway.url = _url(sock)
+        print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
+        try:
+            stop_task = loop.create_task(stop.wait())
+            await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            stop_task.cancel()
+            _log.info("stopping: draining queued requests, waiting for in-flight ones")
+            await gateway.drain()
+            server.should_exit = True
+            await server_task
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.wait({watcher})
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+def run(config: GatewayConfig, *, config_path: Path | None = None) -> None:
+    """Serve in this process on uvloop (when available) until SIGTERM/SIGINT."""
+    coro = serve(config, config_path=config_path)
+    if sys.platform != "win32":
+        import uvloop
+
+        uvloop.run(coro)
+    else:  # pragma: no cover - no uvloop on Windows
+        asyncio.run(coro)
