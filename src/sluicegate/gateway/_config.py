@@ -18,7 +18,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -84,37 +83,40 @@ class FlowControlSettings(_Model):
     no_endpoint_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = 30.0
     max_requests: Annotated[int, Field(ge=0)] | None = None
     max_bytes: Annotated[int, Field(ge=0)] | None = None
-    default_band: BandSettings = BandSettings()
+    default_band: BandSettings = Field(default_factory=BandSettings)
     negative_band: BandSettings | None = None
     bands: dict[int, BandSettings] = Field(default_factory=dict)
     dynamic_bands: bool = True
     flow_idle_timeout: _Seconds = 300.0
     band_idle_timeout: _Seconds = 600.0
-    _built: sg.FlowControlConfig = PrivateAttr()
 
     @model_validator(mode="after")
-    def _build(self) -> FlowControlSettings:
+    def _check(self) -> FlowControlSettings:
         try:
-            self._built = sg.FlowControlConfig(
-                default_ttl=self.default_ttl,
-                no_endpoint_ttl=self.no_endpoint_ttl,
-                max_requests=self.max_requests,
-                max_bytes=self.max_bytes,
-                default_band=self.default_band.build(),
-                negative_band=None if self.negative_band is None else self.negative_band.build(),
-                bands={p: b.build() for p, b in self.bands.items()},
-                dynamic_bands=self.dynamic_bands,
-                flow_idle_timeout=self.flow_idle_timeout,
-                band_idle_timeout=self.band_idle_timeout,
-            )
+            self.build()
         except sg.ConfigError as exc:
             # Re-raised as ValueError so pydantic reports it under this section's path.
             raise ValueError(str(exc)) from None
         return self
 
     def build(self) -> sg.FlowControlConfig:
-        """The validated core configuration."""
-        return self._built
+        """The core configuration (validated when this section was).
+
+        Raises:
+            sluicegate.ConfigError: only if called on an unvalidated copy.
+        """
+        return sg.FlowControlConfig(
+            default_ttl=self.default_ttl,
+            no_endpoint_ttl=self.no_endpoint_ttl,
+            max_requests=self.max_requests,
+            max_bytes=self.max_bytes,
+            default_band=self.default_band.build(),
+            negative_band=None if self.negative_band is None else self.negative_band.build(),
+            bands={p: b.build() for p, b in self.bands.items()},
+            dynamic_bands=self.dynamic_bands,
+            flow_idle_timeout=self.flow_idle_timeout,
+            band_idle_timeout=self.band_idle_timeout,
+        )
 
 
 class UtilizationSettings(_Model):
@@ -232,10 +234,10 @@ class MetricsSettings(_Model):
 class GatewayConfig(_Model):
     """The whole gateway configuration (the YAML file's top level)."""
 
-    server: ServerSettings = ServerSettings()
-    metrics: MetricsSettings = MetricsSettings()
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     pools: list[PoolSettings]
-    flow_control: FlowControlSettings = FlowControlSettings()
+    flow_control: FlowControlSettings = Field(default_factory=FlowControlSettings)
     objectives: list[ObjectiveSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -1,6 +1,9 @@
 """Running the gateway under uvicorn: in the background (tests, embedding) or as a
 process with signal handling (SIGTERM/SIGINT drain, SIGHUP and file-change reload).
 
+uvicorn is driven through `startup()` and `shutdown()` rather than `serve()`: its
+signal capture would re-raise SIGTERM at exit, and its tick loop is not needed.
+
 Shutdown order on SIGTERM: readiness turns 503 and every queued request gets 503 (the
 controllers close), then uvicorn stops accepting and waits up to `drain_grace` for
 in-flight responses, then the gateway stops its scrapes and session. The process exits 0.
@@ -15,29 +18,20 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from ._app import Gateway
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Generator, Iterable
+    from collections.abc import AsyncIterator, Iterable
 
     from ._config import GatewayConfig
 
 __all__ = ["run", "serve", "serve_in_background"]
 
 _log = logging.getLogger("sluicegate.gateway")
-
-
-@final
-class _Server(uvicorn.Server):
-    # Signals are handled by `serve`, which must drain the controllers before uvicorn
-    # stops; uvicorn's own handlers would also re-raise SIGTERM at exit (exit code 143).
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -60,7 +54,7 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn(gateway: Gateway) -> _Server:
+def _uvicorn(gateway: Gateway) -> uvicorn.Server:
     server = gateway.config.server
     config = uvicorn.Config(
         gateway,
@@ -69,11 +63,17 @@ def _uvicorn(gateway: Gateway) -> _Server:
         loop="none",
         log_config=None,
         access_log=False,
+        # Upstream's Server and Date headers are relayed; uvicorn must not add twins.
         server_header=False,
+        date_header=False,
         timeout_graceful_shutdown=max(round(server.drain_grace), 0) or None,
         timeout_keep_alive=30,
     )
-    return _Server(config)
+    config.load()
+    server = uvicorn.Server(config)
+    # serve() would set this before startup(); we drive startup() ourselves.
+    server.lifespan = config.lifespan_class(config)
+    return server
 
 
 @contextlib.asynccontextmanager
@@ -91,13 +91,13 @@ async def serve_in_background(
     async with Gateway(config) as gateway:
         gateway.url = _url(sock)
         server = _uvicorn(gateway)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        # startup()/shutdown() without serve(): no signal capture, no 100 ms tick loop.
+        await server.startup(sockets=[sock])
         try:
             yield gateway
         finally:
             await gateway.drain()
-            server.should_exit = True
-            await task
+            await server.shutdown(sockets=[sock])
 
 
 def _read(path: Path) -> bytes | None:
@@ -147,20 +147,17 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_from_file)
         server = _uvicorn(gateway)
-        server_task = loop.create_task(server.serve(sockets=[sock]))
+        await server.startup(sockets=[sock])
         watcher = None
         if config_path is not None and watch:
             watcher = loop.create_task(_watch_file(gateway, _resolve(config_path)))
         gateway.url = _url(sock)
         print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
         try:
-            stop_task = loop.create_task(stop.wait())
-            await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_task.cancel()
+            await stop.wait()
             _log.info("stopping: draining queued requests, waiting for in-flight ones")
             await gateway.drain()
-            server.should_exit = True
-            await server_task
+            await server.shutdown(sockets=[sock])
         finally:
             if watcher is not None:
                 watcher.cancel()
