@@ -296,7 +296,7 @@ class SimApp:
             self.set_failure_injection(float(rate), tuple(types))
             if "freeze_metrics" in data:
                 self.freeze_metrics(bool(data["freeze_metrics"]))
-        except (ValueError, TypeError) as exc:  # JSONDecodeError and ConfigError included
+        except (SimError, ValueError, TypeError) as exc:  # incl. JSONDecodeError, ConfigError
             await _send_error(send, SimErrorStatus(400, str(exc)))
             return
         await _send_json(send, 200, orjson.dumps(self.settings()))

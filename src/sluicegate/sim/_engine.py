@@ -48,6 +48,8 @@ from ._errors import EngineClosedError, InvalidRequestError, WaitingQueueFullErr
 from ._metrics import EngineCounters
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._config import SimConfig
 
 __all__ = ["EngineStatistics", "RequestState", "SimEngine", "SimRequest"]
@@ -229,6 +231,7 @@ class SimEngine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._closed = False
+        self._watchers: list[tuple[Callable[[EngineStatistics], bool], asyncio.Future[None]]] = []
 
     def __repr__(self) -> str:
         return (
@@ -246,6 +249,31 @@ class SimEngine:
             preemptions=self.counters.preemptions,
             aborted=self.counters.aborted,
         )
+
+    async def wait_statistics(
+        self, predicate: Callable[[EngineStatistics], bool]
+    ) -> EngineStatistics:
+        """Wait until `predicate(statistics())` holds; checked after every state change.
+
+        Returns:
+            The first statistics snapshot that satisfied `predicate`.
+        """
+        while not predicate(stats := self.statistics()):
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (predicate, waiter)
+            self._watchers.append(entry)
+            try:
+                await waiter
+            finally:
+                if entry in self._watchers:
+                    self._watchers.remove(entry)
+        return stats
+
+    def _changed(self) -> None:
+        stats = self.statistics()
+        for predicate, waiter in self._watchers:
+            if not waiter.done() and predicate(stats):
+                waiter.set_result(None)
 
     def submit(
         self,
@@ -297,6 +325,8 @@ class SimEngine:
             self._num_waiting -= 1
             raise WaitingQueueFullError(f"the engine's waiting queue is full ({limit})")
         self._arm()
+        if self._watchers:
+            self._changed()
         return req
 
     def abort(self, req: SimRequest) -> None:
@@ -314,6 +344,8 @@ class SimEngine:
         if self._loop is not None and not self._closed:
             self._admit(self._loop.time())
             self._arm()
+        if self._watchers:
+            self._changed()
 
     def close(self) -> None:
         """Abort every request and refuse new ones. Idempotent."""
@@ -379,6 +411,8 @@ class SimEngine:
                 self._emit(req, due_at)
         self._admit(now)
         self._arm()
+        if self._watchers:
+            self._changed()
 
     def _emit(self, req: SimRequest, at: float) -> None:
         if self._kv_used >= self.config.kv_cache_size:

@@ -96,6 +96,7 @@ def _server(app: SimApp, log_config: dict[str, Any] | None) -> uvicorn.Server:
         log_config=log_config,
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # loopback only; saves a middleware call per request
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     config.load()
