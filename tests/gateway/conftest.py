@@ -21,10 +21,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 WAIT_S = 10.0
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Wait until `predicate()` holds, checking every few ms; fail after `timeout`."""
+async def eventually(predicate: Callable[[], bool], within: float = WAIT_S) -> None:
+    """Wait until `predicate()` holds, checking every few ms; fail after `within` s."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -14,6 +13,9 @@ import pytest
 from sluicegate.gateway import Gateway, GatewayConfig, serve_in_background
 
 from .conftest import FakeUpstream, eventually, free_port, make_config, serve_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 CHAT = "/v1/chat/completions"
 
@@ -79,7 +81,7 @@ async def test_stream_is_relayed_chunk_by_chunk() -> None:
 @pytest.mark.asyncio
 async def test_stream_chunks_arrive_before_the_stream_ends() -> None:
     """The first event is readable while the upstream still holds the rest back."""
-    async with stack() as (gw, fake, client):
+    async with stack() as (_, fake, client):
         fake.chunks = 1000
         fake.chunk_delay = 0.05
         async with client.post(CHAT, data=chat(stream=True)) as r:
@@ -267,7 +269,7 @@ async def test_queue_full_is_429_with_retry_after() -> None:
 async def test_ttl_expiry_is_503_and_ttl_header_is_capped() -> None:
     """A request waiting past its x-sluicegate-ttl-ms gets 503 queue_timeout."""
     sat = {"type": "concurrency", "max_in_flight": 1}
-    async with stack(saturation=sat) as (gw, fake, client):
+    async with stack(saturation=sat) as (_, fake, client):
         fake.hold = asyncio.Event()
         running = asyncio.ensure_future(client.post(CHAT, data=chat()))
         await eventually(lambda: len(fake.requests) == 1)

@@ -55,7 +55,7 @@ def _url(sock: socket.socket) -> str:
 
 
 def _uvicorn(gateway: Gateway) -> uvicorn.Server:
-    server = gateway.config.server
+    settings = gateway.config.server
     config = uvicorn.Config(
         gateway,
         lifespan="off",
@@ -66,7 +66,7 @@ def _uvicorn(gateway: Gateway) -> uvicorn.Server:
         # Upstream's Server and Date headers are relayed; uvicorn must not add twins.
         server_header=False,
         date_header=False,
-        timeout_graceful_shutdown=max(round(server.drain_grace), 0) or None,
+        timeout_graceful_shutdown=max(round(settings.drain_grace), 0) or None,
         timeout_keep_alive=30,
     )
     config.load()
