@@ -30,12 +30,12 @@ async def stack(
     **sections: Any,
 ) -> AsyncIterator[tuple[Gateway, FakeUpstream, aiohttp.ClientSession, str]]:
     fake = FakeUpstream()
-    async with serve_app(fake) as url:
-        async with (
-            serve_in_background(make_config([url], **sections)) as gw,
-            aiohttp.ClientSession(base_url=str(gw.url)) as client,
-        ):
-            yield gw, fake, client, url
+    async with (
+        serve_app(fake) as url,
+        serve_in_background(make_config([url], **sections)) as gw,
+        aiohttp.ClientSession(base_url=str(gw.url)) as client,
+    ):
+        yield gw, fake, client, url
 
 
 @pytest.mark.asyncio
@@ -203,7 +203,7 @@ async def test_reload_that_needs_a_restart_is_refused(caplog: pytest.LogCaptureF
         with pytest.raises(GatewayConfigError, match="needs a restart"):
             gw.reload(bad)
         bad = make_config([url], saturation={"type": "utilization"})
-        with pytest.raises(GatewayConfigError, match="saturation.type"):
+        with pytest.raises(GatewayConfigError, match=r"saturation\.type"):
             gw.reload(bad)
         assert gw.config is before
         caplog.set_level(logging.INFO, "sluicegate.gateway")
