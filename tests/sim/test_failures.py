@@ -152,6 +152,8 @@ async def test_metric_names_types_and_labels(sim: Sim) -> None:
         "vllm:request_success": "counter",
         "vllm:prompt_tokens": "counter",
         "vllm:generation_tokens": "counter",
+        "vllm:num_preemptions": "counter",
+        "sluicegate_sim_schedule_lag_seconds": "histogram",
     }
     for name, kind in expected.items():
         assert families[name].type == kind, name

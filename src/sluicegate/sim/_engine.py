@@ -405,6 +405,9 @@ class SimEngine:
         assert self._loop is not None
         now = self._loop.time()
         due, horizon = self._due, now + self._slack
+        if due and due[0][0] <= horizon:
+            # How far behind its own schedule the process is (the benchmark's yardstick).
+            self.counters.lag.observe(max(0.0, now - due[0][0]))
         while due and due[0][0] <= horizon:
             due_at, _, epoch, req = heapq.heappop(due)
             if epoch == req._epoch and req.state is RequestState.RUNNING:

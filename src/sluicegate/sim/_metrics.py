@@ -34,6 +34,7 @@ __all__ = [
     "CONTENT_TYPE",
     "E2E_BUCKETS",
     "ITL_BUCKETS",
+    "LAG_BUCKETS",
     "TTFT_BUCKETS",
     "EngineCounters",
     "Histogram",
@@ -56,6 +57,9 @@ E2E_BUCKETS: Final = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+
+#: Lateness of token emission against the engine's schedule (simulator health).
+LAG_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Histogram:
@@ -99,6 +103,7 @@ class EngineCounters:
     itl: Histogram = dataclasses.field(default_factory=lambda: Histogram(ITL_BUCKETS))
     queue_time: Histogram = dataclasses.field(default_factory=lambda: Histogram(E2E_BUCKETS))
     e2e: Histogram = dataclasses.field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    lag: Histogram = dataclasses.field(default_factory=lambda: Histogram(LAG_BUCKETS))
 
 
 class _EngineCollector(Collector):
@@ -146,6 +151,9 @@ class _EngineCollector(Collector):
             ("vllm:request_queue_time_seconds", "Time waiting in the engine.",
              counters.queue_time),
             ("vllm:e2e_request_latency_seconds", "End-to-end latency.", counters.e2e),
+            ("sluicegate_sim_schedule_lag_seconds",
+             "How late the simulator emits due tokens (its own health, not vLLM's).",
+             counters.lag),
         )  # fmt: skip
         for name, doc, hist in histograms:
             family = HistogramMetricFamily(name, doc, labels=["model_name"])

@@ -28,6 +28,7 @@ __all__ = [
     "error_body",
     "full_response",
     "parse_request",
+    "parse_tokenize",
     "split_tokens",
     "token_ids",
 ]
