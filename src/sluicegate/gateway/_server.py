@@ -60,7 +60,10 @@ def _uvicorn(gateway: Gateway) -> uvicorn.Server:
         gateway,
         lifespan="off",
         http="httptools",
+        ws="none",
         loop="none",
+        # No X-Forwarded-* rewriting middleware on the hot path.
+        proxy_headers=False,
         log_config=None,
         access_log=False,
         # Upstream's Server and Date headers are relayed; uvicorn must not add twins.
