@@ -166,3 +166,26 @@ async def test_priority_order_under_saturation() -> None:
             async with await task as r:
                 assert r.status == 200
         assert sg.Outcome.DISPATCHED in gw.pools["default"].controller.statistics().outcomes
+
+
+@pytest.mark.asyncio
+async def test_no_reachable_backend_waits_no_endpoint_ttl_then_503() -> None:
+    """With every backend refusing connections, requests wait no_endpoint_ttl, then 503."""
+    from .conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = make_config(
+        [dead], saturation=util(), flow_control={"no_endpoint_ttl": 0.2, "default_ttl": 30}
+    )
+    async with (
+        serve_in_background(config) as gw,
+        aiohttp.ClientSession(base_url=str(gw.url)) as client,
+    ):
+        detector = gw.pools["default"].detector
+        await eventually(lambda: not detector.has_endpoints())
+        async with client.post(CHAT, data=BODY) as r:
+            assert r.status == 503
+            assert r.headers["x-sluicegate-outcome"] == "EvictedNoEndpoints"
+            assert (await r.json())["error"]["code"] == "no_endpoints"
+        async with client.get("/readyz") as r:
+            assert r.status == 503
