@@ -89,9 +89,6 @@ __all__ = [
 # pickles never mention private modules.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("sluicegate._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):  # pragma: no cover - immutable builtins
-            pass
+    if isinstance(_obj, type) and _obj.__module__.startswith("sluicegate._"):
+        _obj.__module__ = __name__
 del _name, _obj

@@ -145,7 +145,9 @@ class FlowControlConfig:
         if self.negative_band is not None and not isinstance(self.negative_band, BandConfig):
             raise ConfigError(f"negative_band must be a BandConfig, got {self.negative_band!r}")
         if not isinstance(self.bands, Mapping):
-            raise ConfigError(f"bands must be a mapping of priority to BandConfig, got {self.bands!r}")
+            raise ConfigError(
+                f"bands must be a mapping of priority to BandConfig, got {self.bands!r}"
+            )
         object.__setattr__(self, "bands", _frozen_bands(self.bands))
         if not isinstance(self.dynamic_bands, bool):
             raise ConfigError(f"dynamic_bands must be a bool, got {self.dynamic_bands!r}")

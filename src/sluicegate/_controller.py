@@ -56,7 +56,9 @@ class FlowController:
         saturation: SaturationDetector | None = None,
     ) -> None:
         self._core = Scheduler(config if config is not None else FlowControlConfig())
-        self._detector: SaturationDetector = saturation if saturation is not None else NeverSaturated()
+        self._detector: SaturationDetector = (
+            saturation if saturation is not None else NeverSaturated()
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._timer: asyncio.TimerHandle | None = None
@@ -149,6 +151,9 @@ class FlowController:
         loop = self._loop
         assert loop is not None
         waiter = ticket.waiter = loop.create_future()
+        # Usually the pool is saturated and this pass stops at once; it matters when
+        # capacity freed without a notification, and it records `blocked` for rechecks.
+        self._dispatch()
         self._arm_timer()
         try:
             await waiter
@@ -352,4 +357,3 @@ def _error_for(ticket: Ticket) -> EvictedError:
     if ticket.outcome is Outcome.EVICTED_NO_ENDPOINTS:
         return NoEndpointsEvictedError(f"{waited} its no-endpoint TTL with no backend available")
     return ControllerClosedEvictedError(f"{waited}, then the flow controller closed")
-

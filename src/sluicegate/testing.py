@@ -36,7 +36,9 @@ class ManualDetector:
         self.dispatched = 0
         self._listener: Callable[[], None] | None = None
 
-    def set(self, *, saturated: bool | None = None, endpoints: bool | None = None, notify: bool = True) -> None:
+    def set(
+        self, *, saturated: bool | None = None, endpoints: bool | None = None, notify: bool = True
+    ) -> None:
         """Change the answers, and tell the controller unless `notify` is False."""
         if saturated is not None:
             self.saturated = saturated

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import sluicegate as sg
 from sluicegate._core._ticket import State
 
-from .conftest import Harness
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .conftest import Harness
 
 
 def test_band_zero_always_exists(make: Callable[..., Harness]) -> None:

@@ -24,8 +24,9 @@ def test_defaults_have_a_finite_ttl() -> None:
 )
 def test_unknown_plugin_names_list_known_ones(field: str, value: str) -> None:
     """An unknown name is a config error naming the field and listing the known names."""
+    kwargs: dict[str, Any] = {field: value}
     with pytest.raises(sg.UnknownPluginError) as info:
-        sg.BandConfig(**{field: value})
+        sg.BandConfig(**kwargs)
     message = str(info.value)
     assert field in message and repr(value) in message
     assert "known names" in message

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
 import sluicegate as sg
 from sluicegate._core._ticket import State, Ticket
 
-from .conftest import Harness
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .conftest import Harness
 
 
 def _ticket(seq: int, key: object | None = None) -> Ticket:

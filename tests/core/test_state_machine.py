@@ -14,7 +14,7 @@ from sluicegate._core._ticket import State, Ticket
 class LimitGate:
     """A concurrency-limit gate whose limit the test changes."""
 
-    recheck_interval = None
+    recheck_interval: float | None = None
 
     def __init__(self) -> None:
         self.limit = 0
@@ -67,7 +67,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         ttl=st.none() | st.floats(0.5, 6.0),
         slo=st.none() | st.floats(0.0, 3.0),
     )
-    def submit(self, fid: str, priority: int, size: int, ttl: float | None, slo: float | None) -> None:
+    def submit(
+        self, fid: str, priority: int, size: int, ttl: float | None, slo: float | None
+    ) -> None:
         try:
             t = self.core.submit(sg.FlowKey(fid, priority), size, ttl, slo, self.now, self.gate)
         except sg.RejectedError:

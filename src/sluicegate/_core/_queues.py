@@ -109,7 +109,9 @@ class FifoQueue:
             return True
         self._live -= 1
         if len(self._items) > 2 * self._live + _COMPACT_SLACK:
-            self._items = deque(t for t in self._items if t.state is State.QUEUED and t is not ticket)
+            self._items = deque(
+                t for t in self._items if t.state is State.QUEUED and t is not ticket
+            )
         return False
 
     def drain(self) -> list[Ticket]:
@@ -166,7 +168,9 @@ class HeapQueue:
             return True
         self._live -= 1
         if len(self._heap) > 2 * self._live + _COMPACT_SLACK:
-            self._heap = [e for e in self._heap if e[1].state is State.QUEUED and e[1] is not ticket]
+            self._heap = [
+                e for e in self._heap if e[1].state is State.QUEUED and e[1] is not ticket
+            ]
             heapq.heapify(self._heap)
         return False
 

@@ -127,14 +127,18 @@ class Scheduler:
         self._enqueue(ticket, band, flow, now)
         return ticket
 
-    def _check_admission(self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float) -> None:
+    def _check_admission(
+        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
+    ) -> None:
         config = self.registry.config
         error: Exception | None = None
         if config.no_endpoint_ttl == 0 and not _has_endpoints(gate):
             error = NoEndpointsError(f"no backend is available for {ticket.key}")
         elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
             error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
-        elif (limit := band.config.max_bytes) is not None and band.queued_bytes + ticket.size > limit:
+        elif (
+            limit := band.config.max_bytes
+        ) is not None and band.queued_bytes + ticket.size > limit:
             error = QueueFullError(
                 f"band {band.priority} would exceed max_bytes={limit} "
                 f"({band.queued_bytes} queued + {ticket.size})"
@@ -349,7 +353,10 @@ class Scheduler:
         """Stop admitting and evict everything queued (EvictedOther)."""
         self.closed = True
         evicted = [
-            t for band in self.registry.levels for flow in list(band.flows.values()) for t in _queued(flow)
+            t
+            for band in self.registry.levels
+            for flow in list(band.flows.values())
+            for t in _queued(flow)
         ]
         for ticket in evicted:
             self.evict(ticket, Outcome.EVICTED_OTHER, now)
