@@ -14,6 +14,7 @@ __all__ = ["main"]
 COMMANDS: Final[dict[str, str]] = {
     "sim": "sluicegate.sim._cli:sim",
     "serve": "sluicegate.gateway._cli:serve",
+    "demo": "sluicegate.demo._cli:demo",
 }
 
 
