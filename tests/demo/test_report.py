@@ -1,0 +1,161 @@
+"""Statistics and the HTML report, from synthetic runs (no servers, no sleeping)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from sluicegate.demo import (
+    COMPLETED,
+    UNFINISHED,
+    DemoOptions,
+    DemoResult,
+    Percentile,
+    PlannedRequest,
+    RequestRecord,
+    RunResult,
+    Sample,
+    percentile,
+    reading,
+    render_report,
+    summarize,
+    summarize_demo,
+    ttft_samples,
+    write_report,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sluicegate.demo._stack import Mode
+
+
+def test_percentile_nearest_rank() -> None:
+    """Nearest rank: p50 of 1..4 is 2, p99 is 4; empty input has none."""
+    samples = [(float(v), False) for v in (4, 1, 3, 2)]
+    assert percentile(samples, 50) == Percentile(2.0)
+    assert percentile(samples, 99) == Percentile(4.0)
+    assert percentile([], 50) is None
+
+
+def test_censored_samples_make_lower_bounds() -> None:
+    """A request still waiting counts with its wait so far, flagged as a lower bound."""
+    planned = PlannedRequest(0, 0.0, "acme", "interactive", 10, 10, 5)
+    served = RequestRecord(planned, sent_at=0.0)
+    served.meter.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n', 0.2)
+    waiting = RequestRecord(planned, sent_at=1.0)
+    cut = RequestRecord(planned, sent_at=0.0)
+    cut.finish(UNFINISHED, 30.0)
+    refused = RequestRecord(planned, sent_at=0.0)
+    refused.finish("RejectedCapacity", 0.01)
+    samples = ttft_samples([served, waiting, cut, refused], now=5.0)
+    assert sorted(samples) == [(pytest.approx(0.2), False), (4.0, True), (30.0, True)]
+    p99 = percentile(samples, 99)
+    assert p99 is not None
+    assert p99.lower_bound
+    assert p99.format_ms() == ">= 30.0 s"
+    assert Percentile(0.0123).format_ms() == "12 ms"
+
+
+def fake_run(mode: Mode, label: str, ttft: float, n: int = 40) -> RunResult:
+    """A finished run: `n` requests per objective, all with the same TTFT."""
+    run = RunResult(mode, label, duration=10.0, planned=3 * n, started_at=100.0, elapsed=12.0)
+    index = 0
+    for objective, priority in (("interactive", 10), ("standard", 0), ("batch", -1)):
+        for i in range(n):
+            tenant = "acme" if i % 2 else ("globex", "initech", "umbrella")[i % 3]
+            planned = PlannedRequest(index, i * 0.25, tenant, objective, priority, 50, 4)
+            record = RequestRecord(planned, sent_at=100.0 + planned.at)
+            run.records.append(record)
+            index += 1
+            if objective == "batch" and mode == "on" and i % 4 == 0:
+                record.finish("RejectedCapacity", record.sent_at + 0.001)
+                continue
+            event = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+            for k in range(4):
+                record.meter.feed(event, record.sent_at + ttft + 0.02 * k)
+            record.meter.feed(b"data: [DONE]\n\n", record.sent_at + ttft + 0.1)
+            record.finish(COMPLETED, record.sent_at + ttft + 0.1)
+    for k in range(25):
+        queued = {10: 0, 0: k % 3, -1: k} if mode == "on" else {10: 0, 0: 0, -1: 0}
+        waiting = 0 if mode == "on" else 2 * k
+        run.samples.append(Sample(k * 0.5, queued, {10: 1, 0: 4, -1: 3}, 8 * k, 24, waiting, 0.5))
+    return run
+
+
+@pytest.fixture
+def demo() -> DemoResult:
+    result = DemoResult(DemoOptions(duration=10.0))
+    result.baseline = fake_run("on", "unloaded", 0.05, n=5)
+    result.runs = [fake_run("on", "flow control on", 0.2), fake_run("off", "flow control off", 8.0)]
+    return result
+
+
+def test_summary_counts_every_request_once(demo: DemoResult) -> None:
+    """Outcome counts add up to the requests sent, per run and per objective."""
+    for run in demo.runs:
+        summary = summarize(run, demo.options.workload)
+        assert sum(summary.outcomes.values()) == summary.sent == len(run.records)
+        assert sum(sum(p.outcomes.values()) for p in summary.priorities) == summary.sent
+        assert sum(t.sent for t in summary.tenants) == summary.sent
+
+
+def test_reading_reports_the_measured_ratio(demo: DemoResult) -> None:
+    """The text quotes the figures: 200 ms vs 8 s is 40x, and 4x the unloaded 50 ms."""
+    text = " ".join(reading(summarize_demo(demo), "interactive", "standard"))
+    assert "200 ms" in text
+    assert "8.0 s, 40x longer" in text
+    assert "kept it at 4.0x" in text
+    assert "acme" in text
+
+
+def test_reading_says_when_there_is_no_difference(demo: DemoResult) -> None:
+    """Equal figures are not dressed up as a win."""
+    demo.runs[1] = fake_run("off", "flow control off", 0.2)
+    text = " ".join(reading(summarize_demo(demo), "interactive", None))
+    assert "no clear difference" in text
+
+
+def svgs(html: str) -> list[ET.Element]:
+    return [ET.fromstring(m) for m in re.findall(r"<svg .*?</svg>", html, flags=re.S)]
+
+
+def embedded(html: str) -> dict[str, Any]:
+    match = re.search(
+        r'<script type="application/json" id="sluicegate-demo-data">(.*?)</script>', html, re.S
+    )
+    assert match is not None
+    doc: dict[str, Any] = orjson.loads(match.group(1))
+    return doc
+
+
+def test_report_is_self_contained_with_both_runs(demo: DemoResult, tmp_path: Path) -> None:
+    """Well-formed SVG charts for both runs, no external resources, the data embedded."""
+    path = write_report(tmp_path / "sub" / "report.html", demo, summarize_demo(demo))
+    html = path.read_text(encoding="utf-8")
+    charts = svgs(html)
+    assert len(charts) == 8  # four charts, two runs
+    for chart in charts:
+        assert chart.tag == "{http://www.w3.org/2000/svg}svg"
+    assert not re.search(r"<(link|img|iframe)\b|\bsrc=|\bhref=|@import", html)
+    assert html.count("http") == html.count('xmlns="http://www.w3.org/2000/svg"')
+    assert "flow control on" in html
+    assert "flow control off" in html
+    data = embedded(html)
+    assert [r["label"] for r in data["runs"]] == ["unloaded", "flow control on", "flow control off"]
+    for run in data["runs"]:
+        assert None not in run["request_outcomes"]
+        assert sum(run["outcomes"].values()) == run["sent"] == len(run["request_outcomes"])
+
+
+def test_report_with_one_run_and_nothing_sent(tmp_path: Path) -> None:
+    """A run stopped before its first request still renders."""
+    result = DemoResult(DemoOptions(duration=5.0, compare=False), interrupted=True)
+    result.runs = [RunResult("on", "flow control on", duration=5.0, planned=10, interrupted=True)]
+    html = render_report(result, summarize_demo(result))
+    assert len(svgs(html)) == 4
+    assert "stopped early" in html
