@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._stats import ttft_over_time
+from ._stats import percentile, ttft_over_time, ttft_samples
 from ._summary import reading, summary_rows
 from ._svg import Bar, Series, bar_chart, line_chart, nice_max
 
@@ -47,6 +47,12 @@ def _color(index: int) -> str:
     return _COLORS[index % len(_COLORS)]
 
 
+def _x_max(seconds: float) -> float:
+    """The x axis end: `seconds` rounded up to a multiple of 4 or 20, so ticks are round."""
+    step = 20.0 if seconds > 40 else 4.0
+    return math.ceil(max(seconds, 1.0) / step) * step
+
+
 def _ttft_chart(
     run: RunResult, demo: DemoResult, bucket_s: float, log_y: tuple[float, float]
 ) -> str:
@@ -65,10 +71,16 @@ def _ttft_chart(
                 dashed=True,
             )
         )
+    if demo.baseline is not None:
+        top = demo.options.workload.objectives[0].name
+        found = percentile(ttft_samples(r for r in demo.baseline.records), 99)
+        if found is not None:
+            flat = [(0.0, found.value), (run.duration, found.value)]
+            series.append(Series(f"{top} p99 unloaded", "#000000", flat, dotted=True))
     return line_chart(
         f"TTFT per objective over time, {run.label}",
         series,
-        x_max=run.duration,
+        x_max=_x_max(run.duration),
         y_max=0,
         x_label="seconds (by when the request was sent)",
         y_label="time to first token",
@@ -88,7 +100,7 @@ def _queue_chart(run: RunResult, demo: DemoResult, y_max: float) -> str:
     return line_chart(
         f"Queue depth over time, {run.label}",
         series,
-        x_max=max(run.elapsed, run.duration),
+        x_max=_x_max(max(run.elapsed, run.duration)),
         y_max=y_max,
         x_label="seconds",
         y_label="requests waiting",
@@ -211,9 +223,11 @@ def render_report(demo: DemoResult, summary: DemoSummary) -> str:
     ]
     body = []
     for title, charts in sections:
-        cols = "".join(f'<div class="col">{c}</div>' for c in charts)
+        cols = "".join(
+            f'<div class="col"><h3>{escape(r.label)}</h3>{c}</div>'
+            for r, c in zip(demo.runs, charts, strict=True)
+        )
         body.append(f'<h2>{escape(title)}</h2><div class="cols">{cols}</div>')
-    heads = "".join(f'<div class="col"><h3>{escape(r.label)}</h3></div>' for r in demo.runs)
     tenants = ", ".join(f"{t.name} (weight {t.weight:g})" for t in o.workload.tenants)
     mix = ", ".join(
         f"{x.name}: priority {x.priority}, {x.share:.0%} of requests, "
@@ -238,7 +252,6 @@ Objectives: {escape(mix)}. Tenants: {escape(tenants)}.</p>
 {_table_html(demo, summary)}
 <p class="small">TTFT counts requests that never got a token with their wait until the run
 ended, as a lower bound (shown as "&gt;="). Refused requests have no TTFT.</p>
-<div class="cols">{heads}</div>
 {"".join(body)}
 <script type="application/json" id="sluicegate-demo-data">{data}</script>
 </body></html>

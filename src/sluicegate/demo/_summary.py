@@ -126,20 +126,23 @@ def _ttft_sentences(
     return out
 
 
-def _turned_away(outcomes: dict[str, int]) -> int:
-    """Requests the gateway refused or evicted (its labels start so)."""
-    return sum(n for o, n in outcomes.items() if o.startswith(("Rejected", "Evicted")))
+def _count(outcomes: dict[str, int], prefix: str) -> int:
+    return sum(n for o, n in outcomes.items() if o.startswith(prefix))
 
 
 def _outcome_sentences(on: RunSummary | None, off: RunSummary | None) -> list[str]:
     out = []
     if on is not None:
-        refused = _turned_away(on.outcomes)
-        shed = [f"{f.objective} {_turned_away(f.outcomes)}" for f in on.priorities]
+        rejected, evicted = _count(on.outcomes, "Rejected"), _count(on.outcomes, "Evicted")
+        by_objective = ", ".join(
+            f"{f.objective} {_count(f.outcomes, 'Rejected') + _count(f.outcomes, 'Evicted')}"
+            for f in on.priorities
+        )
         out.append(
-            f"With flow control the backends completed {on.completed_per_s:.1f} requests/s; "
-            f"the gateway turned {refused} of {on.sent} away with a quick 429/503 "
-            f"instead of queueing them behind the backends (by objective: {', '.join(shed)})."
+            f"With flow control the backends completed {on.completed_per_s:.1f} requests/s. "
+            f"The gateway refused {rejected} of {on.sent} requests at once (429, queue full) "
+            f"and answered {evicted} with 503 after they had waited their TTL, instead of "
+            f"piling them up behind the backends (by objective: {by_objective})."
         )
     if off is not None:
         left = off.outcomes.get(UNFINISHED, 0)
@@ -164,9 +167,9 @@ def _tenant_sentences(on: RunSummary | None, off: RunSummary | None) -> list[str
         mine = next(t for t in run.tenants if t.tenant == heavy.tenant)
         shares.append(f"{mine.tokens / max(tokens, 1):.0%} with {run.label}")
     return [
-        f"The heavy tenant {heavy.tenant} sent {sent_share:.0%} of the requests and got "
-        f"{' and '.join(shares)} of the completed output tokens (within a priority, the "
-        "gateway serves tenants round-robin)."
+        f"The heavy tenant {heavy.tenant} sent {sent_share:.0%} of the requests; its share "
+        f"of the completed output tokens was {' and '.join(shares)} (within a priority, "
+        "the gateway serves tenants round-robin, so it waits more when a band is backlogged)."
     ]
 
 

@@ -29,12 +29,20 @@ _FONT: Final = 'font-family="system-ui, sans-serif" font-size="11"'
 @final
 @dataclass(frozen=True, slots=True)
 class Series:
-    """One line: `points` are (x, y); `dashed` lines are drawn dashed."""
+    """One line: `points` are (x, y); drawn solid, `dashed` or `dotted`."""
 
     label: str
     color: str
     points: Sequence[tuple[float, float]]
     dashed: bool = False
+    dotted: bool = False
+
+    @property
+    def dash(self) -> str:
+        """The SVG stroke-dasharray attribute, or nothing for a solid line."""
+        if self.dotted:
+            return ' stroke-dasharray="2 3"'
+        return ' stroke-dasharray="5 3"' if self.dashed else ""
 
 
 @final
@@ -76,20 +84,21 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def _frame(title: str, body: list[str], legend: Sequence[tuple[str, str, bool]]) -> str:
+def _frame(title: str, body: list[str], legend: Sequence[Series]) -> str:
+    height = _H + 18 * ((len(legend) + 1) // 2)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H + 18 * len(legend)}" '
-        f'width="{_W}" height="{_H + 18 * len(legend)}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" '
+        f'width="{_W}" height="{height}" role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
         *body,
     ]
-    for i, (label, color, dashed) in enumerate(legend):
-        y = _H + 18 * i + 6
-        dash = ' stroke-dasharray="5 3"' if dashed else ""
+    for i, s in enumerate(legend):
+        # Two legend columns keep the charts short.
+        x, y = _LEFT + (i % 2) * 200, _H + 18 * (i // 2) + 6
         parts.append(
-            f'<line x1="{_LEFT}" y1="{y}" x2="{_LEFT + 24}" y2="{y}" stroke="{color}" '
-            f'stroke-width="2"{dash}/>'
-            f'<text x="{_LEFT + 30}" y="{y + 4}" {_FONT}>{escape(label)}</text>'
+            f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" stroke="{s.color}" '
+            f'stroke-width="2"{s.dash}/>'
+            f'<text x="{x + 30}" y="{y + 4}" {_FONT}>{escape(s.label)}</text>'
         )
     parts.append("</svg>")
     return "\n".join(parts)
@@ -148,7 +157,7 @@ def line_chart(
             f'<text x="{_LEFT - 4}" y="{y}" dy="4" text-anchor="end" {_FONT}>{escape(text)}</text>'
         )
     for i in range(5):
-        x = x_max * i / 4
+        x = x_max * i / 4  # callers pick x_max so that quarters are round
         body.append(
             f'<text x="{_fmt(sx(x))}" y="{_TOP + ph + 14}" text-anchor="middle" {_FONT}>'
             f"{x:.0f}</text>"
@@ -163,19 +172,18 @@ def line_chart(
         if not s.points:
             continue
         path = " ".join(f"{_fmt(sx(x))},{_fmt(sy(y))}" for x, y in s.points)
-        dash = ' stroke-dasharray="5 3"' if s.dashed else ""
         body.append(
-            f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.8"{dash}/>'
+            f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.8"{s.dash}/>'
         )
-    return _frame(title, body, [(s.label, s.color, s.dashed) for s in series])
+    return _frame(title, body, series)
 
 
 def bar_chart(title: str, bars: Sequence[Bar], *, x_max: float) -> str:
     """Horizontal bars as an `<svg>` element, all on one scale from 0 to `x_max`."""
     row = 22
     height = _TOP + row * len(bars) + 8
-    label_w = 130
-    pw = _W - label_w - 90
+    label_w = 110
+    pw = _W - label_w - 180  # room for the note after the longest bar
     x_max = max(x_max, 1e-9)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" width="{_W}" '
