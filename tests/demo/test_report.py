@@ -159,3 +159,13 @@ def test_report_with_one_run_and_nothing_sent(tmp_path: Path) -> None:
     html = render_report(result, summarize_demo(result))
     assert len(svgs(html)) == 4
     assert "stopped early" in html
+
+
+def test_report_stopped_during_the_baseline(tmp_path: Path) -> None:
+    """Ctrl-C before the first run: a report with the baseline only, no charts."""
+    result = DemoResult(DemoOptions(duration=5.0), interrupted=True)
+    result.baseline = fake_run("on", "unloaded", 0.05, n=3)
+    html = render_report(result, summarize_demo(result))
+    assert "stopped before the first run" in html
+    assert svgs(html) == []
+    assert [r["label"] for r in embedded(html)["runs"]] == ["unloaded"]

@@ -124,7 +124,10 @@ class LiveView:
             f"  {min(sample.t, result.duration):.0f} s of {result.duration:.0f} s",
             "" if sample.t < result.duration else "  (waiting for open requests)",
         )
-        bar = ProgressBar(total=result.duration, completed=min(sample.t, result.duration), width=60)
+        bar = ProgressBar(total=result.duration, completed=min(sample.t, result.duration), width=40)
+        # A ProgressBar does not end its line; a grid row puts it beside the title.
+        header = Table.grid(padding=(0, 2))
+        header.add_row(bar, title)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for name in ("objective", "priority", "queued", "in flight", "sent", "done"):
             table.add_column(name, justify="left" if name == "objective" else "right")
@@ -152,4 +155,4 @@ class LiveView:
         )
         parts = [f"{k} {v}" for k, v in sorted(outcomes.items())]
         parts.append(f"open {open_now}")
-        return Group(title, bar, table, engines, Text("outcomes: " + ", ".join(parts)))
+        return Group(header, table, engines, Text("outcomes: " + ", ".join(parts)))

@@ -189,6 +189,12 @@ def _data(demo: DemoResult, summary: DemoSummary) -> dict[str, Any]:
     }
 
 
+def _heading(demo: DemoResult) -> str:
+    if not demo.runs:
+        return "stopped before the first run"
+    return " and ".join(r.label for r in demo.runs)
+
+
 def render_report(demo: DemoResult, summary: DemoSummary) -> str:
     """The report as one HTML document."""
     o = demo.options
@@ -241,7 +247,7 @@ def render_report(demo: DemoResult, summary: DemoSummary) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>sluicegate demo report</title><style>{_CSS}</style></head>
 <body>
-<h1>sluicegate demo: flow control {"on and off" if len(demo.runs) > 1 else "on"}</h1>
+<h1>sluicegate demo: {escape(_heading(demo))}</h1>
 <p class="small">{escape(stamp)}. {o.backends} simulated backends ({o.sim.max_num_seqs} sequences,
 {o.sim.kv_cache_size}-token KV cache each); {o.rate:.1f} requests/s offered for {o.duration:g} s,
 {o.load:g}x the estimated capacity of {o.capacity:.1f}/s; seed {o.seed}.

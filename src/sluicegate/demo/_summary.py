@@ -169,7 +169,7 @@ def _tenant_sentences(on: RunSummary | None, off: RunSummary | None) -> list[str
     return [
         f"The heavy tenant {heavy.tenant} sent {sent_share:.0%} of the requests; its share "
         f"of the completed output tokens was {' and '.join(shares)} (within a priority, "
-        "the gateway serves tenants round-robin, so it waits more when a band is backlogged)."
+        "the gateway takes tenants in turn)."
     ]
 
 
@@ -182,6 +182,8 @@ def reading(summary: DemoSummary, top_objective: str, second_objective: str | No
         out += _ttft_sentences(second_objective, on, off, None)
     out += _outcome_sentences(on, off)
     out += _tenant_sentences(on, off)
-    if any(r.interrupted for r in summary.runs):
+    if not summary.runs:
+        out.append("The demo was stopped before the first run: only the baseline ran.")
+    elif any(r.interrupted for r in summary.runs):
         out.append("The demo was stopped early: these figures cover only what ran.")
     return out
