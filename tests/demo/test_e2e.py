@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -13,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+from rich.console import Console
+
+from sluicegate.demo import DemoOptions, run_demo, summarize_demo, write_report
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -137,3 +141,21 @@ def test_a_taken_port_gives_a_clear_message(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.asyncio
+async def test_run_demo_in_process_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The Python API: a short run, every outcome set, no stray task or warning."""
+    options = DemoOptions(duration=1.5, backends=1, compare=False, out=tmp_path / "r.html")
+    console = Console(file=io.StringIO(), force_terminal=False)
+    result = await run_demo(options, console, asyncio.Event())
+    assert result.baseline is not None
+    assert [r.label for r in result.runs] == ["flow control on"]
+    for run in (result.baseline, *result.runs):
+        assert run.records
+        assert all(r.outcome is not None for r in run.records)
+        assert run.samples
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not [t for t in others if not t.done()]
+    path = write_report(options.out, result, summarize_demo(result))
+    assert path.stat().st_size > 0

@@ -195,23 +195,12 @@ def _heading(demo: DemoResult) -> str:
     return " and ".join(r.label for r in demo.runs)
 
 
-def render_report(demo: DemoResult, summary: DemoSummary) -> str:
-    """The report as one HTML document."""
-    o = demo.options
-    objectives = o.workload.objectives
-    text = reading(summary, objectives[0].name, objectives[1].name if len(objectives) > 1 else None)
-    bucket_s = max(o.duration / 20, 1.0)
+def _chart_sections(demo: DemoResult, summary: DemoSummary) -> str:
+    """The four chart rows, one column per run, each chart on a scale shared by the runs."""
+    bucket_s = max(demo.options.duration / 20, 1.0)
     log_y = _ttft_range(demo)
-    queue_max = nice_max(
-        max(
-            (
-                max([*s.queued.values(), s.engine_waiting], default=0)
-                for r in demo.runs
-                for s in r.samples
-            ),
-            default=1,
-        )
-    )
+    depths = (max([*s.queued.values(), s.engine_waiting]) for r in demo.runs for s in r.samples)
+    queue_max = nice_max(max(depths, default=1))
     tenant_max = nice_max(max((t.tokens_per_s for s in summary.runs for t in s.tenants), default=1))
     labels = sorted({k for s in summary.runs for k in s.outcomes})
     outcome_max = nice_max(max((v for s in summary.runs for v in s.outcomes.values()), default=1))
@@ -234,6 +223,14 @@ def render_report(demo: DemoResult, summary: DemoSummary) -> str:
             for r, c in zip(demo.runs, charts, strict=True)
         )
         body.append(f'<h2>{escape(title)}</h2><div class="cols">{cols}</div>')
+    return "\n".join(body)
+
+
+def render_report(demo: DemoResult, summary: DemoSummary) -> str:
+    """The report as one HTML document."""
+    o = demo.options
+    objectives = o.workload.objectives
+    text = reading(summary, objectives[0].name, objectives[1].name if len(objectives) > 1 else None)
     tenants = ", ".join(f"{t.name} (weight {t.weight:g})" for t in o.workload.tenants)
     mix = ", ".join(
         f"{x.name}: priority {x.priority}, {x.share:.0%} of requests, "
@@ -258,7 +255,7 @@ Objectives: {escape(mix)}. Tenants: {escape(tenants)}.</p>
 {_table_html(demo, summary)}
 <p class="small">TTFT counts requests that never got a token with their wait until the run
 ended, as a lower bound (shown as "&gt;="). Refused requests have no TTFT.</p>
-{"".join(body)}
+{_chart_sections(demo, summary)}
 <script type="application/json" id="sluicegate-demo-data">{data}</script>
 </body></html>
 """

@@ -104,6 +104,40 @@ def _frame(title: str, body: list[str], legend: Sequence[Series]) -> str:
     return "\n".join(parts)
 
 
+def _axes(
+    y_ticks: Sequence[tuple[float, str]],
+    sy: Callable[[float], float],
+    x_ticks: Sequence[tuple[float, float]],
+) -> list[str]:
+    """The plot area, horizontal grid lines with y labels, and x labels at (value, pixel)."""
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    body = [
+        f'<rect x="{_LEFT}" y="{_TOP}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>'
+    ]
+    for value, text in y_ticks:
+        y = _fmt(sy(value))
+        body.append(
+            f'<line x1="{_LEFT}" y1="{y}" x2="{_LEFT + pw}" y2="{y}" stroke="#e5e5e5"/>'
+            f'<text x="{_LEFT - 4}" y="{y}" dy="4" text-anchor="end" {_FONT}>{escape(text)}</text>'
+        )
+    # Callers pick the x range so that its quarters are round numbers.
+    body.extend(
+        f'<text x="{_fmt(px)}" y="{_TOP + ph + 14}" text-anchor="middle" {_FONT}>{x:.0f}</text>'
+        for x, px in x_ticks
+    )
+    return body
+
+
+def _captions(x_label: str, y_label: str) -> list[str]:
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    return [
+        f'<text x="{_LEFT + pw / 2}" y="{_TOP + ph + 30}" text-anchor="middle" {_FONT}>'
+        f"{escape(x_label)}</text>",
+        f'<text transform="translate(12 {_TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
+        f"{_FONT}>{escape(y_label)}</text>",
+    ]
+
+
 def line_chart(
     title: str,
     series: Sequence[Series],
@@ -147,27 +181,8 @@ def line_chart(
             return _TOP + ph * (1 - min(max(y / y_max, 0.0), 1.0))
 
         ticks = [(y_max * i / 4, f"{y_max * i / 4:g}") for i in range(5)]
-    body = [
-        f'<rect x="{_LEFT}" y="{_TOP}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>'
-    ]
-    for value, text in ticks:
-        y = _fmt(sy(value))
-        body.append(
-            f'<line x1="{_LEFT}" y1="{y}" x2="{_LEFT + pw}" y2="{y}" stroke="#e5e5e5"/>'
-            f'<text x="{_LEFT - 4}" y="{y}" dy="4" text-anchor="end" {_FONT}>{escape(text)}</text>'
-        )
-    for i in range(5):
-        x = x_max * i / 4  # callers pick x_max so that quarters are round
-        body.append(
-            f'<text x="{_fmt(sx(x))}" y="{_TOP + ph + 14}" text-anchor="middle" {_FONT}>'
-            f"{x:.0f}</text>"
-        )
-    body.append(
-        f'<text x="{_LEFT + pw / 2}" y="{_TOP + ph + 30}" text-anchor="middle" {_FONT}>'
-        f"{escape(x_label)}</text>"
-        f'<text transform="translate(12 {_TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
-        f"{_FONT}>{escape(y_label)}</text>"
-    )
+    body = _axes(ticks, sy, [(x_max * i / 4, sx(x_max * i / 4)) for i in range(5)])
+    body += _captions(x_label, y_label)
     for s in series:
         if not s.points:
             continue
