@@ -20,6 +20,7 @@ from ._core._policies import (
     OrderingPolicy,
     RoundRobin,
     SloDeadline,
+    TokenFair,
 )
 from ._core._queues import QUEUES, FifoQueue, HeapQueue, Queue
 from ._core._ticket import Ticket
@@ -80,6 +81,7 @@ __all__ = [
     "SloDeadline",
     "TTLExpiredError",
     "Ticket",
+    "TokenFair",
     "UnknownPluginError",
     "WouldBlock",
     "__version__",

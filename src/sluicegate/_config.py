@@ -6,6 +6,7 @@ are resolved here, so a config that constructs is a config that runs.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class BandConfig:
             queue (dispatch at once when capacity is free, else reject: a sheddable
             fast-reject band).
         max_bytes: most bytes waiting in the band; None = unlimited.
+        input_token_weight: cost of one input token (prompt) in token accounting.
+        output_token_weight: cost of one output token; output costs more to serve.
     """
 
     ordering: str = "fcfs"
@@ -68,8 +71,14 @@ class BandConfig:
     queue: str | None = None
     max_requests: int | None = 5000
     max_bytes: int | None = 1_000_000_000
+    input_token_weight: float = 1.0
+    output_token_weight: float = 2.0
 
     def __post_init__(self) -> None:
+        for name in ("input_token_weight", "output_token_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
         _check_name("ordering", self.ordering, ORDERING_POLICIES)
         _check_name("fairness", self.fairness, FAIRNESS_POLICIES)
         if self.queue is not None:
@@ -103,6 +112,25 @@ def _frozen_bands(bands: Mapping[int, BandConfig]) -> Mapping[int, BandConfig]:
     return MappingProxyType(dict(sorted(out.items(), reverse=True)))
 
 
+def _frozen_weights(weights: Mapping[str, float]) -> Mapping[str, float]:
+    if not isinstance(weights, Mapping):
+        raise ConfigError(
+            f"flow_weights must be a mapping of id or pattern to weight, got {weights!r}"
+        )
+    out: dict[str, float] = {}
+    for pattern, weight in weights.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"flow_weights: keys must be non-empty strings, got {pattern!r}")
+        if (
+            not isinstance(weight, int | float)
+            or isinstance(weight, bool)
+            or not (0 < weight < math.inf)
+        ):
+            raise ConfigError(f"flow_weights[{pattern!r}] must be a number > 0, got {weight!r}")
+        out[pattern] = float(weight)
+    return MappingProxyType(out)
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class FlowControlConfig:
@@ -121,6 +149,10 @@ class FlowControlConfig:
             requests at an unknown priority are served in band 0.
         flow_idle_timeout: seconds a flow with nothing queued or in flight is kept.
         band_idle_timeout: seconds a dynamic band with no flow is kept.
+        flow_weights: weight by fairness id or glob pattern (`fnmatch`); exact ids win,
+            then the first matching pattern in order; default 1. A flow with weight 2
+            gets twice the token service of a flow with weight 1 under `token-fair`.
+        fairness_window: seconds of the sliding window for the fairness statistics.
     """
 
     default_ttl: float | None = 30.0
@@ -133,6 +165,8 @@ class FlowControlConfig:
     dynamic_bands: bool = True
     flow_idle_timeout: float = 300.0
     band_idle_timeout: float = 600.0
+    flow_weights: Mapping[str, float] = field(default_factory=dict)
+    fairness_window: float = 10.0
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -153,6 +187,19 @@ class FlowControlConfig:
             raise ConfigError(f"dynamic_bands must be a bool, got {self.dynamic_bands!r}")
         _check_duration("flow_idle_timeout", self.flow_idle_timeout, allow_none=False)
         _check_duration("band_idle_timeout", self.band_idle_timeout, allow_none=False)
+        _check_duration("fairness_window", self.fairness_window, allow_none=False)
+        object.__setattr__(self, "flow_weights", _frozen_weights(self.flow_weights))
+
+    def weight_for(self, flow_id: str) -> float:
+        """The fairness weight of `flow_id`: exact match, else first glob, else 1."""
+        weights = self.flow_weights
+        weight = weights.get(flow_id)
+        if weight is not None:
+            return weight
+        for pattern, value in weights.items():
+            if fnmatch.fnmatchcase(flow_id, pattern):
+                return value
+        return 1.0
 
     def template_for(self, priority: int) -> BandConfig:
         """The config a band at `priority` gets: static, else the matching template."""

@@ -122,6 +122,8 @@ class FlowController:
         size: int = 0,
         ttl: float | None = None,
         slo: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> Ticket:
         """Wait until the request may proceed; return its ticket.
 
@@ -134,6 +136,9 @@ class FlowController:
             size: the request's size in bytes (counted against byte limits).
             ttl: seconds it may wait; None = the configured default; `math.inf` = forever.
             slo: seconds from now to its SLO deadline (for `slo-deadline` ordering).
+            input_tokens: estimated prompt tokens, for token accounting; None = size / 4.
+            output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
+                recent average. Correct both later with `ticket.record_usage()`.
 
         Raises:
             QueueFullError: a capacity limit is reached (429).
@@ -144,7 +149,7 @@ class FlowController:
             ControllerClosedEvictedError: the controller closed while it waited (503).
             ValueError: `size`, `ttl` or `slo` is invalid.
         """
-        ticket = self._submit(key, size, ttl, slo)
+        ticket = self._submit(key, size, ttl, slo, input_tokens, output_tokens)
         if ticket.state is State.DISPATCHED:
             ticket.handed_over = True
             return ticket
@@ -179,7 +184,7 @@ class FlowController:
         core = self._core
         if core.queued_requests or not core.can_dispatch(self._detector):
             raise WouldBlock(f"{key} cannot be dispatched without waiting")
-        return self._submit(key, size, None, None)
+        return self._submit(key, size, None, None, None, None)
 
     @contextlib.asynccontextmanager
     async def admit(
@@ -189,19 +194,36 @@ class FlowController:
         size: int = 0,
         ttl: float | None = None,
         slo: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> AsyncIterator[Ticket]:
         """`enqueue_and_wait`, then release the ticket when the block ends.
 
         Raises:
             The errors of `enqueue_and_wait`.
         """
-        ticket = await self.enqueue_and_wait(key, size=size, ttl=ttl, slo=slo)
+        ticket = await self.enqueue_and_wait(
+            key,
+            size=size,
+            ttl=ttl,
+            slo=slo,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
         try:
             yield ticket
         finally:
             ticket.release()
 
-    def _submit(self, key: FlowKey, size: int, ttl: float | None, slo: float | None) -> Ticket:
+    def _submit(
+        self,
+        key: FlowKey,
+        size: int,
+        ttl: float | None,
+        slo: float | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> Ticket:
         if not isinstance(key, FlowKey):
             raise TypeError(f"key must be a FlowKey, got {key!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -210,15 +232,27 @@ class FlowController:
             raise ValueError(f"ttl must be > 0 seconds (or None, or math.inf), got {ttl!r}")
         if slo is not None and not slo >= 0:
             raise ValueError(f"slo must be >= 0 seconds, got {slo!r}")
+        for name, tokens in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if tokens is not None and (
+                not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0
+            ):
+                raise ValueError(f"{name} must be an int >= 0, got {tokens!r}")
         if not self._running:
             raise self._core.reject_closed()
         try:
-            ticket = self._core.submit(key, size, ttl, slo, self._now(), self._detector)
+            ticket = self._core.submit(
+                key, size, ttl, slo, self._now(), self._detector, input_tokens, output_tokens
+            )
         except RejectedError:
             self._arm_collection()
             raise
         ticket._owner = self
         return ticket
+
+    def _record_usage(
+        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, /
+    ) -> None:
+        self._core.record_usage(ticket, input_tokens, output_tokens, self._now())
 
     def _release(self, ticket: Ticket, /) -> None:
         if self._core.release(ticket, self._now(), self._detector):
@@ -263,7 +297,7 @@ class FlowController:
 
     def statistics(self) -> ControllerStatistics:
         """A frozen, exact snapshot of bands, flows, counters and outcomes."""
-        return self._core.statistics()
+        return self._core.statistics(self._now() if self._loop is not None else None)
 
     # -- events -----------------------------------------------------------------------
 

@@ -81,6 +81,13 @@ class FlowStatistics:
     in_flight: int
     #: Loop time of the oldest waiting request's arrival, or None when nothing waits.
     oldest_arrival: float | None
+    #: Fairness weight (from `flow_weights`).
+    weight: float
+    #: Tokens served so far: estimates at dispatch, replaced by recorded usage.
+    input_tokens: int
+    output_tokens: int
+    #: Weighted token service divided by the weight: what `token-fair` equalises.
+    service: float
 
 
 @final
@@ -103,6 +110,11 @@ class BandStatistics:
     fairness: str
     #: Requests at an unknown priority served here because dynamic bands are off.
     fallback_requests: int
+    #: Jain's index of normalised token service over the fairness window, among the
+    #: flows backlogged in it (1 = perfectly fair); None without two such flows or a clock.
+    jain_index: float | None
+    #: Largest difference of normalised token service in the window between those flows.
+    max_service_gap: float | None
 
 
 @final

@@ -28,8 +28,30 @@ class Harness:
         ttl: float | None = None,
         slo: float | None = None,
         now: float = 0.0,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> Ticket:
-        return self.core.submit(FlowKey(fid, priority), size, ttl, slo, now, self.gate)
+        return self.core.submit(
+            FlowKey(fid, priority), size, ttl, slo, now, self.gate, input_tokens, output_tokens
+        )
+
+    def dispatch_one(self, now: float = 0.0) -> Ticket | None:
+        """Dispatch exactly one request (the gate saturates right after it)."""
+        gate = self.gate
+        gate.saturated = False
+        original = gate.on_dispatch
+
+        def once(ticket: Ticket) -> None:
+            original(ticket)
+            gate.saturated = True
+
+        gate.on_dispatch = once  # type: ignore[method-assign]  # a test double
+        try:
+            out = self.core.dispatch(now, gate)
+        finally:
+            del gate.on_dispatch
+            gate.saturated = True
+        return out[0] if out else None
 
     def dispatch(self, now: float = 0.0) -> list[Ticket]:
         return self.core.dispatch(now, self.gate)

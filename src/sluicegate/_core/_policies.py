@@ -34,6 +34,7 @@ __all__ = [
     "OrderingPolicy",
     "RoundRobin",
     "SloDeadline",
+    "TokenFair",
 ]
 
 
@@ -91,8 +92,11 @@ class FairnessPolicy(Protocol):
 
     The band calls `head_changed` whenever a flow's head changes, including when the
     flow becomes non-empty or empty, except after a dispatch, where it calls
-    `dispatched` instead. `select` MUST return a flow with a non-empty queue, or None
-    when the band has no queued request, and MUST NOT mutate the flow.
+    `dispatched` instead. `charge` reports service given to a flow, already divided by
+    the flow's weight: positive at dispatch (the estimate), either sign when actual usage
+    corrects it, and possibly for a flow that is not backlogged. `select` MUST return a
+    flow with a non-empty queue, or None when the band has no queued request, and MUST
+    NOT mutate the flow (except `flow.fair_counter`, which is the policy's own).
     """
 
     name: ClassVar[str]
@@ -100,6 +104,8 @@ class FairnessPolicy(Protocol):
     def head_changed(self, flow: Flow, /) -> None: ...
 
     def dispatched(self, flow: Flow, ticket: Ticket, /) -> None: ...
+
+    def charge(self, flow: Flow, service: float, /) -> None: ...
 
     def select(self) -> Flow | None: ...
 
@@ -125,6 +131,9 @@ class GlobalStrict:
 
     def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
         self.head_changed(flow)
+
+    def charge(self, flow: Flow, service: float, /) -> None:
+        pass  # counts requests, not tokens
 
     def select(self) -> Flow | None:
         heap = self._heap
@@ -162,6 +171,9 @@ class RoundRobin:
             else:
                 self._members.discard(flow)
 
+    def charge(self, flow: Flow, service: float, /) -> None:
+        pass  # one turn per request, whatever it costs
+
     def select(self) -> Flow | None:
         ring = self._ring
         while ring:
@@ -173,9 +185,77 @@ class RoundRobin:
         return None
 
 
+@final
+class TokenFair:
+    """Weighted token fairness: serve the backlogged flow with the least service.
+
+    Each flow has a counter of weighted token service divided by its weight (VTC,
+    OSDI'24, with weights). A flow that becomes backlogged is lifted to the smallest
+    counter among backlogged flows (or to the band's virtual time when none is), so idle
+    time banks no credit and a returning flow cannot starve the others. The virtual time
+    only moves forward, even when a correction refunds an over-estimate. Selection is a
+    heap of (counter, sequence, flow) with lazy invalidation: O(log active flows).
+    """
+
+    name: ClassVar[str] = "token-fair"
+    __slots__ = ("_active", "_heap", "_seq", "virtual_time")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Flow]] = []
+        self._active: set[Flow] = set()
+        self._seq = 0
+        #: Never decreases: the floor a returning flow is lifted to.
+        self.virtual_time = 0.0
+
+    def _push(self, flow: Flow) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (flow.fair_counter, self._seq, flow))
+
+    def _min_active(self) -> float | None:
+        heap = self._heap
+        while heap:
+            counter, _, flow = heap[0]
+            if flow in self._active and flow.fair_counter == counter:
+                return counter
+            heapq.heappop(heap)
+        return None
+
+    def head_changed(self, flow: Flow, /) -> None:
+        if not len(flow.queue):
+            self._active.discard(flow)
+            return
+        if flow in self._active:
+            return
+        floor = self._min_active()
+        floor = self.virtual_time if floor is None else max(floor, self.virtual_time)
+        flow.fair_counter = max(flow.fair_counter, floor)
+        self._active.add(flow)
+        self._push(flow)
+
+    def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
+        if len(flow.queue):
+            self._push(flow)
+        else:
+            self._active.discard(flow)
+
+    def charge(self, flow: Flow, service: float, /) -> None:
+        flow.fair_counter += service
+        if flow in self._active:
+            self._push(flow)
+
+    def select(self) -> Flow | None:
+        while (counter := self._min_active()) is not None:
+            flow = self._heap[0][2]
+            if len(flow.queue):
+                self.virtual_time = max(self.virtual_time, counter)
+                return flow
+            self._active.discard(flow)  # emptied by an eviction we were not told of
+        return None
+
+
 ORDERING_POLICIES: Final[Mapping[str, Callable[[], OrderingPolicy]]] = MappingProxyType(
     {"fcfs": Fcfs, "edf": Edf, "slo-deadline": SloDeadline}
 )
 FAIRNESS_POLICIES: Final[Mapping[str, Callable[[], FairnessPolicy]]] = MappingProxyType(
-    {"global-strict": GlobalStrict, "round-robin": RoundRobin}
+    {"global-strict": GlobalStrict, "round-robin": RoundRobin, "token-fair": TokenFair}
 )

@@ -25,7 +25,8 @@ So nothing queued is ever dropped, orphaned or moved by a removal.
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+import math
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, final
 
 from .._types import FlowKey
@@ -44,16 +45,40 @@ __all__ = ["Band", "Flow", "Registry"]
 
 @final
 class Flow:
-    """One (fairness id, band) pair: a queue plus counters."""
+    """One (fairness id, band) pair: a queue, counters and token accounting."""
 
-    __slots__ = ("band", "in_flight", "key", "queue", "queued_bytes")
+    __slots__ = (
+        "band",
+        "fair_counter",
+        "in_flight",
+        "input_tokens",
+        "key",
+        "last_backlogged",
+        "output_average",
+        "output_tokens",
+        "queue",
+        "queued_bytes",
+        "service",
+        "weight",
+    )
 
-    def __init__(self, key: FlowKey, band: Band) -> None:
+    def __init__(self, key: FlowKey, band: Band, weight: float) -> None:
         self.key = key
         self.band = band
+        self.weight = weight
         self.queue: Queue = QUEUES[band.config.queue_name]()
         self.queued_bytes = 0
         self.in_flight = 0
+        #: Tokens served (estimates until corrected by recorded usage).
+        self.input_tokens = 0
+        self.output_tokens = 0
+        #: Weighted token service divided by the weight: what fairness equalises.
+        self.service = 0.0
+        #: Owned by the band's fairness policy (token-fair keeps its virtual counter here).
+        self.fair_counter = 0.0
+        #: Moving average of actual output tokens, the estimate when max_tokens is unknown.
+        self.output_average: float | None = None
+        self.last_backlogged = -math.inf
 
     def __repr__(self) -> str:
         return f"<Flow {self.key} queued={len(self.queue)} in_flight={self.in_flight}>"
@@ -74,6 +99,7 @@ class Band:
         "queued_bytes",
         "queued_requests",
         "retiring",
+        "service_log",
         "static",
     )
 
@@ -86,6 +112,8 @@ class Band:
         self.queued_bytes = 0
         self.in_flight = 0
         self.fallback_requests = 0
+        #: (time, flow, normalised cost) of recent charges, for the windowed statistics.
+        self.service_log: deque[tuple[float, Flow, float]] = deque()
         self.config = config
         self.ordering: OrderingPolicy = ORDERING_POLICIES[config.ordering]()
         self.fairness: FairnessPolicy = FAIRNESS_POLICIES[config.fairness]()
@@ -170,7 +198,8 @@ class Registry:
         if flow is None:
             if not band.flows:
                 self._idle_bands.pop(band, None)
-            flow = band.flows[flow_id] = Flow(FlowKey(flow_id, band.priority), band)
+            key = FlowKey(flow_id, band.priority)
+            flow = band.flows[flow_id] = Flow(key, band, self.config.weight_for(flow_id))
         else:
             self._idle_flows.pop(flow, None)
         return flow
@@ -243,6 +272,8 @@ class Registry:
             self._add_band(priority)
         changed: list[Band] = []
         for band in self.levels:
+            for flow in band.flows.values():
+                flow.weight = config.weight_for(flow.key.id)
             band.static = band.priority in config.bands
             new = config.template_for(band.priority)
             old, band.config = band.config, new

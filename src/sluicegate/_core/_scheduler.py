@@ -50,6 +50,12 @@ _log = logging.getLogger("sluicegate")
 
 _TTL: Final = 0
 _NO_ENDPOINT: Final = 1
+#: Prompt-size estimate when the caller gives none: about 4 bytes of text per token.
+_BYTES_PER_TOKEN: Final = 4
+#: Output estimate for a flow with no history and no max_tokens.
+_DEFAULT_OUTPUT_TOKENS: Final = 256
+#: Weight of the newest actual output in the flow's moving average.
+_OUTPUT_AVERAGE_WEIGHT: Final = 0.2
 
 
 @final
@@ -90,12 +96,17 @@ class Scheduler:
         slo: float | None,
         now: float,
         gate: SaturationDetector,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
     ) -> Ticket:
         """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
 
         Args:
             ttl: seconds it may wait; None = the configured default; inf = forever.
             slo: seconds from now to its SLO deadline (for `slo-deadline` ordering).
+            input_tokens: estimated prompt tokens; None = size / 4.
+            output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
+                recent average of actual output.
 
         Returns:
             the ticket, DISPATCHED or QUEUED.
@@ -120,6 +131,11 @@ class Scheduler:
             band.fallback_requests += 1
         flow = self.registry.flow_for(band, key.id)
         ticket.band, ticket.flow, ticket.priority = band, flow, band.priority
+        ticket.input_tokens = -(-size // _BYTES_PER_TOKEN) if input_tokens is None else input_tokens
+        if output_tokens is None:
+            average = flow.output_average
+            output_tokens = _DEFAULT_OUTPUT_TOKENS if average is None else round(average)
+        ticket.output_tokens = output_tokens
         if self.queued_requests == 0 and self.can_dispatch(gate):
             self._start(ticket, now, gate)
             return ticket
@@ -165,6 +181,7 @@ class Scheduler:
         band.queued_requests += 1
         band.queued_bytes += size
         flow.queued_bytes += size
+        flow.last_backlogged = now
         if flow.queue.push(ticket):
             band.fairness.head_changed(flow)
         if ticket.expires_at is not None:
@@ -200,14 +217,15 @@ class Scheduler:
                     _log.error("fairness policy of band %d found no flow", band.priority)
                     break
                 ticket = flow.queue.pop()
-                self._unqueue(ticket, band, flow)
-                band.fairness.dispatched(flow, ticket)
+                self._unqueue(ticket, band, flow, now)
                 waiter = ticket.waiter
                 if waiter is not None and waiter.cancelled():
                     self._finish(ticket, Outcome.EVICTED_CANCELLED)
+                    band.fairness.head_changed(flow)
                     self.registry.settle(flow, now)
                     continue
                 self._start(ticket, now, gate)
+                band.fairness.dispatched(flow, ticket)
                 out.append(ticket)
         return out
 
@@ -225,14 +243,53 @@ class Scheduler:
         ticket.outcome = Outcome.DISPATCHED
         self.outcomes[Outcome.DISPATCHED] += 1
         self.in_flight += 1
-        ticket.band.in_flight += 1  # type: ignore[union-attr]  # set by submit
-        ticket.flow.in_flight += 1  # type: ignore[union-attr]  # set by submit
+        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        flow.band.in_flight += 1
+        flow.in_flight += 1
+        self._charge(flow, ticket.input_tokens, ticket.output_tokens, now)
         try:
             gate.on_dispatch(ticket)
         except Exception:
             _log.exception("saturation detector failed in on_dispatch")
 
-    def _unqueue(self, ticket: Ticket, band: Band, flow: Flow) -> None:
+    def _charge(self, flow: Flow, input_tokens: int, output_tokens: int, now: float) -> None:
+        """Account tokens served to `flow` (negative counts refund an over-estimate)."""
+        band = flow.band
+        flow.input_tokens += input_tokens
+        flow.output_tokens += output_tokens
+        cost = (
+            band.config.input_token_weight * input_tokens
+            + band.config.output_token_weight * output_tokens
+        )
+        if not cost:
+            return
+        service = cost / flow.weight
+        flow.service += service
+        log = band.service_log
+        log.append((now, flow, service))
+        horizon = now - self.registry.config.fairness_window
+        while log[0][0] < horizon:
+            log.popleft()
+        band.fairness.charge(flow, service)
+
+    def record_usage(
+        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, now: float
+    ) -> bool:
+        """Replace a dispatched ticket's charged tokens by actual usage (running totals)."""
+        if ticket.state not in (State.DISPATCHED, State.RELEASED):
+            return False
+        d_in = 0 if input_tokens is None else input_tokens - ticket.input_tokens
+        d_out = 0 if output_tokens is None else output_tokens - ticket.output_tokens
+        if output_tokens is not None:
+            ticket.usage_known = True
+        ticket.input_tokens += d_in
+        ticket.output_tokens += d_out
+        if d_in or d_out:
+            self._charge(ticket.flow, d_in, d_out, now)  # type: ignore[arg-type]  # set by submit
+        return True
+
+    def _unqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
+        flow.last_backlogged = now
         size = ticket.size
         self.queued_requests -= 1
         self.queued_bytes -= size
@@ -252,6 +309,13 @@ class Scheduler:
         if ticket.state is not State.DISPATCHED:
             return False
         ticket.state = State.RELEASED
+        if ticket.usage_known:
+            flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+            average = flow.output_average
+            actual = ticket.output_tokens
+            flow.output_average = (
+                actual if average is None else average + _OUTPUT_AVERAGE_WEIGHT * (actual - average)
+            )
         self._end_flight(ticket, now, gate)
         return True
 
@@ -285,7 +349,7 @@ class Scheduler:
         flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
         band = flow.band
         head_changed = flow.queue.discard(ticket)
-        self._unqueue(ticket, band, flow)
+        self._unqueue(ticket, band, flow, now)
         self._finish(ticket, outcome)
         if head_changed:
             band.fairness.head_changed(flow)
@@ -395,11 +459,16 @@ class Scheduler:
 
     # -- statistics -------------------------------------------------------------------
 
-    def statistics(self) -> ControllerStatistics:
-        """A frozen snapshot; every figure is exact."""
+    def statistics(self, now: float | None = None) -> ControllerStatistics:
+        """A frozen snapshot; every figure is exact.
+
+        Args:
+            now: the current time, for the windowed fairness figures (None: omit them).
+        """
         bands: dict[int, BandStatistics] = {}
         flows: dict[FlowKey, FlowStatistics] = {}
         for band in self.registry.levels:
+            jain, gap = self._fairness(band, now)
             cfg = band.config
             bands[band.priority] = BandStatistics(
                 priority=band.priority,
@@ -414,16 +483,11 @@ class Scheduler:
                 ordering=cfg.ordering,
                 fairness=cfg.fairness,
                 fallback_requests=band.fallback_requests,
+                jain_index=jain,
+                max_service_gap=gap,
             )
             for flow in band.flows.values():
-                queued = _queued(flow)
-                flows[flow.key] = FlowStatistics(
-                    key=flow.key,
-                    queued_requests=len(flow.queue),
-                    queued_bytes=flow.queued_bytes,
-                    in_flight=flow.in_flight,
-                    oldest_arrival=min((t.arrival for t in queued), default=None),
-                )
+                flows[flow.key] = _flow_statistics(flow)
         config = self.registry.config
         return ControllerStatistics(
             submitted=self.submitted,
@@ -438,11 +502,44 @@ class Scheduler:
             closed=self.closed,
         )
 
+    def _fairness(self, band: Band, now: float | None) -> tuple[float | None, float | None]:
+        """Jain's index and the largest service gap over the window, among backlogged flows."""
+        if now is None:
+            return None, None
+        horizon = now - self.registry.config.fairness_window
+        served: dict[Flow, float] = {}
+        for at, flow, service in band.service_log:
+            if at >= horizon:
+                served[flow] = served.get(flow, 0.0) + service
+        candidates = [
+            f for f in band.flows.values() if len(f.queue) or f.last_backlogged >= horizon
+        ]
+        if len(candidates) < 2:
+            return None, None
+        xs = [served.get(f, 0.0) for f in candidates]
+        total, squares = sum(xs), sum(x * x for x in xs)
+        jain = total * total / (len(xs) * squares) if squares else None
+        return jain, max(xs) - min(xs)
+
     def __repr__(self) -> str:
         return (
             f"<Scheduler [bands: {len(self.registry.bands)} | queued: {self.queued_requests}"
             f" | in flight: {self.in_flight} | submitted: {self.submitted}]>"
         )
+
+
+def _flow_statistics(flow: Flow) -> FlowStatistics:
+    return FlowStatistics(
+        key=flow.key,
+        queued_requests=len(flow.queue),
+        queued_bytes=flow.queued_bytes,
+        in_flight=flow.in_flight,
+        oldest_arrival=min((t.arrival for t in _queued(flow)), default=None),
+        weight=flow.weight,
+        input_tokens=flow.input_tokens,
+        output_tokens=flow.output_tokens,
+        service=flow.service,
+    )
 
 
 def _queued(flow: Flow) -> list[Ticket]:

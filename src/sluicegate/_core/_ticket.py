@@ -32,6 +32,10 @@ class State(enum.IntEnum):
 class _Releaser(Protocol):
     def _release(self, ticket: Ticket, /) -> None: ...
 
+    def _record_usage(
+        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, /
+    ) -> None: ...
+
 
 @final
 class Ticket:
@@ -48,6 +52,8 @@ class Ticket:
         arrival: loop time of the submission (its logical arrival).
         dispatched_at: loop time of the dispatch, or None.
         assignment: free for the saturation detector (e.g. the backend it chose).
+        input_tokens: input tokens charged for fairness (estimate, then actual).
+        output_tokens: output tokens charged for fairness (estimate, then actual).
     """
 
     __slots__ = (
@@ -60,15 +66,18 @@ class Ticket:
         "expires_at",
         "flow",
         "handed_over",
+        "input_tokens",
         "key",
         "no_endpoint_at",
         "outcome",
+        "output_tokens",
         "priority",
         "seq",
         "size",
         "slo_at",
         "sort_key",
         "state",
+        "usage_known",
         "waiter",
     )
 
@@ -99,6 +108,9 @@ class Ticket:
         self.waiter: Any = None
         self.handed_over = False
         self.assignment: Any = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.usage_known = False
         self._owner: _Releaser | None = None
 
     @property
@@ -117,6 +129,27 @@ class Ticket:
         """Give the in-flight slot back. Idempotent; a no-op unless dispatched."""
         if self.state is State.DISPATCHED and self._owner is not None:
             self._owner._release(self)
+
+    def record_usage(
+        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+    ) -> None:
+        """Report the request's actual token usage so far (running totals).
+
+        Call it as often as you like, e.g. per streamed chunk and once with the final
+        `usage`; each call replaces the previous figures, and the difference to what was
+        charged (the estimate at dispatch) is charged or refunded to the flow.
+        Ignored before dispatch. Works after `release()` too.
+
+        Raises:
+            ValueError: a count is negative or not an int.
+        """
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self._owner is not None and self.state in (State.DISPATCHED, State.RELEASED):
+            self._owner._record_usage(self, input_tokens, output_tokens)
 
     def __repr__(self) -> str:
         return f"<Ticket {self.key} #{self.seq} {self.state.name.lower()} size={self.size}>"
