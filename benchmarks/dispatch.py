@@ -83,7 +83,7 @@ async def _run_cell(limit: int, callers: int, priorities: int, flows: int, secon
             if sample:
                 latencies.append(clock() - start)
             ticket.release()
-            if i % 64 == 0:
+            if i % 16 == 0:
                 # A dispatch with nothing queued returns without suspending (like
                 # asyncio.Queue.get on a non-empty queue): yield now and then.
                 await asyncio.sleep(0)
