@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) -m sluicegate demo
 
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/check
