@@ -169,7 +169,9 @@ def _targets(cells: list[Cell]) -> list[str]:
         out.append(f"- L=1, W=5000, P=8, F=5000 >= 50k/s: {rate:,.0f}/s -> {ok}")
     if ratios:
         ok = "PASS" if max(ratios) <= 2.0 else "MISS"
-        out.append(f"- cost per dispatch F=5000 vs F=10 within 2x: worst {max(ratios):.2f}x -> {ok}")
+        out.append(
+            f"- cost per dispatch F=5000 vs F=10 within 2x: worst {max(ratios):.2f}x -> {ok}"
+        )
     return out
 
 
