@@ -25,7 +25,7 @@ test: $(STAMP)
 check: test
 
 bench: $(STAMP)
-	$(PY) benchmarks/dispatch.py
+	$(PY) -m sluicegate bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -15,6 +15,7 @@ COMMANDS: Final[dict[str, str]] = {
     "sim": "sluicegate.sim._cli:sim",
     "serve": "sluicegate.gateway._cli:serve",
     "demo": "sluicegate.demo._cli:demo",
+    "bench": "sluicegate.bench._cli:bench",
 }
 
 
