@@ -28,6 +28,7 @@ from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pool import Pool, Router
 from ._proxy import ClientGone, Exchange, relay
+from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -281,12 +282,19 @@ class Gateway:
         key = sg.FlowKey(cls.fairness_id, cls.priority)
         ctl = pool.controller
         ex.watch_disconnect()
+        input_tokens, output_tokens = await self._estimate(ex, pool, doc)
         ex.queued, ex.enqueued_at = True, time.perf_counter()
-        try:
-            ticket = ctl.enqueue_nowait(key, size=len(body))
-        except sg.WouldBlock:
-            ticket = await ctl.enqueue_and_wait(key, size=len(body), ttl=cls.ttl, slo=cls.slo)
+        # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
+        ticket = await ctl.enqueue_and_wait(
+            key,
+            size=len(body),
+            ttl=cls.ttl,
+            slo=cls.slo,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
         ex.queued = False
+        meter = UsageMeter(ticket)
         try:
             ex.queue_s = ticket.queue_time or 0.0
             ex.outcome = _DISPATCHED
@@ -295,20 +303,44 @@ class Gateway:
             assignment = ticket.assignment
             if assignment is None:  # the detector had no backend: only if it misbehaves
                 raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
-            await relay(
-                self._require_session(),
-                ex,
-                assignment[0].url,
-                body,
-                stream=doc.get("stream") is True,
-            )
+            stream = doc.get("stream") is True
+            session = self._require_session()
+            await relay(session, ex, assignment[0].url, body, stream=stream, meter=meter)
+        except Exception:
+            if not ex.started:
+                meter.failed()
+            raise
         finally:
+            # Usage first, so the release teaches the flow's output average the truth.
+            meter.close()
             began = time.perf_counter()
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)
+            self.metrics.tokens(cls.fairness_id, ticket.priority, ticket)
         if ex.first_byte_at:
             added = ex.first_byte_at - ex.arrived - ex.queue_s - ex.upstream_s
             self.metrics.added_latency.observe(max(added, 0.0))
+
+    async def _estimate(
+        self, ex: Exchange, pool: Pool, doc: dict[str, Any]
+    ) -> tuple[int | None, int | None]:
+        """Estimated (input, output) tokens, charged at dispatch and corrected later."""
+        if ex.scope["path"] == "/v1/embeddings":
+            output_tokens: int | None = 0  # embeddings generate nothing
+        else:
+            output_tokens = estimate_output_tokens(doc)
+        if pool.settings.token_estimate == "tokenize":
+            backend = pool.detector.least_loaded()
+            if backend is not None:
+                auth = {
+                    k.decode("latin-1"): v.decode("latin-1")
+                    for k, v in ex.scope["headers"]
+                    if k == b"authorization"
+                }
+                counted = await tokenize(self._require_session(), backend.url, doc, auth)
+                if counted is not None:
+                    return counted, output_tokens
+        return estimate_input_tokens(doc), output_tokens
 
     async def _passthrough(self, ex: Exchange, state: _State) -> None:
         """Other /v1/* routes: relayed to the least-loaded backend, without flow control."""

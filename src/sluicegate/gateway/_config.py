@@ -52,6 +52,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_FlowWeight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class BandSettings(_Model):
     """One priority band (see `sluicegate.BandConfig`)."""
 
@@ -60,6 +64,10 @@ class BandSettings(_Model):
     queue: str | None = None
     max_requests: Annotated[int, Field(ge=0)] | None = 5000
     max_bytes: Annotated[int, Field(ge=0)] | None = 1_000_000_000
+    #: Cost of one prompt token in token accounting (`token-fair` and the fairness metrics).
+    input_token_weight: _Weight = 1.0
+    #: Cost of one output token; decoding costs more than prefill, hence the default of 2.
+    output_token_weight: _Weight = 2.0
 
     def build(self) -> sg.BandConfig:
         """The core band config. Raises `sluicegate.ConfigError` on unknown names."""
@@ -69,6 +77,8 @@ class BandSettings(_Model):
             queue=self.queue,
             max_requests=self.max_requests,
             max_bytes=self.max_bytes,
+            input_token_weight=self.input_token_weight,
+            output_token_weight=self.output_token_weight,
         )
 
 
@@ -89,6 +99,19 @@ class FlowControlSettings(_Model):
     dynamic_bands: bool = True
     flow_idle_timeout: _Seconds = 300.0
     band_idle_timeout: _Seconds = 600.0
+    #: Fairness weight by fairness id or shell pattern: exact ids first, then the first
+    #: matching pattern in file order, else 1 (see `sluicegate.FlowControlConfig`).
+    flow_weights: dict[str, _FlowWeight] = Field(default_factory=dict)
+    #: Seconds of the sliding window of the fairness figures (Jain's index, service gap).
+    fairness_window: _Seconds = 10.0
+
+    @field_validator("flow_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        empty = [k for k in value if not k]
+        if empty:
+            raise ValueError("flow_weights: a fairness id or pattern must not be empty")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> FlowControlSettings:
@@ -116,6 +139,8 @@ class FlowControlSettings(_Model):
             dynamic_bands=self.dynamic_bands,
             flow_idle_timeout=self.flow_idle_timeout,
             band_idle_timeout=self.band_idle_timeout,
+            flow_weights=self.flow_weights,
+            fairness_window=self.fairness_window,
         )
 
 
@@ -161,6 +186,10 @@ class PoolSettings(_Model):
     saturation: Annotated[
         UtilizationSettings | ConcurrencySettings, Field(discriminator="type")
     ] = UtilizationSettings()
+    #: How prompt tokens are estimated before dispatch: ``chars`` (text length / 4, no
+    #: I/O) or ``tokenize`` (ask a backend's vLLM-style ``/tokenize``; one extra round
+    #: trip per request, ``chars`` when it fails). The response's usage corrects either.
+    token_estimate: Literal["chars", "tokenize"] = "chars"
 
     @field_validator("name")
     @classmethod

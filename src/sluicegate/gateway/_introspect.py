@@ -82,6 +82,8 @@ def _pool_document(pool: Pool, now: float) -> dict[str, Any]:
                 "fairness": b.fairness,
                 "dynamic": b.dynamic,
                 "retiring": b.retiring,
+                "jain_index": b.jain_index,
+                "max_service_gap": b.max_service_gap,
             }
             for b in stats.bands.values()
         ],
@@ -93,6 +95,10 @@ def _pool_document(pool: Pool, now: float) -> dict[str, Any]:
                 "queued_bytes": f.queued_bytes,
                 "in_flight": f.in_flight,
                 "oldest_waiting_s": None if f.oldest_arrival is None else now - f.oldest_arrival,
+                "weight": f.weight,
+                "input_tokens": f.input_tokens,
+                "output_tokens": f.output_tokens,
+                "service": f.service,
             }
             for f in stats.flows.values()
         ],

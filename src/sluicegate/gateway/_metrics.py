@@ -1,11 +1,12 @@
 """Prometheus metrics, named like the upstream flow-control dashboards expect.
 
-Per-request figures (outcome counts, queue and added-latency histograms) are recorded
-as requests finish, through cached label children. Everything that is state (queue
-sizes, pool saturation, stale backends, in flight per backend) is read from the
-controllers and detectors only when /metrics is scraped, so it costs the data path
-nothing. Fairness ids get their own label value up to `max_fairness_ids`; later ids
-are reported as ``other``, so a client cannot blow up the series count.
+Per-request figures (outcome counts, tokens, queue and added-latency histograms) are
+recorded as requests finish, through cached label children. Everything that is state
+(queue sizes, pool saturation, stale backends, in flight per backend, each band's
+Jain's index and service gap) is read from the controllers and detectors only when
+/metrics is scraped, so it costs the data path nothing. Fairness ids get their own
+label value up to `max_fairness_ids`; later ids are reported as ``other``, so a client
+cannot blow up the series count.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from prometheus_client.metrics_core import Metric
+
+    import sluicegate as sg
 
     from ._config import MetricsSettings
     from ._pool import Pool
@@ -54,6 +57,7 @@ class GatewayMetrics:
         self._cap = settings.max_fairness_ids
         self._ids: set[str] = set()
         self._children: dict[tuple[str, int, str], tuple[Histogram, Counter]] = {}
+        self._token_children: dict[tuple[str, int], tuple[Counter, Counter]] = {}
         self._queue_duration = Histogram(
             f"{prefix}request_queue_duration_seconds",
             "Time from arrival to the flow-control outcome.",
@@ -65,6 +69,13 @@ class GatewayMetrics:
             f"{prefix}requests",
             "Requests by flow-control outcome.",
             ["outcome", "priority"],
+            registry=self.registry,
+        )
+        self._tokens = Counter(
+            f"{prefix}flow_tokens",
+            "Tokens served per flow (actual usage when the backend reported it, else the "
+            "gateway's count or estimate), counted when each request ends.",
+            ["fairness_id", "priority", "kind"],
             registry=self.registry,
         )
         self.dispatch_cycle = Histogram(
@@ -108,6 +119,22 @@ class GatewayMetrics:
         children[0].observe(queue_s)
         children[1].inc()
 
+    def tokens(self, fairness_id: str, priority: int, ticket: sg.Ticket) -> None:
+        """Count a finished request's tokens (what its ticket was finally charged)."""
+        key = (fairness_id, priority)
+        children = self._token_children.get(key)
+        if children is None:
+            label = self.fairness_label(fairness_id)
+            prio = str(priority)
+            children = (
+                self._tokens.labels(label, prio, "input"),
+                self._tokens.labels(label, prio, "output"),
+            )
+            if label == fairness_id:
+                self._token_children[key] = children
+        children[0].inc(ticket.input_tokens)
+        children[1].inc(ticket.output_tokens)
+
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
@@ -147,6 +174,18 @@ class _StateCollector(Collector):
         in_flight = GaugeMetricFamily(
             f"{p}backend_in_flight", "Requests in flight per backend.", labels=["pool", "backend"]
         )
+        jain = GaugeMetricFamily(
+            f"{p}fairness_jain_index",
+            "Jain's index of normalised token service over the fairness window among the "
+            "band's backlogged flows (1 = equal); absent with fewer than two such flows.",
+            labels=["pool", "priority"],
+        )
+        gap = GaugeMetricFamily(
+            f"{p}fairness_max_service_gap",
+            "Largest difference of normalised token service (weighted tokens / flow "
+            "weight) over the fairness window between the band's backlogged flows.",
+            labels=["pool", "priority"],
+        )
         sizes: defaultdict[tuple[str, str], int] = defaultdict(int)
         byte_sizes: defaultdict[tuple[str, str], int] = defaultdict(int)
         for pool in self._pools():
@@ -155,6 +194,12 @@ class _StateCollector(Collector):
                 labels = (self._label(key.id), str(key.priority))
                 sizes[labels] += flow.queued_requests
                 byte_sizes[labels] += flow.queued_bytes
+            for band in stats.bands.values():
+                band_labels = [pool.name, str(band.priority)]
+                if band.jain_index is not None:
+                    jain.add_metric(band_labels, band.jain_index)
+                if band.max_service_gap is not None:
+                    gap.add_metric(band_labels, band.max_service_gap)
             detector = pool.detector
             saturation.add_metric([pool.name], detector.pool_saturation())
             stale.add_metric([pool.name], detector.stale_backends())
@@ -164,4 +209,4 @@ class _StateCollector(Collector):
             size.add_metric(list(labels), value)
         for labels, value in byte_sizes.items():
             nbytes.add_metric(list(labels), value)
-        yield from (size, nbytes, saturation, stale, in_flight)
+        yield from (size, nbytes, saturation, stale, in_flight, jain, gap)

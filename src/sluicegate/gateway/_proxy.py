@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ._classify import Classification
     from ._pool import Pool
+    from ._tokens import UsageMeter
 
 __all__ = ["ClientGone", "Exchange", "relay"]
 
@@ -221,6 +222,7 @@ async def relay(
     body: bytes,
     *,
     stream: bool,
+    meter: UsageMeter | None = None,
 ) -> None:
     """Send the exchange's request to `base` and relay the response to the client.
 
@@ -230,6 +232,7 @@ async def relay(
         base: the backend's base URL.
         body: the request body, forwarded unchanged.
         stream: relay chunk by chunk (else read the whole body, then send it at once).
+        meter: told about the response (status, body or chunks) to account its tokens.
 
     Raises:
         GatewayError: connect error, or a 5xx status before any byte was relayed (502).
@@ -262,14 +265,22 @@ async def relay(
         if not stream:
             data = await resp.read()
             ex.upstream_s = time.perf_counter() - began
+            if meter is not None:
+                meter.body(resp.status, data)
             headers.append((b"content-length", str(len(data)).encode()))
             await ex.start(resp.status, headers)
             await ex.finish(data)
         else:
             ex.upstream_s = time.perf_counter() - began
             await ex.start(resp.status, headers)
-            async for chunk in resp.content.iter_any():
-                await ex.chunk(chunk)
+            if meter is None:
+                async for chunk in resp.content.iter_any():
+                    await ex.chunk(chunk)
+            else:
+                meter.begin(resp.status)
+                async for chunk in resp.content.iter_any():
+                    meter.chunk(chunk)
+                    await ex.chunk(chunk)
             await ex.finish()
         clean = True
     except _STREAM_ERRORS as exc:
