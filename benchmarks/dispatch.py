@@ -67,8 +67,8 @@ async def _run_cell(limit: int, callers: int, priorities: int, flows: int, secon
         default_ttl=300.0,
         default_band=sg.BandConfig(max_requests=None, max_bytes=None),
     )
-    detector = sg.ConcurrencyLimit(limit) if limit else sg.NeverSaturated()
-    ctl = sg.FlowController(config, saturation=detector)
+    limiter = sg.ConcurrencyLimit(limit) if limit else None
+    ctl = sg.FlowController(config, saturation=limiter or sg.NeverSaturated())
     stop = False
     latencies: list[float] = []
     clock = time.perf_counter
@@ -98,8 +98,8 @@ async def _run_cell(limit: int, callers: int, priorities: int, flows: int, secon
         elapsed = clock() - t0
         dispatched = ctl.statistics().dispatched - before
         stop = True
-        if limit:
-            detector.set_limit(callers)  # let every waiter through so callers can finish
+        if limiter is not None:
+            limiter.set_limit(callers)  # let every waiter through so callers can finish
         await asyncio.gather(*tasks)
     unsaturated = limit == 0 or callers <= limit
     p50 = p99 = None
@@ -196,10 +196,12 @@ def main() -> None:
         seconds = args.seconds
     loop_name = "asyncio"
     if args.uvloop:
+        import importlib.metadata
+
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        loop_name = f"uvloop {uvloop.__version__}"
+        loop_name = f"uvloop {importlib.metadata.version('uvloop')}"
     cells = []
     for limit, callers, priorities, flows in matrix:
         cell = asyncio.run(_run_cell(limit, callers, priorities, flows, seconds))
