@@ -156,10 +156,19 @@ class FlowController:
         loop = self._loop
         assert loop is not None
         waiter = ticket.waiter = loop.create_future()
-        # Usually the pool is saturated and this pass stops at once; it matters when
-        # capacity freed without a notification, and it records `blocked` for rechecks.
-        self._dispatch()
-        self._arm_timer()
+        core = self._core
+        # A request queues because the detector said saturated or others wait. A pass is
+        # needed only if no pass has seen the detector saturated since (`blocked`), or
+        # if the detector cannot notify us when that changes.
+        if not core.blocked or self._detector.recheck_interval is not None:
+            self._dispatch()
+        # The armed timer already fires early enough unless this deadline is earlier.
+        if (
+            self._timer is None
+            or min(ticket.expires_at or math.inf, ticket.no_endpoint_at or math.inf)
+            < self._timer_at
+        ):
+            self._arm_timer()
         try:
             await waiter
         except BaseException:
