@@ -1,0 +1,294 @@
+"""Parts 2 and 3: what the gateway adds on the data path, and what a relayed chunk costs.
+
+Three processes: the minimal upstream (`_upstream`, on the load core), the gateway
+(`sluicegate serve`, alone on the gateway core, flow control on with a concurrency limit
+far above the load) and this load generator (load core). Direct and through-gateway runs
+are interleaved within each round and repeated; the report gives medians over rounds of
+per-round differences and ratios. With ``--target URL`` another gateway, configured to
+forward to the upstream's port, is measured in the same rounds.
+
+Part 3 reads the gateway's CPU time (user + system, from ``/proc/<pid>/stat``) around a
+batch of N concurrent streams and divides by the SSE events the client received; the
+upstream's CPU per event written, measured the same way in the same batch, is the
+baseline (the cost of producing a chunk with a raw protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, final
+
+import aiohttp
+
+from ._stats import percentile
+from ._upstream import BODY, STREAM_BODY
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Endpoints", "OverheadOptions", "cpu_seconds", "measure_overhead", "measure_streaming"]
+
+_CHAT: Final = "/v1/chat/completions"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class OverheadOptions:
+    """What parts 2 and 3 run.
+
+    Attributes:
+        rounds: interleaved repetitions.
+        latency_requests: sequential requests per path per round (concurrency 1).
+        throughput_s: seconds per path per round at concurrency 64.
+        streams: part 3's numbers of concurrent streams.
+        events: SSE events per stream.
+        gap_ms: milliseconds between two events of a stream.
+        gateway_core: the core the gateway is pinned to.
+        load_core: the core the upstream and the load generator are pinned to.
+        target: another gateway's base URL, measured beside ours.
+        backend_port: the upstream's port (0: a free one; set it with `target`).
+    """
+
+    rounds: int = 3
+    latency_requests: int = 1000
+    throughput_s: float = 4.0
+    streams: tuple[int, ...] = (16, 64, 256)
+    events: int = 100
+    gap_ms: float = 20.0
+    gateway_core: int = 0
+    load_core: int = 1
+    target: str | None = None
+    backend_port: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Running processes: base URLs, and pids for CPU accounting."""
+
+    direct: str
+    gateway: str
+    gateway_pid: int
+    upstream_pid: int
+    target: str | None
+    pinned: bool
+
+
+def free_port() -> int:
+    """A port that was free on loopback a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` has run so far, summed over its threads.
+
+    From ``/proc/<pid>/task/*/schedstat`` (nanoseconds) where the kernel keeps it; else
+    user + system time from ``/proc/<pid>/stat``, whose 10 ms ticks are too coarse for
+    short batches.
+    """
+    total_ns = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat", encoding="ascii") as f:
+                    total_ns += int(f.read().split()[0])
+            except FileNotFoundError:
+                continue  # a thread that just exited
+    except (OSError, ValueError, IndexError):
+        total_ns = 0
+    if total_ns:
+        return total_ns / 1e9
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def _process(args: list[str], ready: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if ready not in line:
+            raise RuntimeError(f"{' '.join(args[:6])} did not start: {line!r}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hung child
+            proc.kill()
+            proc.wait()
+
+
+def _can_pin(options: OverheadOptions) -> bool:
+    if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+        return False
+    usable = os.sched_getaffinity(0)
+    return (
+        options.gateway_core != options.load_core
+        and {
+            options.gateway_core,
+            options.load_core,
+        }
+        <= usable
+    )
+
+
+def _pinned(core: int, pin: bool, args: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *args] if pin else args
+
+
+@contextlib.contextmanager
+def running(options: OverheadOptions) -> Iterator[Endpoints]:
+    """Start the upstream and the gateway (pinned where possible); stop them on exit.
+
+    While inside, this process (the load generator) is pinned to the load core; its
+    affinity is restored on exit.
+    """
+    pin = _can_pin(options)
+    up_port, gw_port = options.backend_port or free_port(), free_port()
+    # Not `-m sluicegate.bench._upstream`: the package imports that module, and runpy
+    # warns when it runs a module already imported.
+    upstream = [
+        sys.executable, "-c", "from sluicegate.bench._upstream import main; main()",
+        "--port", str(up_port),
+        "--events", str(options.events), "--gap-ms", str(options.gap_ms),
+    ]  # fmt: skip
+    gateway = [
+        sys.executable, "-m", "sluicegate", "serve", "--backend", f"http://127.0.0.1:{up_port}",
+        "--port", str(gw_port), "--max-in-flight", "100000", "--log-level", "warning",
+    ]  # fmt: skip
+    saved = os.sched_getaffinity(0) if pin else None
+    try:
+        if pin:
+            os.sched_setaffinity(0, {options.load_core})
+        with (
+            _process(_pinned(options.load_core, pin, upstream), b"ready") as up,
+            _process(_pinned(options.gateway_core, pin, gateway), b"listening") as gw,
+        ):
+            yield Endpoints(
+                f"http://127.0.0.1:{up_port}",
+                f"http://127.0.0.1:{gw_port}",
+                gw.pid,
+                up.pid,
+                options.target.rstrip("/") if options.target else None,
+                pin,
+            )
+    finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
+
+
+async def _latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        began = time.perf_counter()
+        async with session.post(url, data=BODY) as r:
+            await r.read()
+        out.append(time.perf_counter() - began)
+    return out
+
+
+async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) -> float:
+    """Closed loop: 64 workers, each sending its next request when the last one answered."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            async with session.post(url, data=BODY) as r:
+                await r.read()
+            done += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(64)))
+    return done / (time.perf_counter() - began)
+
+
+def _paths(ep: Endpoints) -> list[tuple[str, str]]:
+    paths = [("direct", ep.direct), ("sluicegate", ep.gateway)]
+    if ep.target is not None:
+        paths.append(("target", ep.target))
+    return paths
+
+
+async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
+    """Part 2: per round, latency at concurrency 1 then req/s at 64, every path in turn.
+
+    Returns:
+        Lists over rounds: ``<path> p50 ms``, ``<path> p99 ms``, ``<path> added p50 ms``
+        (minus direct, same round), ``<path> req/s @64``.
+    """
+    results: dict[str, list[float]] = {}
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+    ) as session:
+        for _, base in _paths(ep):  # warm every path up: connections, caches
+            await _latencies(session, base + _CHAT, max(options.latency_requests // 5, 20))
+        for _ in range(options.rounds):
+            pct: dict[str, dict[int, float]] = {}
+            for name, base in _paths(ep):
+                lat = await _latencies(session, base + _CHAT, options.latency_requests)
+                pct[name] = {q: percentile(lat, q) * 1e3 for q in (50, 99)}
+            for name, by_q in pct.items():
+                for q, value in by_q.items():
+                    results.setdefault(f"{name} p{q} ms", []).append(value)
+                    if name != "direct":
+                        added = value - pct["direct"][q]
+                        results.setdefault(f"{name} added p{q} ms", []).append(added)
+            for name, base in _paths(ep):
+                rps = await _throughput(session, base + _CHAT, options.throughput_s)
+                results.setdefault(f"{name} req/s @64", []).append(rps)
+    return results
+
+
+async def _stream_events(session: aiohttp.ClientSession, url: str, streams: int) -> int:
+    async def one() -> int:
+        async with session.post(url, data=STREAM_BODY) as r:
+            return len([line async for line in r.content if line.startswith(b"data: ")])
+
+    return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+async def measure_streaming(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
+    """Part 3: per round and N, CPU us per event of the gateway and of the upstream.
+
+    Returns:
+        Lists over rounds: ``gateway us/event N=<n>``, ``upstream us/event N=<n>``,
+        ``events N=<n>``.
+    """
+    results: dict[str, list[float]] = {}
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+    ) as session:
+        await _stream_events(session, ep.gateway + _CHAT, 4)  # warm-up
+        for _ in range(options.rounds):
+            for n in options.streams:
+                gw, up = cpu_seconds(ep.gateway_pid), cpu_seconds(ep.upstream_pid)
+                events = await _stream_events(session, ep.gateway + _CHAT, n)
+                gw, up = cpu_seconds(ep.gateway_pid) - gw, cpu_seconds(ep.upstream_pid) - up
+                results.setdefault(f"gateway us/event N={n}", []).append(gw / events * 1e6)
+                results.setdefault(f"upstream us/event N={n}", []).append(up / events * 1e6)
+                results.setdefault(f"events N={n}", []).append(float(events))
+    return results
+
+
+def median(values: list[float]) -> float:
+    """The median of `values` (the figure over rounds)."""
+    return statistics.median(values)

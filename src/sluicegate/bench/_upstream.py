@@ -1,0 +1,107 @@
+"""The minimal fast upstream of parts 2 and 3: an HTTP/1.1 keep-alive server on a raw
+asyncio protocol, so that what the gateway adds is not hidden behind a slow backend.
+
+It answers every request with a fixed chat completion, or, when the body asks for a
+stream, with `events` SSE chunks `gap` seconds apart. Run it as its own process:
+
+    python -c 'from sluicegate.bench._upstream import main; main()' --port 8000
+
+It prints ``ready`` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Final, cast
+
+__all__ = ["ANSWER", "BODY", "EVENT", "STREAM_BODY", "Upstream", "run_upstream"]
+
+#: The non-streamed request the load sends, and the upstream's answer to it.
+BODY: Final = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
+ANSWER: Final = (
+    b'{"id":"x","object":"chat.completion","choices":[{"index":0,"message":'
+    b'{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}'
+)
+#: The streamed request, and one SSE event of the answer.
+STREAM_BODY: Final = b'{"model": "m", "messages": [], "stream": true}'
+EVENT: Final = (
+    b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"content":"t"}}]}\n\n'
+)
+
+
+class Upstream(asyncio.Protocol):
+    """HTTP/1.1 keep-alive; JSON answers, or SSE when the body asks for a stream."""
+
+    def __init__(self, events: int, gap: float) -> None:
+        self.events, self.gap = events, gap
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            length = 0
+            if (i := head.find(b"content-length:")) >= 0:
+                length = int(head[i + 15 :].split(b"\r\n", 1)[0])
+            if len(self.buf) < end + 4 + length:
+                return
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
+            assert self.transport is not None
+            if b'"stream": true' in body:
+                # Keep a reference: the loop holds tasks only weakly.
+                task = asyncio.get_running_loop().create_task(self._stream(self.transport))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            else:
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                    + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER
+                )  # fmt: skip
+
+    async def _stream(self, transport: asyncio.Transport) -> None:
+        transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        chunk = f"{len(EVENT):x}\r\n".encode() + EVENT + b"\r\n"
+        for _ in range(self.events):
+            await asyncio.sleep(self.gap)
+            if transport.is_closing():
+                return
+            transport.write(chunk)
+        transport.write(b"0\r\n\r\n")
+
+
+def run_upstream(port: int, events: int, gap: float) -> None:
+    """Serve on 127.0.0.1:`port` (on uvloop) until killed; prints ``ready`` when listening."""
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Upstream(events, gap), "127.0.0.1", port)
+        print("ready", flush=True)  # noqa: T201 - the parent process waits for this line
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def main() -> None:
+    """The process entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="upstream")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--events", type=int, default=200, help="SSE events per stream")
+    parser.add_argument("--gap-ms", type=float, default=2.0, help="ms between SSE events")
+    args = parser.parse_args()
+    run_upstream(args.port, args.events, args.gap_ms / 1000)
+
+
+if __name__ == "__main__":
+    main()
