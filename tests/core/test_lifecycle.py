@@ -236,3 +236,13 @@ def test_reconfigure_turns_a_band_static(make: Callable[..., Harness]) -> None:
     h.core.reconfigure(sg.FlowControlConfig(bands={5: sg.BandConfig(max_requests=9)}))
     band = h.core.statistics().bands[5]
     assert band.dynamic is False and band.max_requests == 9 and band.queued_requests == 1
+
+
+def test_timer_entries_stay_bounded_behind_a_long_waiter(make: Callable[..., Harness]) -> None:
+    """One request waiting at the top of the TTL heap does not let dead entries pile up."""
+    h = make(sg.FlowControlConfig(default_ttl=1000.0))
+    h.submit("stuck", -5, now=0.0)  # lowest band: never served while others wait
+    for i in range(5000):
+        h.submit("busy", 5, now=float(i))
+        assert h.dispatch_one(now=float(i)) is not None
+    assert len(h.core._timers) <= 4 * h.core.queued_requests + 64 + 1

@@ -112,8 +112,9 @@ class Band:
         self.queued_bytes = 0
         self.in_flight = 0
         self.fallback_requests = 0
-        #: (time, flow, normalised cost) of recent charges, for the windowed statistics.
-        self.service_log: deque[tuple[float, Flow, float]] = deque()
+        #: Recent service per flow in time buckets (start, {flow: normalised cost}), for
+        #: the windowed statistics: memory grows with flows and buckets, not with rate.
+        self.service_log: deque[tuple[float, dict[Flow, float]]] = deque()
         self.config = config
         self.ordering: OrderingPolicy = ORDERING_POLICIES[config.ordering]()
         self.fairness: FairnessPolicy = FAIRNESS_POLICIES[config.fairness]()

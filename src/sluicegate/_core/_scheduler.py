@@ -56,6 +56,10 @@ _BYTES_PER_TOKEN: Final = 4
 _DEFAULT_OUTPUT_TOKENS: Final = 256
 #: Weight of the newest actual output in the flow's moving average.
 _OUTPUT_AVERAGE_WEIGHT: Final = 0.2
+#: Buckets per fairness window.
+_WINDOW_BUCKETS: Final = 20
+#: Dead timer entries tolerated beyond twice the live ones before the heap is rebuilt.
+_TIMER_SLACK: Final = 64
 
 
 @final
@@ -79,6 +83,10 @@ class Scheduler:
     @property
     def config(self) -> FlowControlConfig:
         return self.registry.config
+
+    @property
+    def _bucket_width(self) -> float:
+        return self.registry.config.fairness_window / _WINDOW_BUCKETS
 
     # -- admission -----------------------------------------------------------------
 
@@ -184,12 +192,18 @@ class Scheduler:
         flow.last_backlogged = now
         if flow.queue.push(ticket):
             band.fairness.head_changed(flow)
+        timers = self._timers
+        if len(timers) > 4 * self.queued_requests + _TIMER_SLACK:
+            # Entries of tickets that left the queue are skipped lazily at the top; one
+            # long waiter at the top would let them pile up, so rebuild now and then.
+            timers = self._timers = [e for e in timers if e[3].state is State.QUEUED]
+            heapq.heapify(timers)
         if ticket.expires_at is not None:
-            heapq.heappush(self._timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
+            heapq.heappush(timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
         no_endpoint_ttl = self.registry.config.no_endpoint_ttl
         if no_endpoint_ttl is not None:
             ticket.no_endpoint_at = now + no_endpoint_ttl
-            heapq.heappush(self._timers, (ticket.no_endpoint_at, ticket.seq, _NO_ENDPOINT, ticket))
+            heapq.heappush(timers, (ticket.no_endpoint_at, ticket.seq, _NO_ENDPOINT, ticket))
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -266,10 +280,13 @@ class Scheduler:
         service = cost / flow.weight
         flow.service += service
         log = band.service_log
-        log.append((now, flow, service))
-        horizon = now - self.registry.config.fairness_window
-        while log[0][0] < horizon:
-            log.popleft()
+        if not log or now >= log[-1][0] + self._bucket_width:
+            window = self.registry.config.fairness_window
+            while log and log[0][0] < now - window - self._bucket_width:
+                log.popleft()
+            log.append((now, {}))
+        bucket = log[-1][1]
+        bucket[flow] = bucket.get(flow, 0.0) + service
         band.fairness.charge(flow, service)
 
     def record_usage(
@@ -508,9 +525,10 @@ class Scheduler:
             return None, None
         horizon = now - self.registry.config.fairness_window
         served: dict[Flow, float] = {}
-        for at, flow, service in band.service_log:
-            if at >= horizon:
-                served[flow] = served.get(flow, 0.0) + service
+        for start, bucket in band.service_log:
+            if start >= horizon:  # whole buckets: the window is exact to a bucket's width
+                for flow, service in bucket.items():
+                    served[flow] = served.get(flow, 0.0) + service
         candidates = [
             f for f in band.flows.values() if len(f.queue) or f.last_backlogged >= horizon
         ]
