@@ -1,0 +1,152 @@
+"""A tiny run of each part: processes on loopback, seconds each, no thresholds asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from sluicegate.bench import OverheadOptions, OverloadOptions
+from sluicegate.bench._cli import bench
+from sluicegate.bench._dispatch import run_dispatch
+from sluicegate.bench._gateway_parts import run_overhead, run_streaming
+from sluicegate.bench._overhead import free_port
+from sluicegate.bench._overload import run_overload_runs
+from sluicegate.bench._quality import quality_figures, run_figures
+from sluicegate.demo import UNFINISHED, demo_gateway_config
+from sluicegate.gateway import serve_in_background
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TINY = OverheadOptions(
+    rounds=1, latency_requests=20, throughput_s=0.2, streams=(4,), events=5, gap_ms=5
+)
+
+
+@pytest.mark.e2e
+def test_dispatch_part_runs_the_matrix_script() -> None:
+    """The quick matrix runs in a child process; every cell has a rate and a figure."""
+    result = run_dispatch(quick=True, seconds=0.05)
+    assert len(result.raw["cells"]) == 4
+    assert all(c["rate"] > 0 for c in result.raw["cells"])
+    assert result.figures
+    assert "| L | W | P | F |" in result.tables[0]
+
+
+@pytest.mark.e2e
+def test_overhead_part_measures_direct_and_gateway() -> None:
+    """Latency and throughput series for both paths, and the three headline figures."""
+    result = run_overhead(TINY, command="test")
+    results = result.raw["results"]
+    assert {"direct p50 ms", "sluicegate added p99 ms", "sluicegate req/s @64"} <= set(results)
+    assert [f.unit for f in result.figures] == ["ms", "ms", "req/s"]
+
+
+@pytest.mark.e2e
+def test_streaming_part_counts_every_relayed_event() -> None:
+    """N streams of 5 events each: 4 x 5 events relayed, gateway CPU per event measured."""
+    result = run_streaming(TINY, command="test")
+    assert result.raw["results"]["events N=4"] == [20.0]
+    assert result.figures[0].value > 0
+
+
+@pytest.mark.e2e
+def test_overhead_part_measures_a_target_gateway_beside_ours(tmp_path: Path) -> None:
+    """--target: another gateway forwarding to the upstream's fixed port is measured too."""
+    up_port, other_port = free_port(), free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "sluicegate", "serve", "--backend", f"http://127.0.0.1:{up_port}",
+         "--port", str(other_port), "--max-in-flight", "1000", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert other.stdout is not None
+        assert b"listening" in other.stdout.readline()
+        options = OverheadOptions(
+            rounds=1, latency_requests=20, throughput_s=0.2,
+            target=f"http://127.0.0.1:{other_port}", backend_port=up_port,
+        )  # fmt: skip
+        result = run_overhead(options, command="test")
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
+        assert other.stdout is not None
+        other.stdout.close()
+    assert "target added p50 ms" in result.raw["results"]
+    assert any(f.name.startswith("target:") and f.target is None for f in result.figures)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("arrivals", ["poisson", "closed"])
+async def test_overload_part_accounts_for_every_request(arrivals: str) -> None:
+    """Baseline plus on/off at two loads; every sent request has one outcome."""
+    options = OverloadOptions(
+        duration=1.0,
+        grace_s=0.5,
+        baseline_s=0.5,
+        backends=1,
+        arrivals="closed" if arrivals == "closed" else "poisson",
+        loads=(1.0, 2.0) if arrivals == "poisson" else (1.0,),
+    )
+    runs, baselines = await run_overload_runs(options)
+    assert [r.label for r in runs][:2] == ["1x, flow control on", "1x, flow control off"]
+    tenants = [t.name for t in options.workload.tenants]
+    for r in [*runs, *baselines.values()]:
+        assert r.records
+        assert all(rec.outcome is not None for rec in r.records)
+        figs = run_figures(r, tenants, options.slos)
+        assert sum(figs.outcomes.values()) == figs.sent
+        assert figs.outcomes.get(UNFINISHED, 0) <= figs.sent
+    base = {m: run_figures(r, tenants, options.slos) for m, r in baselines.items()}
+    figures = quality_figures([run_figures(r, tenants, options.slos) for r in runs], base)
+    assert any(f.name.startswith("work conservation") for f in figures)
+
+
+@pytest.mark.e2e
+def test_cli_runs_one_part_and_writes_json_and_report(tmp_path: Path) -> None:
+    """`sluicegate bench streaming --quick` writes the part's JSON, a summary and a report."""
+    report = tmp_path / "report.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sluicegate", "bench", "streaming", "--quick",
+         "--results", str(tmp_path), "--report", str(report), "--note", "test run"],
+        capture_output=True, text=True, timeout=50,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = orjson.loads((tmp_path / "streaming-quick.json").read_bytes())
+    assert data["figures"][0]["verdict"] in {"PASS", "MISS"}
+    assert (tmp_path / "summary-quick.json").is_file()
+    text = report.read_text()
+    assert "test run" in text
+    assert "## 3. Streaming cost" in text
+
+
+def test_cli_rejects_bad_cores() -> None:
+    """--cores needs two numbers."""
+    result = CliRunner().invoke(bench, ["streaming", "--cores", "x"])
+    assert result.exit_code == 2
+    assert "two core numbers" in result.output
+
+
+@pytest.mark.asyncio
+async def test_overload_part_sends_the_same_plans_to_a_target_gateway() -> None:
+    """--target: simulators on fixed ports, the other gateway in front, a baseline of its own."""
+    port = free_port()
+    options = OverloadOptions(
+        duration=1.0, grace_s=0.5, baseline_s=0.5, backends=1, loads=(1.0,), backend_port=port
+    )
+    config = demo_gateway_config(
+        "on", [f"http://127.0.0.1:{port}"], options.workload, max_in_flight=16
+    )
+    async with serve_in_background(config) as other:
+        assert other.url is not None
+        options = dataclasses.replace(options, target=other.url)
+        runs, baselines = await run_overload_runs(options)
+    assert set(baselines) == {"on", "target"}
+    assert [r.mode for r in runs] == ["on", "off", "target"]
+    assert all(rec.outcome is not None for rec in runs[-1].records)
