@@ -181,8 +181,18 @@ class FlowController:
         ticket.handed_over = True
         return ticket
 
-    def enqueue_nowait(self, key: FlowKey, *, size: int = 0) -> Ticket:
+    def enqueue_nowait(
+        self,
+        key: FlowKey,
+        *,
+        size: int = 0,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> Ticket:
         """Dispatch at once if nothing waits and capacity is free, else raise.
+
+        Args:
+            key, size, input_tokens, output_tokens: as for `enqueue_and_wait`.
 
         Raises:
             WouldBlock: the request would have to wait; nothing is counted.
@@ -193,7 +203,7 @@ class FlowController:
         core = self._core
         if core.queued_requests or not core.can_dispatch(self._detector):
             raise WouldBlock(f"{key} cannot be dispatched without waiting")
-        return self._submit(key, size, None, None, None, None)
+        return self._submit(key, size, None, None, input_tokens, output_tokens)
 
     @contextlib.asynccontextmanager
     async def admit(
@@ -259,9 +269,9 @@ class FlowController:
         return ticket
 
     def _record_usage(
-        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, /
+        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, final: bool, /
     ) -> None:
-        self._core.record_usage(ticket, input_tokens, output_tokens, self._now())
+        self._core.record_usage(ticket, input_tokens, output_tokens, self._now(), final=final)
 
     def _release(self, ticket: Ticket, /) -> None:
         if self._core.release(ticket, self._now(), self._detector):

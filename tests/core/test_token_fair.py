@@ -241,3 +241,22 @@ def test_counter_rules(ops: list[tuple[str, str, int, int]]) -> None:
     for flow in core.registry.bands[0].flows.values():
         cost = W_IN * flow.input_tokens + W_OUT * flow.output_tokens
         assert abs(flow.service - cost / flow.weight) < 1e-6
+
+
+def test_new_flow_estimate_starts_from_its_band(make: Callable[..., Harness]) -> None:
+    """A flow with no history is estimated by its band's outputs, not a fixed prior."""
+    h = make(_config(), saturated=False)
+    for _ in range(10):
+        t = h.submit("old", input_tokens=1)
+        h.core.record_usage(t, None, 30, now=0.0)
+        h.release(t)
+    assert h.submit("new", input_tokens=1).output_tokens == 30
+
+
+def test_running_counts_do_not_teach_the_estimate(make: Callable[..., Harness]) -> None:
+    """A stream cut short (only running counts) leaves the output estimate alone."""
+    h = make(_config(), saturated=False)
+    t = h.submit("a", input_tokens=1)
+    h.core.record_usage(t, None, 3, now=0.0, final=False)
+    h.release(t)
+    assert h.submit("a", input_tokens=1).output_tokens == 256

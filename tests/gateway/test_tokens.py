@@ -27,11 +27,17 @@ class FakeTicket:
     def __init__(self, output_tokens: int = 256) -> None:
         self.output_tokens = output_tokens
         self.calls: list[tuple[int | None, int | None]] = []
+        self.finals: list[bool] = []
 
     def record_usage(
-        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+        self,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        final: bool = True,
     ) -> None:
         self.calls.append((input_tokens, output_tokens))
+        self.finals.append(final)
 
 
 def meter(estimate: int = 256) -> tuple[UsageMeter, FakeTicket]:
@@ -112,6 +118,27 @@ async def test_non_streamed_usage_and_error_statuses() -> None:
     m.body(200, b'{"choices": []}')  # a backend that reports no usage: the estimate stands
     m.close()
     assert ticket.calls == []
+
+
+async def test_only_complete_answers_teach_the_output_estimate() -> None:
+    """Running counts, errors and streams cut short are not final; [DONE] and usage are."""
+    m, ticket = meter(estimate=1)
+    m.begin(200)
+    for _ in range(40):
+        m.chunk(TOKEN)
+    m.close()  # cut short: no [DONE]
+    assert ticket.finals and not any(ticket.finals)
+    m, ticket = meter(estimate=1)
+    m.begin(200)
+    m.chunk(TOKEN * 3 + b"data: [DONE]\n\n")
+    m.close()
+    assert ticket.calls[-1] == (None, 3) and ticket.finals[-1] is True
+    m, ticket = meter()
+    m.body(500, b"{}")
+    assert ticket.finals == [False]
+    m, ticket = meter()
+    m.body(200, orjson.dumps({"usage": {"prompt_tokens": 4, "completion_tokens": 9}}))
+    assert ticket.finals == [True]
 
 
 async def test_stream_counts_events_and_reports_past_the_estimate() -> None:

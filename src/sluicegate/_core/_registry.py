@@ -95,6 +95,7 @@ class Band:
         "flows",
         "in_flight",
         "ordering",
+        "output_average",
         "priority",
         "queued_bytes",
         "queued_requests",
@@ -112,6 +113,8 @@ class Band:
         self.queued_bytes = 0
         self.in_flight = 0
         self.fallback_requests = 0
+        #: Moving average of actual outputs in the band: the prior for a new flow.
+        self.output_average: float | None = None
         #: Recent service per flow in time buckets (start, {flow: normalised cost}), for
         #: the windowed statistics: memory grows with flows and buckets, not with rate.
         self.service_log: deque[tuple[float, dict[Flow, float]]] = deque()

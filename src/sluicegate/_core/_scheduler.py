@@ -141,7 +141,10 @@ class Scheduler:
         ticket.band, ticket.flow, ticket.priority = band, flow, band.priority
         ticket.input_tokens = -(-size // _BYTES_PER_TOKEN) if input_tokens is None else input_tokens
         if output_tokens is None:
+            # The flow's own history, else its band's, else a fixed prior.
             average = flow.output_average
+            if average is None:
+                average = band.output_average
             output_tokens = _DEFAULT_OUTPUT_TOKENS if average is None else round(average)
         ticket.output_tokens = output_tokens
         if self.queued_requests == 0 and self.can_dispatch(gate):
@@ -290,15 +293,26 @@ class Scheduler:
         band.fairness.charge(flow, service)
 
     def record_usage(
-        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, now: float
+        self,
+        ticket: Ticket,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        now: float,
+        *,
+        final: bool = True,
     ) -> bool:
-        """Replace a dispatched ticket's charged tokens by actual usage (running totals)."""
+        """Replace a dispatched ticket's charged tokens by actual usage (running totals).
+
+        Only a final output count feeds the flow's output estimate (when released).
+        """
         if ticket.state not in (State.DISPATCHED, State.RELEASED):
             return False
         d_in = 0 if input_tokens is None else input_tokens - ticket.input_tokens
         d_out = 0 if output_tokens is None else output_tokens - ticket.output_tokens
         if output_tokens is not None:
-            ticket.usage_known = True
+            ticket.usage_known = final
+            if final and ticket.state is State.RELEASED:
+                _learn_output(ticket.flow, output_tokens)  # type: ignore[arg-type]  # set by submit
         ticket.input_tokens += d_in
         ticket.output_tokens += d_out
         if d_in or d_out:
@@ -327,12 +341,7 @@ class Scheduler:
             return False
         ticket.state = State.RELEASED
         if ticket.usage_known:
-            flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
-            average = flow.output_average
-            actual = ticket.output_tokens
-            flow.output_average = (
-                actual if average is None else average + _OUTPUT_AVERAGE_WEIGHT * (actual - average)
-            )
+            _learn_output(ticket.flow, ticket.output_tokens)  # type: ignore[arg-type]  # set by submit
         self._end_flight(ticket, now, gate)
         return True
 
@@ -543,6 +552,15 @@ class Scheduler:
         return (
             f"<Scheduler [bands: {len(self.registry.bands)} | queued: {self.queued_requests}"
             f" | in flight: {self.in_flight} | submitted: {self.submitted}]>"
+        )
+
+
+def _learn_output(flow: Flow, actual: int) -> None:
+    """Fold a final output count into the flow's and its band's moving averages."""
+    for owner in (flow, flow.band):
+        average = owner.output_average
+        owner.output_average = (
+            actual if average is None else average + _OUTPUT_AVERAGE_WEIGHT * (actual - average)
         )
 
 

@@ -33,7 +33,7 @@ class _Releaser(Protocol):
     def _release(self, ticket: Ticket, /) -> None: ...
 
     def _record_usage(
-        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, /
+        self, ticket: Ticket, input_tokens: int | None, output_tokens: int | None, final: bool, /
     ) -> None: ...
 
 
@@ -131,13 +131,19 @@ class Ticket:
             self._owner._release(self)
 
     def record_usage(
-        self, *, input_tokens: int | None = None, output_tokens: int | None = None
+        self,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        final: bool = True,
     ) -> None:
         """Report the request's actual token usage so far (running totals).
 
         Call it as often as you like, e.g. per streamed chunk and once with the final
         `usage`; each call replaces the previous figures, and the difference to what was
         charged (the estimate at dispatch) is charged or refunded to the flow.
+        Pass ``final=False`` for a running count: only final output counts feed the
+        flow's output estimate, so a stream cut short does not bias it.
         Ignored before dispatch. Works after `release()` too.
 
         Raises:
@@ -149,7 +155,7 @@ class Ticket:
             ):
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self._owner is not None and self.state in (State.DISPATCHED, State.RELEASED):
-            self._owner._record_usage(self, input_tokens, output_tokens)
+            self._owner._record_usage(self, input_tokens, output_tokens, final)
 
     def __repr__(self) -> str:
         return f"<Ticket {self.key} #{self.seq} {self.state.name.lower()} size={self.size}>"

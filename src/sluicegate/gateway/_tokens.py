@@ -145,6 +145,7 @@ class UsageMeter:
 
     __slots__ = (
         "_carry",
+        "_done",
         "_error",
         "_events",
         "_reported",
@@ -161,6 +162,7 @@ class UsageMeter:
         self._usage_seen = False
         self._streaming = False
         self._error = False
+        self._done = False
         self._carry = b""
 
     def body(self, status: int, data: bytes) -> None:
@@ -200,9 +202,11 @@ class UsageMeter:
         if not self._events and b'"role"' in data:
             events -= 1  # the chat stream's first event announces the role: no token
         self._events += events
+        if b"[DONE]" in data:
+            self._done = True
         if self._events - self._reported >= REPORT_EVERY:
             self._reported = self._events
-            self._record(None, self._events)
+            self._record(None, self._events, final=False)
 
     def _take_usage(self, data: bytes) -> bool:
         data = self._carry + data
@@ -223,16 +227,22 @@ class UsageMeter:
         """The response ended (or broke): a stream's count stands if no usage came."""
         if self._usage_seen or self._error or not self._streaming:
             return
-        if self._events != self._reported:
+        if self._events != self._reported or self._done:
             self._reported = self._events
-            self._record(None, self._events)
+            # A stream that ended with [DONE] is complete; one cut short is not, and
+            # must not teach the flow's output estimate.
+            self._record(None, self._events, final=self._done)
 
     def _refund_output(self) -> None:
         self._error = True
-        self._record(None, 0)
+        self._record(None, 0, final=False)  # an error says nothing about typical output
 
-    def _record(self, input_tokens: int | None, output_tokens: int | None) -> None:
-        self._ticket.record_usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    def _record(
+        self, input_tokens: int | None, output_tokens: int | None, *, final: bool = True
+    ) -> None:
+        self._ticket.record_usage(
+            input_tokens=input_tokens, output_tokens=output_tokens, final=final
+        )
 
 
 async def tokenize(
