@@ -133,6 +133,11 @@ def run_streaming(options: OverheadOptions, *, command: str) -> PartResult:
             f"{options.rounds} rounds, N in {list(options.streams)}."
         ),
         figures=streaming_figures(results, options.streams),
+        notes=[
+            "With few streams each chunk arrives alone and pays a whole event-loop wakeup "
+            "(read from the upstream, write to the client); with more streams chunks share "
+            "wakeups, in the gateway and in the upstream alike.",
+        ],
         tables=[rounds_table(results)],
         seconds=time.monotonic() - began,
         raw={"results": results, "pinned": endpoints.pinned},

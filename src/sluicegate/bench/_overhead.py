@@ -131,6 +131,8 @@ def _process(args: list[str], ready: bytes) -> Iterator[subprocess.Popen[bytes]]
         except subprocess.TimeoutExpired:  # pragma: no cover - a hung child
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _can_pin(options: OverheadOptions) -> bool:

@@ -221,6 +221,23 @@ async def run_overload_runs(options: OverloadOptions) -> tuple[list[Run], dict[R
     return runs, baselines
 
 
+#: What the figures of this part do and do not show.
+_NOTES: Final = (
+    "With flow control on, each simulator takes at most `max_num_seqs` requests (one full "
+    "batch) and the rest wait at the gateway, highest priority first. Once every engine "
+    "runs a full batch, an interactive request still waits for the next slot to free up: "
+    "that wait is what the TTFT ratio at 2x measures. Without flow control the same "
+    "request queues inside an engine behind everything that arrived before it.",
+    "The tenants offer equal load, so first-come-first-served is fair to them too: the "
+    "index shows that flow control does not skew their shares. Fairness under unequal "
+    "demand is the subject of docs/fairness.md.",
+    "Below saturation the concurrency limit is rarely reached, so the work-conservation "
+    "ratio shows that holding requests back at the limit does not leave capacity idle.",
+    "TTFT and E2E in the latency table cover completed requests only, as vLLM's benchmark "
+    "does; the interactive TTFT figures also count starved requests (lower bounds).",
+)
+
+
 def _run_loop(options: OverloadOptions) -> tuple[list[Run], dict[RunMode, Run]]:
     """Run on uvloop where there is one, as the gateway does."""
     try:
@@ -267,6 +284,7 @@ def run_overload(options: OverloadOptions, *, command: str) -> PartResult:
         ),
         figures=quality_figures(figs, base_figs),
         tables=runs_tables([*base_figs.values(), *figs]),
+        notes=list(_NOTES),
         seconds=time.monotonic() - began,
         raw={
             "capacity_rps": options.capacity,

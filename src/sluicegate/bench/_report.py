@@ -122,6 +122,18 @@ def _summary(suite: Suite) -> list[str]:
     return lines
 
 
+_HOW = [
+    "Run it: `make bench` (all parts, about 8 minutes, writes this file) or "
+    "`sluicegate bench [dispatch|overhead|streaming|overload|all] [--quick] "
+    "[--target URL --backend-port N] [--arrivals closed] [--note TEXT]`. JSON results go to "
+    "`benchmarks/results/` (one file per part and `summary.json`); a single part or "
+    "`--quick` writes its report there too. `--target URL` measures another "
+    "OpenAI-compatible gateway in parts 2 and 4, with the same load: configure it to forward "
+    "to `127.0.0.1:<backend-port>` (part 2's upstream) and to the simulators on "
+    "`<backend-port>` and the next ports (part 4).",
+]
+
+
 def render_report(suite: Suite) -> str:
     """The markdown report of `suite`."""
     minutes = suite.seconds / 60
@@ -141,7 +153,7 @@ def render_report(suite: Suite) -> str:
     ]
     if suite.note:
         lines.append(f"- **Conditions:** {suite.note}")
-    lines += ["", "## Targets", "", *_summary(suite)]
+    lines += ["", *_HOW, "", "## Targets", "", *_summary(suite)]
     for part in suite.parts:
         lines += [
             "",
