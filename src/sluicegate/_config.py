@@ -64,6 +64,10 @@ class BandConfig:
         max_bytes: most bytes waiting in the band; None = unlimited.
         input_token_weight: cost of one input token (prompt) in token accounting.
         output_token_weight: cost of one output token; output costs more to serve.
+        max_utilization: the band dispatches only while the detector's `utilization()`
+            is below this fraction, keeping the rest of the capacity as headroom for
+            higher bands (their requests then find a free slot at once instead of
+            waiting for one to end). 1 = up to saturation.
     """
 
     ordering: str = "fcfs"
@@ -73,8 +77,12 @@ class BandConfig:
     max_bytes: int | None = 1_000_000_000
     input_token_weight: float = 1.0
     output_token_weight: float = 2.0
+    max_utilization: float = 1.0
 
     def __post_init__(self) -> None:
+        value = self.max_utilization
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 1:
+            raise ConfigError(f"max_utilization must be a number in (0, 1], got {value!r}")
         for name in ("input_token_weight", "output_token_weight"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:

@@ -158,9 +158,9 @@ class FlowController:
         waiter = ticket.waiter = loop.create_future()
         core = self._core
         # A request queues because the detector said saturated or others wait. A pass is
-        # needed only if no pass has seen the detector saturated since (`blocked`), or
-        # if the detector cannot notify us when that changes.
-        if not core.blocked or self._detector.recheck_interval is not None:
+        # needed unless the last one found the detector saturated (`full`) and the
+        # detector will notify us when that changes.
+        if not core.full or self._detector.recheck_interval is not None:
             self._dispatch()
         # The armed timer already fires early enough unless this deadline is earlier.
         if (

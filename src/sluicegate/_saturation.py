@@ -36,6 +36,13 @@ class SaturationDetector(Protocol):
 
     def has_endpoints(self) -> bool: ...
 
+    def utilization(self) -> float:
+        """The load a dispatch would meet now, as a fraction of capacity (>= 1: full).
+
+        Asked only for bands with `max_utilization` < 1.
+        """
+        ...
+
     def on_dispatch(self, ticket: Ticket, /) -> None: ...
 
     def on_release(self, ticket: Ticket, /) -> None: ...
@@ -54,6 +61,9 @@ class NeverSaturated:
 
     def has_endpoints(self) -> bool:
         return True
+
+    def utilization(self) -> float:
+        return 0.0
 
     def on_dispatch(self, ticket: Ticket, /) -> None:
         pass
@@ -106,6 +116,9 @@ class ConcurrencyLimit:
 
     def has_endpoints(self) -> bool:
         return True
+
+    def utilization(self) -> float:
+        return self._in_flight / self._limit if self._limit else 1.0
 
     def on_dispatch(self, ticket: Ticket, /) -> None:
         self._in_flight += 1

@@ -34,6 +34,8 @@ class ManualDetector:
         self.recheck_interval = recheck_interval
         self.in_flight = 0
         self.dispatched = 0
+        #: What `utilization()` answers while not saturated.
+        self.load = 0.0
         self._listener: Callable[[], None] | None = None
 
     def set(
@@ -52,6 +54,9 @@ class ManualDetector:
 
     def has_endpoints(self) -> bool:
         return self.endpoints
+
+    def utilization(self) -> float:
+        return 1.0 if self.saturated else self.load
 
     def on_dispatch(self, ticket: Ticket, /) -> None:
         self.in_flight += 1

@@ -325,3 +325,30 @@ async def test_repr_shows_counts() -> None:
     async with ctl:
         await ctl.enqueue_and_wait(sg.FlowKey("a"))
         assert "running" in repr(ctl) and "in flight: 1" in repr(ctl)
+
+
+async def test_max_utilization_keeps_headroom_for_higher_bands() -> None:
+    """A band with max_utilization 0.5 fills half the slots; a higher band gets the rest
+    at once, without waiting for a low-priority request to end."""
+    config = sg.FlowControlConfig(
+        default_band=sg.BandConfig(max_utilization=0.5),
+        bands={10: sg.BandConfig(max_utilization=1.0)},
+    )
+    ctl, gate = _controller(config, limit=4)
+    async with ctl:
+        low = [asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("batch"))) for _ in range(4)]
+        await asyncio.sleep(1)
+        assert gate.in_flight == 2 and ctl.statistics().bands[0].queued_requests == 2
+        high = await ctl.enqueue_and_wait(sg.FlowKey("chat", 10))
+        assert high.queue_time == 0.0 and gate.in_flight == 3
+        first = [t for t in low if t.done()]
+        assert len(first) == 2
+        for task in first:
+            task.result().release()
+        await asyncio.sleep(0)
+        # 2 in flight (the chat one and nothing else below 0.5): one more low request fits
+        assert gate.in_flight == 2
+        high.release()
+        for task in low:
+            (await task).release()
+        assert gate.in_flight == 0

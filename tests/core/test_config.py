@@ -88,3 +88,10 @@ def test_config_is_frozen() -> None:
     cfg = sg.FlowControlConfig(bands={1: sg.BandConfig()})
     with pytest.raises(TypeError):
         cfg.bands[2] = sg.BandConfig()  # type: ignore[index]  # the point of the test
+
+
+def test_max_utilization_is_validated() -> None:
+    """The ceiling is a fraction in (0, 1]."""
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(sg.ConfigError, match="max_utilization"):
+            sg.BandConfig(max_utilization=bad)

@@ -27,6 +27,9 @@ class LimitGate:
     def has_endpoints(self) -> bool:
         return self.endpoints
 
+    def utilization(self) -> float:
+        return self.in_flight / self.limit if self.limit else 1.0
+
     def on_dispatch(self, ticket: Ticket) -> None:
         self.in_flight += 1
 

@@ -74,8 +74,11 @@ class Scheduler:
         self.in_flight = 0
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.closed = False
-        #: True when the last pass stopped on a saturated gate with work queued.
+        #: True when the last pass stopped with work queued (saturated, or at a ceiling).
         self.blocked = False
+        #: True when it stopped because the gate is saturated: no band can dispatch
+        #: until the gate changes (a band's ceiling stops only that band and below).
+        self.full = False
         self._seq = 0
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
@@ -147,7 +150,7 @@ class Scheduler:
                 average = band.output_average
             output_tokens = _DEFAULT_OUTPUT_TOKENS if average is None else round(average)
         ticket.output_tokens = output_tokens
-        if self.queued_requests == 0 and self.can_dispatch(gate):
+        if self.queued_requests == 0 and self.can_dispatch(gate, band):
             self._start(ticket, now, gate)
             return ticket
         self._check_admission(ticket, band, gate, now)
@@ -217,13 +220,14 @@ class Scheduler:
         (EvictedCancelled), never dispatched.
         """
         out: list[Ticket] = []
-        self.blocked = False
+        self.blocked = self.full = False
         if not self.queued_requests:
             return out
         for band in self.registry.levels:
             while band.queued_requests:
-                if not self.can_dispatch(gate):
+                if not self.can_dispatch(gate, band):
                     self.blocked = True
+                    self.full = not self.can_dispatch(gate)
                     return out
                 try:
                     flow = band.fairness.select()
@@ -246,10 +250,14 @@ class Scheduler:
                 out.append(ticket)
         return out
 
-    def can_dispatch(self, gate: SaturationDetector) -> bool:
-        """True when the gate has endpoints and is not saturated (a failing gate is saturated)."""
+    def can_dispatch(self, gate: SaturationDetector, band: Band | None = None) -> bool:
+        """True when the gate has endpoints, is not saturated, and (for `band`) is below
+        the band's `max_utilization`. A failing gate counts as saturated."""
         try:
-            return gate.has_endpoints() and not gate.is_saturated()
+            if not gate.has_endpoints() or gate.is_saturated():
+                return False
+            ceiling = 1.0 if band is None else band.config.max_utilization
+            return ceiling >= 1.0 or gate.utilization() < ceiling
         except Exception:
             _log.exception("saturation detector failed; treating the pool as saturated")
             return False

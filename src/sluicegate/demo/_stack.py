@@ -75,12 +75,21 @@ def demo_gateway_config(
         ],
         "flow_control": {
             "default_ttl": 20,
+            # Interactive (10) may fill every slot; standard and batch stop short of that,
+            # so an interactive request finds a free slot instead of waiting for one.
             "default_band": band,
-            "negative_band": {**band, "max_requests": 40},
+            "bands": {0: {**band, "max_utilization": STANDARD_CEILING}},
+            "negative_band": {**band, "max_requests": 40, "max_utilization": BATCH_CEILING},
         },
         "objectives": [{"name": o.name, "priority": o.priority} for o in workload.objectives],
     }
     return parse_config(doc, source=f"demo config (flow control {mode})")
+
+
+#: Share of each engine's slots the standard band may fill (the rest is headroom).
+STANDARD_CEILING: Final = 0.8
+#: Share the batch band may fill.
+BATCH_CEILING: Final = 0.6
 
 
 @final

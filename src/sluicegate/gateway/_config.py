@@ -68,6 +68,9 @@ class BandSettings(_Model):
     input_token_weight: _Weight = 1.0
     #: Cost of one output token; decoding costs more than prefill, hence the default of 2.
     output_token_weight: _Weight = 2.0
+    #: Dispatch only while the pool's utilization is below this; the rest is headroom
+    #: kept for higher bands.
+    max_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     def build(self) -> sg.BandConfig:
         """The core band config. Raises `sluicegate.ConfigError` on unknown names."""
@@ -79,6 +82,7 @@ class BandSettings(_Model):
             max_bytes=self.max_bytes,
             input_token_weight=self.input_token_weight,
             output_token_weight=self.output_token_weight,
+            max_utilization=self.max_utilization,
         )
 
 

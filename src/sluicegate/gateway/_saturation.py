@@ -164,6 +164,10 @@ class _PoolDetector:
     def has_endpoints(self) -> bool:
         return any(b.reachable for b in self.backends.values())
 
+    def utilization(self) -> float:
+        """The best backend's score: the load the next dispatch would meet."""
+        return self.pool_saturation()
+
     def on_dispatch(self, ticket: Ticket, /) -> None:
         backend = self._best if self._best is not None else self._pick()
         self._best = None
