@@ -9,7 +9,7 @@ sizes 100 B - 9 KB, as in the upstream Go benchmark.
 Usage:
     python benchmarks/dispatch.py                 # whole matrix, ~1 min
     python benchmarks/dispatch.py --quick         # a few cells (CI smoke run)
-    python benchmarks/dispatch.py --write docs/dispatch-benchmark.md
+    python benchmarks/dispatch.py --write /tmp/dispatch.md
 
 Figures are dispatches per second of wall time in one process pinned to one core;
 compare cells of one run with each other (ratios), not with another machine.
