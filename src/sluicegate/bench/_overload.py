@@ -80,7 +80,7 @@ class OverloadOptions:
     grace_s: float = 6.0
     baseline_s: float = 5.0
     baseline_rate: float = 5.0
-    loads: tuple[float, ...] = (1.0, 2.0)
+    loads: tuple[float, ...] = (0.7, 1.0, 2.0)
     backends: int = 3
     tenants: int = 4
     seed: int = 0
