@@ -39,6 +39,7 @@ from ._errors import (
     UnknownPluginError,
     WouldBlock,
 )
+from ._exports import publish
 from ._saturation import ConcurrencyLimit, NeverSaturated, SaturationDetector
 from ._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics, Outcome
 
@@ -89,8 +90,4 @@ __all__ = [
 
 # Public names report their public home (trio/anyio do the same), so reprs, docs and
 # pickles never mention private modules.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("sluicegate._"):
-        _obj.__module__ = __name__
-del _name, _obj
+publish(globals(), __all__, __name__)

@@ -8,6 +8,7 @@ figures the same way. Needs the ``server`` extras.
 
 from __future__ import annotations
 
+from .._exports import publish
 from ._figures import Figure, Machine, PartResult, Target, machine
 from ._load import equal_tenants, plan_equal_tenants, run_closed_loop
 from ._overhead import OverheadOptions
@@ -56,8 +57,4 @@ __all__ = [
 ]
 
 # Public names report their public home, as in `sluicegate/__init__.py`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("sluicegate.bench._"):
-        _obj.__module__ = __name__
-del _name, _obj
+publish(globals(), __all__, __name__)

@@ -8,6 +8,7 @@ request. See docs/demo.md. Needs the ``server`` extras.
 
 from __future__ import annotations
 
+from .._exports import publish
 from ._report import render_report, write_report
 from ._run import DemoError, DemoOptions, DemoResult, run_demo
 from ._stack import Sample, Stack, demo_gateway_config, demo_stack
@@ -73,8 +74,4 @@ __all__ = [
 ]
 
 # Public names report their public home, as in `sluicegate/__init__.py`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("sluicegate.demo._"):
-        _obj.__module__ = __name__
-del _name, _obj
+publish(globals(), __all__, __name__)

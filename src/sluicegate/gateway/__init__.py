@@ -7,8 +7,7 @@ detector per pool. Needs the ``server`` extras.
 
 from __future__ import annotations
 
-import contextlib
-
+from .._exports import publish
 from ._app import Gateway
 from ._classify import Classification, classify
 from ._config import (
@@ -59,10 +58,4 @@ __all__ = [
     "serve_in_background",
 ]
 
-# Public names report their public home, as in `sluicegate/__init__.py`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("sluicegate.gateway._"):
-        with contextlib.suppress(AttributeError, TypeError):  # immutable builtins
-            _obj.__module__ = __name__
-del _name, _obj
+publish(globals(), __all__, __name__)

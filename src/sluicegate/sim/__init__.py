@@ -10,6 +10,7 @@ and load-dependent latency, all on the event-loop clock. See docs/sim.md.
 
 from __future__ import annotations
 
+from .._exports import publish
 from ._app import SimApp, create_app
 from ._config import FAILURE_TYPES, FailureType, Mode, SchedulingPolicy, SimConfig
 from ._engine import EngineStatistics, RequestState, SimEngine, SimRequest
@@ -46,8 +47,4 @@ __all__ = [
 ]
 
 # Public names report their public home (house style: see tests/sim/test_exports.py).
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("sluicegate.sim._"):
-        _obj.__module__ = __name__
-del _name, _obj
+publish(globals(), __all__, __name__)
