@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Final, final
 
 from .._errors import ControllerClosedError, NoEndpointsError, QueueFullError
 from .._types import (
-    BandStatistics,
     ControllerStatistics,
     FlowKey,
-    FlowStatistics,
     Outcome,
 )
 from ._registry import Registry
+from ._statistics import snapshot
 from ._ticket import State, Ticket
 
 if TYPE_CHECKING:
@@ -499,62 +498,7 @@ class Scheduler:
         Args:
             now: the current time, for the windowed fairness figures (None: omit them).
         """
-        bands: dict[int, BandStatistics] = {}
-        flows: dict[FlowKey, FlowStatistics] = {}
-        for band in self.registry.levels:
-            jain, gap = self._fairness(band, now)
-            cfg = band.config
-            bands[band.priority] = BandStatistics(
-                priority=band.priority,
-                queued_requests=band.queued_requests,
-                queued_bytes=band.queued_bytes,
-                in_flight=band.in_flight,
-                flows=len(band.flows),
-                max_requests=cfg.max_requests,
-                max_bytes=cfg.max_bytes,
-                dynamic=not band.static,
-                retiring=band.retiring,
-                ordering=cfg.ordering,
-                fairness=cfg.fairness,
-                fallback_requests=band.fallback_requests,
-                jain_index=jain,
-                max_service_gap=gap,
-            )
-            for flow in band.flows.values():
-                flows[flow.key] = _flow_statistics(flow)
-        config = self.registry.config
-        return ControllerStatistics(
-            submitted=self.submitted,
-            queued_requests=self.queued_requests,
-            queued_bytes=self.queued_bytes,
-            in_flight=self.in_flight,
-            max_requests=config.max_requests,
-            max_bytes=config.max_bytes,
-            outcomes=dict(self.outcomes),
-            bands=bands,
-            flows=flows,
-            closed=self.closed,
-        )
-
-    def _fairness(self, band: Band, now: float | None) -> tuple[float | None, float | None]:
-        """Jain's index and the largest service gap over the window, among backlogged flows."""
-        if now is None:
-            return None, None
-        horizon = now - self.registry.config.fairness_window
-        served: dict[Flow, float] = {}
-        for start, bucket in band.service_log:
-            if start >= horizon:  # whole buckets: the window is exact to a bucket's width
-                for flow, service in bucket.items():
-                    served[flow] = served.get(flow, 0.0) + service
-        candidates = [
-            f for f in band.flows.values() if len(f.queue) or f.last_backlogged >= horizon
-        ]
-        if len(candidates) < 2:
-            return None, None
-        xs = [served.get(f, 0.0) for f in candidates]
-        total, squares = sum(xs), sum(x * x for x in xs)
-        jain = total * total / (len(xs) * squares) if squares else None
-        return jain, max(xs) - min(xs)
+        return snapshot(self, now)
 
     def __repr__(self) -> str:
         return (
@@ -570,20 +514,6 @@ def _learn_output(flow: Flow, actual: int) -> None:
         owner.output_average = (
             actual if average is None else average + _OUTPUT_AVERAGE_WEIGHT * (actual - average)
         )
-
-
-def _flow_statistics(flow: Flow) -> FlowStatistics:
-    return FlowStatistics(
-        key=flow.key,
-        queued_requests=len(flow.queue),
-        queued_bytes=flow.queued_bytes,
-        in_flight=flow.in_flight,
-        oldest_arrival=min((t.arrival for t in _queued(flow)), default=None),
-        weight=flow.weight,
-        input_tokens=flow.input_tokens,
-        output_tokens=flow.output_tokens,
-        service=flow.service,
-    )
 
 
 def _queued(flow: Flow) -> list[Ticket]:

@@ -261,27 +261,7 @@ async def relay(
                 f"answered HTTP {resp.status} before any byte was relayed: {detail}",
                 "bad_gateway",
             )
-        headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
-        if not stream:
-            data = await resp.read()
-            ex.upstream_s = time.perf_counter() - began
-            if meter is not None:
-                meter.body(resp.status, data)
-            headers.append((b"content-length", str(len(data)).encode()))
-            await ex.start(resp.status, headers)
-            await ex.finish(data)
-        else:
-            ex.upstream_s = time.perf_counter() - began
-            await ex.start(resp.status, headers)
-            if meter is None:
-                async for chunk in resp.content.iter_any():
-                    await ex.chunk(chunk)
-            else:
-                meter.begin(resp.status)
-                async for chunk in resp.content.iter_any():
-                    meter.chunk(chunk)
-                    await ex.chunk(chunk)
-            await ex.finish()
+        await _relay_response(ex, resp, began, stream=stream, meter=meter)
         clean = True
     except _STREAM_ERRORS as exc:
         if not ex.started:
@@ -296,3 +276,35 @@ async def relay(
             resp.release()
         else:
             resp.close()
+
+
+async def _relay_response(
+    ex: Exchange,
+    resp: aiohttp.ClientResponse,
+    began: float,
+    *,
+    stream: bool,
+    meter: UsageMeter | None,
+) -> None:
+    """Send the backend's answer to the client: whole, or chunk by chunk as it arrives."""
+    headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
+    if not stream:
+        data = await resp.read()
+        ex.upstream_s = time.perf_counter() - began
+        if meter is not None:
+            meter.body(resp.status, data)
+        headers.append((b"content-length", str(len(data)).encode()))
+        await ex.start(resp.status, headers)
+        await ex.finish(data)
+        return
+    ex.upstream_s = time.perf_counter() - began
+    await ex.start(resp.status, headers)
+    if meter is None:
+        async for chunk in resp.content.iter_any():
+            await ex.chunk(chunk)
+    else:
+        meter.begin(resp.status)
+        async for chunk in resp.content.iter_any():
+            meter.chunk(chunk)
+            await ex.chunk(chunk)
+    await ex.finish()

@@ -1,0 +1,92 @@
+"""Statistics snapshots of the scheduler: exact counters and windowed fairness figures."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics
+
+if TYPE_CHECKING:
+    from ._registry import Band, Flow
+    from ._scheduler import Scheduler
+
+__all__ = ["snapshot"]
+
+
+def snapshot(scheduler: Scheduler, now: float | None) -> ControllerStatistics:
+    """A frozen snapshot; every figure is exact.
+
+    Args:
+        now: the current time, for the windowed fairness figures (None: omit them).
+    """
+    bands: dict[int, BandStatistics] = {}
+    flows: dict[FlowKey, FlowStatistics] = {}
+    for band in scheduler.registry.levels:
+        jain, gap = _fairness(scheduler, band, now)
+        cfg = band.config
+        bands[band.priority] = BandStatistics(
+            priority=band.priority,
+            queued_requests=band.queued_requests,
+            queued_bytes=band.queued_bytes,
+            in_flight=band.in_flight,
+            flows=len(band.flows),
+            max_requests=cfg.max_requests,
+            max_bytes=cfg.max_bytes,
+            dynamic=not band.static,
+            retiring=band.retiring,
+            ordering=cfg.ordering,
+            fairness=cfg.fairness,
+            fallback_requests=band.fallback_requests,
+            jain_index=jain,
+            max_service_gap=gap,
+        )
+        for flow in band.flows.values():
+            flows[flow.key] = _flow_statistics(flow)
+    config = scheduler.registry.config
+    return ControllerStatistics(
+        submitted=scheduler.submitted,
+        queued_requests=scheduler.queued_requests,
+        queued_bytes=scheduler.queued_bytes,
+        in_flight=scheduler.in_flight,
+        max_requests=config.max_requests,
+        max_bytes=config.max_bytes,
+        outcomes=dict(scheduler.outcomes),
+        bands=bands,
+        flows=flows,
+        closed=scheduler.closed,
+    )
+
+
+def _fairness(
+    scheduler: Scheduler, band: Band, now: float | None
+) -> tuple[float | None, float | None]:
+    """Jain's index and the largest service gap over the window, among backlogged flows."""
+    if now is None:
+        return None, None
+    horizon = now - scheduler.registry.config.fairness_window
+    served: dict[Flow, float] = {}
+    for start, bucket in band.service_log:
+        if start >= horizon:  # whole buckets: the window is exact to a bucket's width
+            for flow, service in bucket.items():
+                served[flow] = served.get(flow, 0.0) + service
+    candidates = [f for f in band.flows.values() if len(f.queue) or f.last_backlogged >= horizon]
+    if len(candidates) < 2:
+        return None, None
+    xs = [served.get(f, 0.0) for f in candidates]
+    total, squares = sum(xs), sum(x * x for x in xs)
+    jain = total * total / (len(xs) * squares) if squares else None
+    return jain, max(xs) - min(xs)
+
+
+def _flow_statistics(flow: Flow) -> FlowStatistics:
+    return FlowStatistics(
+        key=flow.key,
+        queued_requests=len(flow.queue),
+        queued_bytes=flow.queued_bytes,
+        in_flight=flow.in_flight,
+        oldest_arrival=min((t.arrival for t in flow.queue.live()), default=None),
+        weight=flow.weight,
+        input_tokens=flow.input_tokens,
+        output_tokens=flow.output_tokens,
+        service=flow.service,
+    )
