@@ -166,6 +166,8 @@ class SimApp:
                 finish_reason=plan.finish_reason,
                 stream=req.stream,
                 stall=plan.failure == "stall",
+                text=req.prompt_text,
+                token_text=plan.token_text,
             )
         except SimError as exc:
             await _send_error(send, exc)
