@@ -423,7 +423,8 @@ class StreamSplicer:
         if self.kind == "chat":
             delta = choice.get("delta") or {}
             text = delta.get("content")
-            other = any(value for key, value in delta.items() if key not in ("role", "content"))
+            if len(delta) > ("role" in delta) + ("content" in delta):  # rare: look closer
+                other = any(v for k, v in delta.items() if k not in ("role", "content"))
             if other:
                 self.blocker = "the stream carries more than text"
             if self.pauses > 0:
@@ -450,6 +451,8 @@ class StreamSplicer:
 
 def _data(raw: bytes) -> bytes | None:
     """The data of a message event, or None for comments and other event types."""
+    if raw.startswith(b"data: ") and b"\n" not in raw:
+        return raw[6:]  # the usual one-line event
     lines = raw.split(b"\n")
     data = []
     for line in lines:
