@@ -508,7 +508,8 @@ class SimEngine:
         if new:
             cache.hold(blocks.hashes[-new:])
             req._held = len(blocks.hashes)
-        cache.evict_to(self.config.kv_cache_size - self._kv_used)
+        if cache.evictable_blocks:  # the token took one more slot of free KV
+            cache.evict_to(self.config.kv_cache_size - self._kv_used)
 
     def _finish(self, req: SimRequest, at: float) -> None:
         del self._running[req.request_id]

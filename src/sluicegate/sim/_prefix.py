@@ -56,6 +56,9 @@ class BlockHasher:
         """Append `text`; return how many blocks it completed (their hashes are appended)."""
         pending = self._pending + text
         size = self._block_chars
+        if len(pending) < size:
+            self._pending = pending  # the usual case: no block completed
+            return 0
         full = len(pending) // size
         for i in range(full):
             self._parent = hash((self._parent, pending[i * size : (i + 1) * size]))
