@@ -140,3 +140,28 @@ async def test_prefix_caching_over_http_reports_vllm_metrics() -> None:
         await sim.client.completions.create(model="sim-model", prompt="x", max_tokens=1)
         metrics = await scrape(sim)
         assert metrics["vllm:prefix_cache_queries_total"] == 0
+
+
+async def test_prompt_tokens_details_report_cached_tokens() -> None:
+    """--enable-prompt-tokens-details: usage says how much of the prompt was cached."""
+    config = FAST.replace(
+        enable_prefix_caching=True, block_size=4, enable_prompt_tokens_details=True
+    )
+    async with start(config) as sim:
+        prompt = "p" * 64  # 16 tokens: 4 blocks of 4
+        first = await sim.client.completions.create(model="sim-model", prompt=prompt, max_tokens=8)
+        assert first.usage is not None and first.usage.prompt_tokens_details is not None
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        stream = await sim.client.completions.create(
+            model="sim-model",
+            prompt=prompt + first.choices[0].text,
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        usage = [c.usage async for c in stream if c.usage is not None]
+        assert usage[-1].prompt_tokens_details is not None
+        assert usage[-1].prompt_tokens_details.cached_tokens == 20
+    async with start(FAST) as sim:  # off by default, as in vLLM
+        reply = await sim.client.completions.create(model="sim-model", prompt="x", max_tokens=1)
+        assert reply.usage is not None and reply.usage.prompt_tokens_details is None

@@ -143,6 +143,11 @@ def _types(
     help="vLLM's automatic prefix caching: cached leading blocks skip their prefill.",
 )
 @click.option(
+    "--enable-prompt-tokens-details",
+    is_flag=True,
+    help="Report usage.prompt_tokens_details.cached_tokens.",
+)
+@click.option(
     "--block-size",
     default=_D.block_size,
     show_default=True,

@@ -58,6 +58,8 @@ class SimConfig:
             request starts with cached blocks (vLLM's automatic prefix caching; vLLM V1
             has it on by default, the simulator off so existing figures stay comparable).
         block_size: Tokens per KV block, the prefix cache's granularity (vLLM: 16).
+        enable_prompt_tokens_details: Report `usage.prompt_tokens_details.cached_tokens`
+            (the prompt tokens the prefix cache saved), as vLLM's flag of that name.
     """
 
     model: str = "sim-model"
@@ -79,6 +81,7 @@ class SimConfig:
     freeze_metrics: bool = False
     enable_prefix_caching: bool = False
     block_size: int = 16
+    enable_prompt_tokens_details: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", self.model, "a non-empty name")

@@ -115,7 +115,8 @@ class SimRequest:
         first_token_at: Loop time the first token was due, or None.
         last_token_at: Loop time the latest token was due, or None.
         finished_at: Loop time the last token was due, or None.
-        cached_tokens: Tokens the prefix cache saved at its latest admission.
+        cached_tokens: Prompt tokens the prefix cache saved at its first admission
+            (vLLM's `num_cached_tokens`, reported as `prompt_tokens_details`).
     """
 
     __slots__ = (
@@ -409,15 +410,16 @@ class SimEngine:
         req._epoch += 1
         self._running[req.request_id] = req
         self._kv_used += need
-        if req.admitted_at is None:
+        first = req.admitted_at is None
+        if first:
             req.admitted_at = now
             self.counters.queue_time.observe(now - req.arrival_at)
             self.counters.prompt_tokens += req.prompt_tokens
-        hits = self._hold(req, need) if req._blocks is not None else 0
+        hits = self._hold(req, need, first) if req._blocks is not None else 0
         if not req.stall:
             self._push(req, now + self._ttft_s + (need - hits) * self._prefill_s)
 
-    def _hold(self, req: SimRequest, need: int) -> int:
+    def _hold(self, req: SimRequest, need: int, first: bool) -> int:
         """Look up and hold `req`'s cached blocks; return the prefill tokens they save."""
         cache, blocks = self._cache, req._blocks
         assert cache is not None
@@ -427,7 +429,8 @@ class SimEngine:
         hits = cache.cached_prefix(blocks.hashes, (need - 1) // size) * size
         cache.hold(blocks.hashes)
         req._held = len(blocks.hashes)
-        req.cached_tokens = hits
+        if first:
+            req.cached_tokens = hits
         self.counters.prefix_cache_queries += need
         self.counters.prefix_cache_hits += hits
         cache.evict_to(self.config.kv_cache_size - self._kv_used)

@@ -203,12 +203,15 @@ def error_body(message: str, error_type: str, status: int) -> bytes:
     return orjson.dumps({"error": error, "object": "error", **error})
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def _usage(prompt_tokens: int, completion_tokens: int, cached: int | None) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 class StreamEncoder:
@@ -246,9 +249,10 @@ class StreamEncoder:
         reason = b"null" if finish_reason is None else b'"%s"' % finish_reason.encode()
         return self._prefix + orjson.dumps(text) + self._suffix + reason + b"}]}\n\n"
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        """The `include_usage` chunk: no choices, only usage."""
-        return self._usage_head + orjson.dumps(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached: int | None = None) -> bytes:
+        """The `include_usage` chunk: no choices, only usage (cached: prompt details)."""
+        usage = _usage(prompt_tokens, completion_tokens, cached)
+        return self._usage_head + orjson.dumps(usage) + b"}\n\n"
 
 
 def full_response(  # the fields of one non-streamed answer
@@ -257,8 +261,9 @@ def full_response(  # the fields of one non-streamed answer
     text: str,
     finish_reason: str,
     completion_tokens: int,
+    cached: int | None = None,
 ) -> bytes:
-    """The body of a non-streamed response, shaped like vLLM's."""
+    """The body of a non-streamed response, shaped like vLLM's (cached: prompt details)."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
     if req.kind == "chat":
         choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
@@ -274,6 +279,6 @@ def full_response(  # the fields of one non-streamed answer
             "created": int(time.time()),  # a timestamp field, not timing logic
             "model": req.model,
             "choices": [choice],
-            "usage": _usage(req.prompt_tokens, completion_tokens),
+            "usage": _usage(req.prompt_tokens, completion_tokens, cached),
         }
     )
