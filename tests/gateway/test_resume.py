@@ -406,3 +406,22 @@ def test_merge_responses() -> None:
     )
     # The first segment had no usage: it counts no tokens, and the prompt is the last's.
     assert merged["usage"] == {"prompt_tokens": 14, "completion_tokens": 2, "total_tokens": 16}
+
+
+def test_near_its_end_or_at_the_cap_a_request_runs_on() -> None:
+    """can_pause turns false within min_remaining_tokens of max_tokens and at the cap;
+    a known prompt size is used as given."""
+    policy = PausePolicy(max_pauses=1, min_remaining_tokens=3)
+    body = body_of("completions", stream=True, usage=True, max_tokens=5)
+    splicer = StreamSplicer(body, "completions", policy=policy, prompt_tokens=7)
+    up = Upstream("completions", 0)
+    splicer.feed(up.token("a") + up.token("b"))
+    assert splicer.can_pause  # 3 of 5 left
+    assert splicer.pause() is not None
+    assert not splicer.can_pause and splicer.pause() is None  # the cap
+    up = Upstream("completions", 1)
+    splicer.feed(up.token("c", "length") + b"".join(up.tail(99, 3)))
+    assert splicer.usage == (7, 5)  # the hint wins over the derived 99 - 2
+    unpaused = StreamSplicer(body, "completions", policy=policy)
+    unpaused.feed(up.token("a") + up.token("b") + up.token("c"))
+    assert not unpaused.can_pause  # 2 of 5 left

@@ -267,6 +267,15 @@ class StreamSplicer:
         policy: Pause limits.
         prompt_tokens: The original prompt's tokens, when known; else derived from the
             first usage chunk (see the module docstring).
+
+    Attributes:
+        client_stream: The client asked for a stream (else see `response_body`).
+        include_usage: The client asked for a usage chunk.
+        blocker: Why the request may not pause (from its body, or from what its stream
+            turned out to carry), or None.
+        pauses: Pauses so far.
+        finished: A finish reason arrived: nothing is left to pause.
+        done: The final `[DONE]` arrived.
     """
 
     def __init__(
