@@ -425,3 +425,37 @@ def test_near_its_end_or_at_the_cap_a_request_runs_on() -> None:
     unpaused = StreamSplicer(body, "completions", policy=policy)
     unpaused.feed(up.token("a") + up.token("b") + up.token("c"))
     assert not unpaused.can_pause  # 2 of 5 left
+
+
+def test_who_may_pause_for_whom() -> None:
+    """By default only sheddable work (priority < 0) pauses, and only for priority >= 0."""
+    policy = PausePolicy()
+    assert policy.may_pause_for(-1, 0)
+    assert policy.may_pause_for(-5, 10)
+    assert not policy.may_pause_for(0, 10)  # not sheddable
+    assert not policy.may_pause_for(-2, -1)  # not for sheddable work
+    wide = PausePolicy(max_paused_priority=5, min_pausing_priority=-10)
+    assert wide.may_pause_for(0, 1)
+    assert not wide.may_pause_for(1, 1)  # never for an equal priority
+
+
+def test_a_stream_ended_with_an_error_event() -> None:
+    """A paused request that cannot go on ends with an error event the SDK raises."""
+    body = body_of("chat", stream=True, usage=True, max_tokens=99)
+    splicer = StreamSplicer(body, "chat")
+    up = Upstream("chat", 0)
+    out = splicer.feed(b"".join([*up.role(), up.token("Hello"), up.token(" wor")]))
+    assert splicer.pause() is not None
+    out += splicer.end_with_error(
+        "paused past its TTL", error_type="server_error", code="ttl_expired"
+    )
+    assert splicer.done and splicer.feed(up.token("ld")) == b""
+    assert out.count(b"[DONE]") == 1 and out.endswith(b"data: [DONE]\n\n")
+    CANNED.body, CANNED.stream = out, True
+    stream = SDK.chat.completions.create(model="m", messages=[], stream=True)
+    seen: list[str | None] = []
+    with pytest.raises(openai.APIError, match="paused past its TTL"):
+        seen.extend(c.choices[0].delta.content for c in stream)
+    assert "".join(filter(None, seen)) == "Hello wor"
+    quiet = StreamSplicer(body_of("chat", stream=False, usage=False, max_tokens=9), "chat")
+    assert quiet.end_with_error("x", error_type="server_error", code="c") == b""

@@ -86,16 +86,21 @@ _NEVER: Final[Mapping[str, tuple[object, ...]]] = {
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PausePolicy:
-    """How often, and how late, one request may be paused.
+    """Who may be paused, for whom, how often and how late.
 
     Attributes:
         max_pauses: Most pauses per request (0 disables pausing).
         min_remaining_tokens: A request with fewer tokens left before its `max_tokens`
             is never paused: it ends soon anyway, and its pause would cost a prefill.
+        max_paused_priority: The highest priority that may be paused (default -1: only
+            sheddable work).
+        min_pausing_priority: The lowest priority a pause is made for (default 0).
     """
 
     max_pauses: int = 2
     min_remaining_tokens: int = 32
+    max_paused_priority: int = -1
+    min_pausing_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.max_pauses < 0:
@@ -104,6 +109,14 @@ class PausePolicy:
             raise ConfigError(
                 f"PausePolicy.min_remaining_tokens must be >= 1, got {self.min_remaining_tokens!r}"
             )
+
+    def may_pause_for(self, paused: int, waiting: int) -> bool:
+        """May a request of priority `paused` make room for one of priority `waiting`?"""
+        return (
+            paused <= self.max_paused_priority
+            and waiting >= self.min_pausing_priority
+            and waiting > paused
+        )
 
     def allows(self, *, pauses: int, generated: int, max_tokens: int | None) -> bool:
         """May a request paused `pauses` times, `generated` tokens in, pause again?"""
@@ -379,6 +392,20 @@ class StreamSplicer:
         return b"".join(
             raw + b"\n\n" if piece is None else piece for raw, piece in zip(raws, out, strict=True)
         )
+
+    def end_with_error(self, message: str, *, error_type: str, code: str) -> bytes:
+        """End the client's stream now with an OpenAI-shaped SSE `error` event.
+
+        For a request that cannot go on (say, paused past its TTL). Nothing more is
+        passed on afterwards. A client that asked for no stream gets nothing here: it is
+        answered with an error status instead.
+        """
+        self.done = True
+        self._buffer = b""
+        if not self.client_stream:
+            return b""
+        error = {"message": message, "type": error_type, "code": code, "param": None}
+        return b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE
 
     def response_body(self) -> bytes:
         """The merged non-streamed answer (for a client that asked for no stream)."""
