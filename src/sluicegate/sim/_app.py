@@ -166,6 +166,8 @@ class SimApp:
                 finish_reason=plan.finish_reason,
                 stream=req.stream,
                 stall=plan.failure == "stall",
+                text=req.prompt_text,
+                token_text=plan.token_text,
             )
         except SimError as exc:
             await _send_error(send, exc)
@@ -209,7 +211,7 @@ class SimApp:
             sent = ready
             if sent == total:
                 if req.include_usage:
-                    parts.append(encoder.usage(req.prompt_tokens, total))
+                    parts.append(encoder.usage(req.prompt_tokens, total, self._cached(ticket)))
                 parts.append(DONE)
                 await send({"type": "http.response.body", "body": b"".join(parts)})
                 return
@@ -226,7 +228,9 @@ class SimApp:
                 await _send_error(send, SimErrorStatus(503, "the simulator is shutting down"))
             return
         text = plan.text(plan.output_tokens)
-        body = full_response(req, request_id, text, plan.finish_reason, plan.output_tokens)
+        body = full_response(
+            req, request_id, text, plan.finish_reason, plan.output_tokens, self._cached(ticket)
+        )
         if plan.failure == "drop":
             # Announce the whole body, send half, and leave: the connection closes mid-body.
             length = str(len(body)).encode()
@@ -236,6 +240,10 @@ class SimApp:
             await send({"type": "http.response.body", "body": half, "more_body": True})
             return
         await _send_json(send, 200, body)
+
+    def _cached(self, ticket: SimRequest) -> int | None:
+        """`prompt_tokens_details.cached_tokens`, when the server reports it."""
+        return ticket.cached_tokens if self.config.enable_prompt_tokens_details else None
 
     async def _models(self, receive: Receive, send: Send) -> None:
         created = int(time.time())  # a timestamp field, not timing logic

@@ -137,6 +137,23 @@ def _types(
 )
 @click.option("--freeze-metrics", is_flag=True, help="Serve stale /metrics (first snapshot).")
 @click.option(
+    "--enable-prefix-caching/--no-enable-prefix-caching",
+    default=_D.enable_prefix_caching,
+    show_default=True,
+    help="vLLM's automatic prefix caching: cached leading blocks skip their prefill.",
+)
+@click.option(
+    "--enable-prompt-tokens-details",
+    is_flag=True,
+    help="Report usage.prompt_tokens_details.cached_tokens.",
+)
+@click.option(
+    "--block-size",
+    default=_D.block_size,
+    show_default=True,
+    help="Tokens per KV block (the prefix cache's granularity).",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,

@@ -54,6 +54,12 @@ class SimConfig:
             that fail with one of `failure_types`.
         failure_types: Failures to draw from, uniformly.
         freeze_metrics: Serve the first `/metrics` snapshot forever (stale metrics).
+        enable_prefix_caching: Cache the KV of full blocks and skip their prefill when a
+            request starts with cached blocks (vLLM's automatic prefix caching; vLLM V1
+            has it on by default, the simulator off so existing figures stay comparable).
+        block_size: Tokens per KV block, the prefix cache's granularity (vLLM: 16).
+        enable_prompt_tokens_details: Report `usage.prompt_tokens_details.cached_tokens`
+            (the prompt tokens the prefix cache saved), as vLLM's flag of that name.
     """
 
     model: str = "sim-model"
@@ -73,10 +79,19 @@ class SimConfig:
     failure_injection_rate: float = 0.0
     failure_types: tuple[FailureType, ...] = FAILURE_TYPES
     freeze_metrics: bool = False
+    enable_prefix_caching: bool = False
+    block_size: int = 16
+    enable_prompt_tokens_details: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", self.model, "a non-empty name")
-        for name in ("max_num_seqs", "kv_cache_size", "max_model_len", "random_output_max"):
+        for name in (
+            "max_num_seqs",
+            "kv_cache_size",
+            "max_model_len",
+            "random_output_max",
+            "block_size",
+        ):
             value = getattr(self, name)
             _check(value >= 1, name, value, "an integer >= 1")
         limit = self.max_waiting_queue_length

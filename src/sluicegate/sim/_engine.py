@@ -23,6 +23,11 @@ the engine preempts (vLLM's recompute preemption) the last admitted request (`fc
 the one with the largest priority value (`priority`): it returns to the waiting queue
 with its tokens so far and is prefilled again when readmitted.
 
+Prefix caching (`enable_prefix_caching`, see `_prefix`): a request submitted with its
+text looks up the longest cached run of its leading blocks when it is admitted (again
+after a preemption) and prefills only the rest; its full blocks, prompt and generated,
+are cached while it runs and stay cached in free KV after it ends, until evicted.
+
 Invariants (checked by the tests through `statistics()`):
 
 1. `running <= max_num_seqs`.
@@ -46,6 +51,7 @@ from typing import TYPE_CHECKING, Final, final
 
 from ._errors import EngineClosedError, InvalidRequestError, WaitingQueueFullError
 from ._metrics import EngineCounters
+from ._prefix import BlockHasher, PrefixCache
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,7 +77,11 @@ class RequestState(enum.Enum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineStatistics:
-    """A snapshot of the engine, as `/metrics` reports it."""
+    """A snapshot of the engine, as `/metrics` reports it.
+
+    `cached_blocks` counts the prefix cache's blocks (held by running requests or
+    evictable); `evictable_blocks` those no running request holds, which occupy free KV.
+    """
 
     running: int
     waiting: int
@@ -79,6 +89,8 @@ class EngineStatistics:
     kv_cache_size: int
     preemptions: int
     aborted: int
+    cached_blocks: int = 0
+    evictable_blocks: int = 0
 
     @property
     def kv_cache_usage(self) -> float:
@@ -103,15 +115,21 @@ class SimRequest:
         first_token_at: Loop time the first token was due, or None.
         last_token_at: Loop time the latest token was due, or None.
         finished_at: Loop time the last token was due, or None.
+        cached_tokens: Prompt tokens the prefix cache saved at its first admission
+            (vLLM's `num_cached_tokens`, reported as `prompt_tokens_details`).
     """
 
     __slots__ = (
+        "_blocks",
         "_epoch",
+        "_held",
         "_key",
         "_stream",
+        "_token_text",
         "_waiter",
         "admitted_at",
         "arrival_at",
+        "cached_tokens",
         "finish_reason",
         "finished_at",
         "first_token_at",
@@ -147,6 +165,10 @@ class SimRequest:
         self.last_token_at: float | None = None
         self.finished_at: float | None = None
         self.stall = False
+        self.cached_tokens = 0
+        self._blocks: BlockHasher | None = None
+        self._token_text: Callable[[int], str] | None = None
+        self._held = 0  # leading blocks of `_blocks` held in the prefix cache
         self._stream = True
         self._key = 0
         self._epoch = 0
@@ -220,6 +242,7 @@ class SimEngine:
         seqs = config.max_num_seqs
         self._load_slope = (config.time_factor_under_load - 1.0) / (seqs - 1) if seqs > 1 else 0.0
         self._by_priority = config.scheduling_policy == "priority"
+        self._cache = PrefixCache(config.block_size) if config.enable_prefix_caching else None
         self._waiting: list[tuple[int, int, SimRequest]] = []  # (key, request_id, req)
         self._num_waiting = 0
         self._running: dict[int, SimRequest] = {}  # insertion order is admission order
@@ -248,6 +271,8 @@ class SimEngine:
             kv_cache_size=self.config.kv_cache_size,
             preemptions=self.counters.preemptions,
             aborted=self.counters.aborted,
+            cached_blocks=0 if self._cache is None else len(self._cache),
+            evictable_blocks=0 if self._cache is None else self._cache.evictable_blocks,
         )
 
     async def wait_statistics(
@@ -284,6 +309,8 @@ class SimEngine:
         finish_reason: str = "length",
         stream: bool = True,
         stall: bool = False,
+        text: str | None = None,
+        token_text: Callable[[int], str] | None = None,
     ) -> SimRequest:
         """Queue a request; it is admitted at once if a slot and KV are free.
 
@@ -294,6 +321,8 @@ class SimEngine:
             finish_reason: Reported by metrics when the request finishes.
             stream: Wake `wait_progress` on every token (False: only when done).
             stall: Hold a batch slot and KV but never produce a token.
+            text: The prompt as rendered, for the prefix cache (ignored when it is off).
+            token_text: The text of output token `i`, for the prefix cache.
 
         Returns:
             The request, to wait on and to `abort`.
@@ -315,6 +344,9 @@ class SimEngine:
         req = SimRequest(self._next_id, prompt_tokens, output_tokens, priority, finish_reason, now)
         self._next_id += 1
         req.stall, req._stream = stall, stream
+        if self._cache is not None and text is not None and token_text is not None:
+            req._blocks = BlockHasher(text, self._cache.block_size)
+            req._token_text = token_text
         req._key = priority if self._by_priority else 0
         heapq.heappush(self._waiting, (req._key, req.request_id, req))
         self._num_waiting += 1
@@ -336,6 +368,7 @@ class SimEngine:
         elif req.state is RequestState.RUNNING:
             del self._running[req.request_id]
             self._kv_used -= req.kv_tokens
+            self._release(req)
         else:
             return
         req.state = RequestState.ABORTED
@@ -377,12 +410,39 @@ class SimEngine:
         req._epoch += 1
         self._running[req.request_id] = req
         self._kv_used += need
-        if req.admitted_at is None:
+        first = req.admitted_at is None
+        if first:
             req.admitted_at = now
             self.counters.queue_time.observe(now - req.arrival_at)
             self.counters.prompt_tokens += req.prompt_tokens
+        hits = self._hold(req, need, first) if req._blocks is not None else 0
         if not req.stall:
-            self._push(req, now + self._ttft_s + need * self._prefill_s)
+            self._push(req, now + self._ttft_s + (need - hits) * self._prefill_s)
+
+    def _hold(self, req: SimRequest, need: int, first: bool) -> int:
+        """Look up and hold `req`'s cached blocks; return the prefill tokens they save."""
+        cache, blocks = self._cache, req._blocks
+        assert cache is not None
+        assert blocks is not None
+        size = cache.block_size
+        # As vLLM: the last token is always computed, so a full hit still prefills one.
+        hits = cache.cached_prefix(blocks.hashes, (need - 1) // size) * size
+        cache.hold(blocks.hashes)
+        req._held = len(blocks.hashes)
+        if first:
+            req.cached_tokens = hits
+        self.counters.prefix_cache_queries += need
+        self.counters.prefix_cache_hits += hits
+        cache.evict_to(self.config.kv_cache_size - self._kv_used)
+        return hits
+
+    def _release(self, req: SimRequest) -> None:
+        if req._held:
+            assert self._cache is not None
+            assert req._blocks is not None
+            self._cache.release(req._blocks.hashes[: req._held])
+            req._held = 0
+            self._cache.evict_to(self.config.kv_cache_size - self._kv_used)
 
     def _push(self, req: SimRequest, due_at: float) -> None:
         self._tie += 1
@@ -425,6 +485,8 @@ class SimEngine:
                 return
         req.generated += 1
         self._kv_used += 1
+        if req._blocks is not None:
+            self._grow(req)
         counters = self.counters
         counters.generation_tokens += 1
         if req.last_token_at is None:
@@ -439,9 +501,23 @@ class SimEngine:
             self._push(req, at + self._itl_s * (1.0 + self._load_slope * (len(self._running) - 1)))
             req._notify(False)
 
+    def _grow(self, req: SimRequest) -> None:
+        """Cache the blocks `req`'s newest token completed; make room for its KV."""
+        cache, blocks, token_text = self._cache, req._blocks, req._token_text
+        assert cache is not None
+        assert blocks is not None
+        assert token_text is not None
+        new = blocks.extend(token_text(req.generated - 1))
+        if new:
+            cache.hold(blocks.hashes[-new:])
+            req._held = len(blocks.hashes)
+        if cache.evictable_blocks:  # the token took one more slot of free KV
+            cache.evict_to(self.config.kv_cache_size - self._kv_used)
+
     def _finish(self, req: SimRequest, at: float) -> None:
         del self._running[req.request_id]
         self._kv_used -= req.kv_tokens
+        self._release(req)
         req.state = RequestState.FINISHED
         req.finished_at = at
         counters = self.counters
@@ -457,6 +533,7 @@ class SimEngine:
     def _preempt(self, req: SimRequest) -> None:
         del self._running[req.request_id]
         self._kv_used -= req.kv_tokens
+        self._release(req)
         req.state = RequestState.WAITING
         req._epoch += 1  # invalidates its due-time entry
         heapq.heappush(self._waiting, (req._key, req.request_id, req))

@@ -98,6 +98,8 @@ class EngineCounters:
     generation_tokens: int = 0
     preemptions: int = 0
     aborted: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     success: dict[str, int] = dataclasses.field(default_factory=dict)
     ttft: Histogram = dataclasses.field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = dataclasses.field(default_factory=lambda: Histogram(ITL_BUCKETS))
@@ -132,7 +134,11 @@ class _EngineCollector(Collector):
             ("vllm:prompt_tokens", "Prefilled prompt tokens.", counters.prompt_tokens),
             ("vllm:generation_tokens", "Generated tokens.", counters.generation_tokens),
             ("vllm:num_preemptions", "Preempted requests.", counters.preemptions),
-        )
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in queried tokens.",
+             counters.prefix_cache_queries),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in cached tokens.",
+             counters.prefix_cache_hits),
+        )  # fmt: skip
         for name, doc, value in totals:
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric(label, float(value))

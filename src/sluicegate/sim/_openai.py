@@ -56,7 +56,12 @@ def token_ids(text: str) -> list[int]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """The parts of a completion request the simulator uses."""
+    """The parts of a completion request the simulator uses.
+
+    `prompt_text` is the prompt as the engine sees it (the prefix cache hashes it); a
+    continued assistant message follows it directly, so a request's prompt plus the
+    text it generated is exactly the prompt text of its continuation.
+    """
 
     kind: Kind
     model: str
@@ -66,6 +71,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     priority: int
+    prompt_text: str = ""
 
 
 def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedRequest:
@@ -80,9 +86,9 @@ def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedReq
     if model not in served:
         raise ModelNotFoundError(f"The model `{model}` does not exist.")
     if kind == "chat":
-        prompt_text, echo_text, prompt_tokens = _chat_prompt(data.get("messages"))
+        prompt_text, echo_text = _chat_prompt(data.get("messages"), _continues(data))
     else:
-        prompt_text, prompt_tokens = _completion_prompt(data.get("prompt"))
+        prompt_text = _completion_prompt(data.get("prompt"))
         echo_text = prompt_text
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
@@ -96,13 +102,29 @@ def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedReq
     return ParsedRequest(
         kind=kind,
         model=model,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=count_tokens(prompt_text),
         echo_text=echo_text,
         max_tokens=max_tokens,
         stream=bool(data.get("stream", False)),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         priority=priority,
+        prompt_text=prompt_text,
     )
+
+
+def _continues(data: dict[str, Any]) -> bool:
+    """vLLM's chat template options: continue the final message, or open a new turn."""
+    flags = {}
+    for name, default in (("continue_final_message", False), ("add_generation_prompt", True)):
+        value = data.get(name, default)
+        if type(value) is not bool:
+            raise InvalidRequestError(f"`{name}` must be a boolean, got {value!r}")
+        flags[name] = value
+    if flags["continue_final_message"] and flags["add_generation_prompt"]:
+        raise InvalidRequestError(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        )
+    return flags["continue_final_message"]
 
 
 def parse_tokenize(body: bytes) -> str:
@@ -113,7 +135,7 @@ def parse_tokenize(body: bytes) -> str:
     """
     data = _load_object(body)
     if "messages" in data:
-        return _chat_prompt(data["messages"])[0]
+        return _chat_prompt(data["messages"], _continues(data))[0]
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequestError("/tokenize needs a string `prompt` or `messages`")
@@ -130,12 +152,27 @@ def _load_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _chat_prompt(messages: object) -> tuple[str, str, int]:
+def _chat_prompt(messages: object, continues: bool) -> tuple[str, str]:
+    """The rendered prompt and the text echo mode repeats.
+
+    Messages are joined by newlines. A continued final assistant message follows the
+    others directly (the generation prompt adds no characters), and echo mode then
+    echoes the rest of the message before it: a continued echo reads as one.
+    """
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("`messages` must be a non-empty list")
     texts = [_message_text(message) for message in messages]
-    prompt = "\n".join(texts)
-    return prompt, texts[-1], count_tokens(prompt)
+    if not continues:
+        return "\n".join(texts), texts[-1]
+    if messages[-1].get("role") != "assistant":
+        raise InvalidRequestError(
+            "`continue_final_message` needs a final message with role `assistant`"
+        )
+    head, partial = "\n".join(texts[:-1]), texts[-1]
+    echo = texts[-2] if len(texts) > 1 else partial
+    if echo.startswith(partial):
+        echo = echo[len(partial) :]
+    return head + partial, echo
 
 
 def _message_text(message: object) -> str:
@@ -149,13 +186,14 @@ def _message_text(message: object) -> str:
     raise InvalidRequestError("message content must be a string or a list of parts")
 
 
-def _completion_prompt(prompt: object) -> tuple[str, int]:
+def _completion_prompt(prompt: object) -> str:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        return prompt, count_tokens(prompt)
+        return prompt
     if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
-        return " ".join(map(str, prompt)), len(prompt)  # token ids: the count is exact
+        # One token a 4-character piece, so the count is exact and equal ids share blocks.
+        return "".join(format(t % 65536, "04x") for t in prompt)
     raise InvalidRequestError("`prompt` must be a string, a list of one string, or token ids")
 
 
@@ -165,12 +203,15 @@ def error_body(message: str, error_type: str, status: int) -> bytes:
     return orjson.dumps({"error": error, "object": "error", **error})
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
+def _usage(prompt_tokens: int, completion_tokens: int, cached: int | None) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 class StreamEncoder:
@@ -208,9 +249,10 @@ class StreamEncoder:
         reason = b"null" if finish_reason is None else b'"%s"' % finish_reason.encode()
         return self._prefix + orjson.dumps(text) + self._suffix + reason + b"}]}\n\n"
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        """The `include_usage` chunk: no choices, only usage."""
-        return self._usage_head + orjson.dumps(_usage(prompt_tokens, completion_tokens)) + b"}\n\n"
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached: int | None = None) -> bytes:
+        """The `include_usage` chunk: no choices, only usage (cached: prompt details)."""
+        usage = _usage(prompt_tokens, completion_tokens, cached)
+        return self._usage_head + orjson.dumps(usage) + b"}\n\n"
 
 
 def full_response(  # the fields of one non-streamed answer
@@ -219,8 +261,9 @@ def full_response(  # the fields of one non-streamed answer
     text: str,
     finish_reason: str,
     completion_tokens: int,
+    cached: int | None = None,
 ) -> bytes:
-    """The body of a non-streamed response, shaped like vLLM's."""
+    """The body of a non-streamed response, shaped like vLLM's (cached: prompt details)."""
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason}
     if req.kind == "chat":
         choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
@@ -236,6 +279,6 @@ def full_response(  # the fields of one non-streamed answer
             "created": int(time.time()),  # a timestamp field, not timing logic
             "model": req.model,
             "choices": [choice],
-            "usage": _usage(req.prompt_tokens, completion_tokens),
+            "usage": _usage(req.prompt_tokens, completion_tokens, cached),
         }
     )

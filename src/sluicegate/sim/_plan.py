@@ -20,50 +20,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan", "Planner"]
 
-# Filler for `random` mode; each word is one token of output.
+# Filler for `random` mode; each word is one token of output. Every word is three letters
+# after a space, four characters like every token of the simulator's tokenizer, so the
+# text a request generated tokenizes back into the same tokens (a continuation's prompt
+# then counts, and hits the prefix cache, exactly as its first run generated it).
 _WORDS: Final = (
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "lazy",
-    "dogs",
-    "while",
-    "a",
-    "sluice",
-    "gate",
-    "holds",
-    "back",
-    "river",
-    "water",
-    "and",
-    "lets",
-    "flow",
-    "pass",
-    "in",
-    "measured",
-    "bands",
-    "so",
-    "every",
-    "tenant",
-    "gets",
-    "its",
-    "fair",
-    "share",
-    "of",
-    "tokens",
-    "under",
-    "load",
-    "queue",
-    "wait",
-    "time",
-    "batch",
-    "cache",
-    "model",
-    "server",
-    "stream",
+    "the", "old", "dam", "let", "new", "sea", "run", "far", "and", "its", "big", "red",
+    "fox", "low", "sun", "set", "raw", "ice", "eat", "hot", "tea", "cup", "map", "key",
+    "bay", "oak", "elm", "ash", "ivy", "fig", "jam", "log", "mud", "net", "owl", "pad",
+    "ray", "sky", "tin", "urn", "van", "wax",
 )  # fmt: skip
 
 
