@@ -48,12 +48,25 @@ def readiness(gateway: Gateway) -> list[str]:
     for pool in gateway.pools.values():
         detector = pool.detector
         if not detector.has_endpoints():
-            problems.append(f"pool {pool.name}: no reachable backend")
+            problems.append(f"pool {pool.name}: no usable backend ({_why_unusable(pool)})")
         elif isinstance(detector, UtilizationDetector) and not any(
             b.scraped_at is not None for b in detector.backends.values()
         ):
             problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
     return problems
+
+
+def _why_unusable(pool: Pool) -> str:
+    """Counts only: /readyz is unauthenticated, so it names no backend URL."""
+    backends = pool.detector.backends.values()
+    down = sum(1 for b in backends if not b.healthy)
+    unreachable = sum(1 for b in backends if b.healthy and not b.reachable)
+    parts = []
+    if down:
+        parts.append(f"{down} out of service after upstream failures, probing their health")
+    if unreachable:
+        parts.append(f"{unreachable} refusing metrics scrapes")
+    return "; ".join(parts) or "no backend configured"
 
 
 def _pool_document(pool: Pool, now: float) -> dict[str, Any]:
