@@ -264,7 +264,8 @@ class Gateway:
             )
         elif path == "/debug/flowcontrol":
             require_token(ex.scope, state.config.server.auth_token)
-            body = orjson.dumps(debug_document(self), option=orjson.OPT_NON_STR_KEYS)
+            doc = debug_document(self, ex.scope.get("query_string", b""))
+            body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
             await ex.respond(200, body, b"application/json")
         else:
             raise GatewayError(404, f"no route for {method} {path}", code="not_found")
