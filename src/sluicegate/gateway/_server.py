@@ -43,6 +43,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         # Listening now lets clients queue in the backlog before uvicorn accepts.
         sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise
