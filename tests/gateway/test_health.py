@@ -72,6 +72,11 @@ async def test_a_dead_backend_gets_no_traffic_in_concurrency_mode() -> None:
         assert gw.pools["default"].controller.statistics().in_flight == 0
         assert dead.in_flight == 0
         assert live.in_flight == 0
+        async with client.get("/metrics") as r:
+            text = await r.text()
+        prefix = "inference_extension_flow_control_backend_healthy"
+        assert f'{prefix}{{backend="{dead.url}",pool="default"}} 0.0' in text
+        assert f'{prefix}{{backend="{live.url}",pool="default"}} 1.0' in text
 
 
 @pytest.mark.asyncio

@@ -34,15 +34,17 @@ def failure_kind(exc: BaseException) -> FailureKind | None:
     The relay answers every upstream failure before the response started as a 502
     `GatewayError` raised while handling aiohttp's exception, so that exception is the
     context: a connect error, or a reset (the connection closed or failed under the
-    request). A 502 without one is the backend's own 5xx answer. Timeouts say the
-    backend is slow, not dead, and do not count.
+    request, or the body was cut short). A 502 without one is the backend's own 5xx
+    answer. Timeouts say the backend is slow, not dead, and do not count.
     """
     if not isinstance(exc, GatewayError) or exc.status != 502:
         return None
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, aiohttp.ClientConnectorError):
         return "connect"
-    if isinstance(cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(
+        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+    ):
         return "reset"
     if cause is None:
         return "status"

@@ -181,6 +181,12 @@ class _StateCollector(Collector):
         in_flight = GaugeMetricFamily(
             f"{p}backend_in_flight", "Requests in flight per backend.", labels=["pool", "backend"]
         )
+        healthy = GaugeMetricFamily(
+            f"{p}backend_healthy",
+            "1 while the backend may get traffic; 0 while passive health holds it out of "
+            "service (until its health probe passes) or its scrapes cannot connect.",
+            labels=["pool", "backend"],
+        )
         jain = GaugeMetricFamily(
             f"{p}fairness_jain_index",
             "Jain's index of normalised token service over the fairness window among the "
@@ -209,11 +215,12 @@ class _StateCollector(Collector):
             stale.add_metric([pool.name], detector.stale_backends())
             for backend in detector.backends.values():
                 in_flight.add_metric([pool.name, backend.url], backend.in_flight)
+                healthy.add_metric([pool.name, backend.url], float(backend.usable))
         for labels, value in sizes.items():
             size.add_metric(list(labels), value)
         for labels, value in byte_sizes.items():
             nbytes.add_metric(list(labels), value)
-        yield from (size, nbytes, saturation, stale, in_flight, jain, gap)
+        yield from (size, nbytes, saturation, stale, in_flight, healthy, jain, gap)
 
     def _queues(
         self,
