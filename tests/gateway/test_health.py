@@ -3,6 +3,7 @@ what a pool with no usable backend answers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,35 @@ async def test_a_5xx_burst_marks_a_backend_down_until_its_health_probe_passes(
         sick.mode, sick.health_status = "ok", 200
         await eventually(lambda: bad.healthy)
         assert well.health_probes == 0
+
+
+@pytest.mark.asyncio
+async def test_resets_count_toward_the_threshold() -> None:
+    """A backend that accepts and then drops every connection is taken out after
+    failure_threshold resets; the request is not retried (bytes may have been sent)."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    dropping = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    well = FakeUpstream()
+    try:
+        async with gateway(
+            [dropping, well], saturation=CONCURRENCY, pool={"health": FAST_HEALTH}
+        ) as (gw, client):
+            statuses = []
+            for _ in range(5):
+                async with client.post(CHAT, data=BODY) as r:
+                    statuses.append(r.status)
+            assert statuses == [502, 502, 502, 200, 200]
+            bad = backends(gw)[0]
+            assert not bad.healthy
+            assert bad.health_error is not None  # a reset, then failed probes
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.asyncio
