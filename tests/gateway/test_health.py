@@ -11,8 +11,13 @@ import aiohttp
 import orjson
 import pytest
 
-from sluicegate.gateway import ConcurrencySettings, serve_in_background
-from sluicegate.gateway._saturation import Backend, ConcurrencyDetector
+from sluicegate.gateway import ConcurrencySettings, UtilizationSettings, serve_in_background
+from sluicegate.gateway._saturation import (
+    Backend,
+    BackendMetrics,
+    ConcurrencyDetector,
+    UtilizationDetector,
+)
 
 from .conftest import FakeUpstream, eventually, free_port, make_config, serve_app
 
@@ -247,3 +252,25 @@ def test_a_ticket_without_assignment_is_not_rebound() -> None:
     detector, _ = _detector(["http://a"])
     ticket: Any = _Ticket()
     assert detector.rebind(ticket) is None
+
+
+def test_a_backend_whose_scrapes_connect_again_is_probed_at_once() -> None:
+    """After a long outage the backoff is at its maximum; a scrape that connects again is
+    news enough to probe now, once (not at every scrape)."""
+    settings = UtilizationSettings()
+    detector = UtilizationDetector(["http://a"], settings, lambda: 0.0)
+    probes: list[float] = []
+    detector.set_prober(lambda _, delay: probes.append(delay))
+    (a,) = detector.backends.values()
+    detector.upstream_failed(a, "connect", "refused")
+    detector.scrape_failed(a, "refused", reachable=False)
+    for _ in range(6):
+        detector.probe_failed(a, "refused")
+    assert probes[-1] == detector.health.max_probe_backoff
+    metrics = BackendMetrics(0.0, 0.0, 0.0)
+    detector.scrape_succeeded(a, metrics, detector.scrape_started(a))
+    assert probes[-1] == 0.0
+    count = len(probes)
+    detector.scrape_succeeded(a, metrics, detector.scrape_started(a))
+    assert len(probes) == count
+    assert not a.healthy  # only the probe puts it back

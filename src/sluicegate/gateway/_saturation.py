@@ -202,6 +202,13 @@ class _PoolDetector:
         backend.probe_at = None
         self.notify()
 
+    def probe_soon(self, backend: Backend) -> None:
+        """Probe an out-of-service backend at once (there is news that it is back)."""
+        backend.backoff = 0.0
+        backend.probe_at = self._clock()
+        if self._prober is not None:
+            self._prober(backend, 0.0)
+
     def _take_out(self, backend: Backend, reason: str) -> None:
         health = self.health
         if backend.healthy:
@@ -376,6 +383,11 @@ class UtilizationDetector(_PoolDetector):
         return epoch
 
     def scrape_succeeded(self, backend: Backend, metrics: BackendMetrics, epoch: int) -> None:
+        if not backend.reachable and not backend.healthy:
+            # It answers again after an outage: probe now rather than after a backoff
+            # that may have grown to its maximum. Only on this transition, so a server
+            # whose metrics work while its engine is dead is not probed every scrape.
+            self.probe_soon(backend)
         backend.metrics = metrics
         backend.scraped_at = self._clock()
         backend.reachable = True
