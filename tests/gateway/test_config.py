@@ -44,6 +44,11 @@ async def test_minimal_form_defaults() -> None:
     [
         ("pools: [{name: p, backends: [ftp://x]}]", "pools[0].backends", "ftp://x"),
         (
+            "pools: [{name: p, backends: ['http://h:8000/v1/']}]",
+            "pools[0].backends",
+            "without the /v1",
+        ),
+        (
             "pools: [{name: p, saturation: {type: utilization, kv_cache_threshold: 1.5}}]",
             "pools[0].saturation.kv_cache_threshold",
             "1.5",

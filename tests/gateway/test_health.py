@@ -183,6 +183,25 @@ async def test_a_wrong_backend_url_answers_no_endpoints_promptly() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_backend_without_metrics_answers_no_endpoints_under_fail_closed() -> None:
+    """A wrong base path (or metrics_path) answers /metrics with 404: under fail-closed
+    that backend can never be scored, so it is no endpoint, not a 30 s queue_timeout."""
+    fake = FakeUpstream()
+    fake.metrics_status = 404
+    async with gateway([fake], saturation=UTILIZATION, flow_control={"default_ttl": 20}) as (
+        gw,
+        client,
+    ):
+        await eventually(lambda: fake.metrics_scrapes >= 1)
+        async with client.post(CHAT, data=BODY) as r:
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "no_endpoints"
+        async with client.get("/readyz") as r:
+            assert "metrics" in (await r.json())["problems"][0]
+        assert gw.pools["default"].detector.backends[backends(gw)[0].url].last_error
+
+
+@pytest.mark.asyncio
 async def test_a_wrong_backend_url_in_concurrency_mode_answers_no_endpoints_after_one_502() -> None:
     async with gateway([dead_url()], saturation=CONCURRENCY) as (_, client):
         async with client.post(CHAT, data=BODY) as r:

@@ -203,7 +203,15 @@ def _check_backend(url: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"a backend URL takes no query or fragment, got {url!r}")
     # Request paths already start with /v1, so a base path must not end with '/'.
-    return url.rstrip("/")
+    base = url.rstrip("/")
+    if base.endswith("/v1"):
+        # The OpenAI client's base URL is the common mistake: /v1/v1/chat/completions
+        # would answer 404, and /v1/metrics would never be scraped.
+        raise ValueError(
+            f"a backend is the server's base URL without the /v1 (the gateway appends the "
+            f"request path, e.g. /v1/chat/completions): use {base[:-3]!r}, got {url!r}"
+        )
+    return base
 
 
 class PoolSettings(_Model):

@@ -69,7 +69,7 @@ def _why_unusable(pool: Pool) -> str:
     if down:
         parts.append(f"{down} out of service after upstream failures, probing their health")
     if unreachable:
-        parts.append(f"{unreachable} refusing metrics scrapes")
+        parts.append(f"{unreachable} refusing connections or without metrics")
     return "; ".join(parts) or "no backend configured"
 
 
