@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, final
 
 from ._config import FlowControlConfig
 from ._core._scheduler import Scheduler
+from ._core._statistics import flow_snapshot, snapshot
 from ._core._ticket import State, Ticket
 from ._errors import (
     ControllerClosedEvictedError,
@@ -26,7 +27,7 @@ from ._errors import (
     WouldBlock,
 )
 from ._saturation import NeverSaturated
-from ._types import ControllerStatistics, FlowKey, Outcome
+from ._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -317,6 +318,22 @@ class FlowController:
     def statistics(self) -> ControllerStatistics:
         """A frozen, exact snapshot of bands, flows, counters and outcomes."""
         return self._core.statistics(self._now() if self._loop is not None else None)
+
+    def summary(self, flows: int) -> ControllerStatistics:
+        """`statistics()` with only the `flows` largest flows (most queued requests, then
+        most in flight) in its ``flows``; every other figure is exact and complete.
+
+        For operations pages with many tenants: choosing the flows is one pass over
+        their counters, and only the chosen are snapshotted (``len(bands[p].flows)``
+        still counts them all).
+        """
+        if not isinstance(flows, int) or isinstance(flows, bool) or flows < 0:
+            raise ValueError(f"flows must be an int >= 0, got {flows!r}")
+        return snapshot(self._core, self._now() if self._loop is not None else None, flows)
+
+    def flow_statistics(self, priority: int, flow_id: str) -> FlowStatistics | None:
+        """The snapshot of the flow `flow_id` in band `priority`, or None; O(1)."""
+        return flow_snapshot(self._core, priority, flow_id)
 
     # -- events -----------------------------------------------------------------------
 

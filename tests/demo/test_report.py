@@ -169,3 +169,30 @@ def test_report_stopped_during_the_baseline(tmp_path: Path) -> None:
     assert "stopped before the first run" in html
     assert svgs(html) == []
     assert [r["label"] for r in embedded(html)["runs"]] == ["unloaded"]
+
+
+def test_ttft_chart_marks_lower_bounds(demo: DemoResult) -> None:
+    """Without flow control, late requests were still waiting when the run ended: their
+    TTFT is only a lower bound, and the chart must say so where it plots one."""
+    off = demo.runs[1]
+    interactive = [r for r in off.records if r.planned.objective == "interactive"]
+    for record in interactive[-20:]:  # the last ones: no token by the end of the run
+        record.meter = type(record.meter)()
+        record.outcome = None
+        record.finish(UNFINISHED, record.sent_at + 30.0)
+    html = render_report(demo, summarize_demo(demo))
+    ttft_off = next(
+        c
+        for c in svgs(html)
+        if "TTFT" in (c.get("aria-label") or "") and "off" in c.get("aria-label", "")
+    )
+    ttft_on = next(
+        c
+        for c in svgs(html)
+        if "TTFT" in (c.get("aria-label") or "") and "on" in c.get("aria-label", "").split(", ")[-1]
+    )
+    marks = [e for e in ttft_off.iter() if e.get("class") == "lower-bound"]
+    assert marks
+    assert all("at least" in ET.tostring(m, encoding="unicode") for m in marks)
+    assert "at least" in ET.tostring(ttft_off, encoding="unicode")
+    assert not [e for e in ttft_on.iter() if e.get("class") == "lower-bound"]

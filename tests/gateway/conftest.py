@@ -42,6 +42,7 @@ class FakeUpstream:
         hold: while not None and not set, requests wait on it before answering.
         chunks / chunk_delay: shape of streamed answers.
         waiting / kv / metrics_status / metrics_hang: what /metrics reports.
+        health_status / health_probes: what GET /health answers, and how often it was asked.
     """
 
     def __init__(self) -> None:
@@ -58,6 +59,8 @@ class FakeUpstream:
         self.metrics_hang = False
         self.metrics_scrapes = 0
         self.models = ["fake-model"]
+        self.health_status = 200
+        self.health_probes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,6 +68,10 @@ class FakeUpstream:
         path = scope["path"]
         if path == "/metrics":
             await self._metrics(send)
+            return
+        if path == "/health":
+            self.health_probes += 1
+            await _send(send, self.health_status, b"")
             return
         body = b""
         while True:

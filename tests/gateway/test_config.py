@@ -33,7 +33,7 @@ async def test_minimal_form_defaults() -> None:
     assert pool.backends == ["http://127.0.0.1:9"]
     assert pool.models == ["*"]
     assert pool.saturation.type == "utilization"
-    assert config.flow_control.no_endpoint_ttl == 30
+    assert config.flow_control.no_endpoint_ttl == 1.0
     concurrency = GatewayConfig.simple(["http://h:1"], max_in_flight=4)
     assert concurrency.pools[0].saturation.type == "concurrency"
 
@@ -43,6 +43,11 @@ async def test_minimal_form_defaults() -> None:
     ("snippet", "field", "value"),
     [
         ("pools: [{name: p, backends: [ftp://x]}]", "pools[0].backends", "ftp://x"),
+        (
+            "pools: [{name: p, backends: ['http://h:8000/v1/']}]",
+            "pools[0].backends",
+            "without the /v1",
+        ),
         (
             "pools: [{name: p, saturation: {type: utilization, kv_cache_threshold: 1.5}}]",
             "pools[0].saturation.kv_cache_threshold",

@@ -75,3 +75,22 @@ async def test_consecutive_ports_from_a_fixed_port() -> None:
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(20):
             assert await proc.wait() == 0
+
+
+async def test_a_port_in_use_prints_one_line_and_fails() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sluicegate", "sim", "--port", str(port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            _, err = await proc.communicate()
+    assert proc.returncode != 0
+    text = err.decode()
+    assert "Traceback" not in text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING
 
 from .._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics
@@ -10,14 +11,18 @@ if TYPE_CHECKING:
     from ._registry import Band, Flow
     from ._scheduler import Scheduler
 
-__all__ = ["snapshot"]
+__all__ = ["flow_snapshot", "snapshot"]
 
 
-def snapshot(scheduler: Scheduler, now: float | None) -> ControllerStatistics:
+def snapshot(
+    scheduler: Scheduler, now: float | None, top: int | None = None
+) -> ControllerStatistics:
     """A frozen snapshot; every figure is exact.
 
     Args:
         now: the current time, for the windowed fairness figures (None: omit them).
+        top: include only the `top` largest flows (most queued, then most in flight);
+            None = every flow.
     """
     bands: dict[int, BandStatistics] = {}
     flows: dict[FlowKey, FlowStatistics] = {}
@@ -40,7 +45,13 @@ def snapshot(scheduler: Scheduler, now: float | None) -> ControllerStatistics:
             jain_index=jain,
             max_service_gap=gap,
         )
-        for flow in band.flows.values():
+        if top is None:
+            for flow in band.flows.values():
+                flows[flow.key] = _flow_statistics(flow)
+    if top:
+        # One pass over counters; a snapshot (which reads the queue) only for the chosen.
+        every = (f for band in scheduler.registry.levels for f in band.flows.values())
+        for flow in heapq.nlargest(top, every, key=_size):
             flows[flow.key] = _flow_statistics(flow)
     config = scheduler.registry.config
     return ControllerStatistics(
@@ -76,6 +87,17 @@ def _fairness(
     total, squares = sum(xs), sum(x * x for x in xs)
     jain = total * total / (len(xs) * squares) if squares else None
     return jain, max(xs) - min(xs)
+
+
+def flow_snapshot(scheduler: Scheduler, priority: int, flow_id: str) -> FlowStatistics | None:
+    """One flow's snapshot, found by key in O(1); None if there is no such flow."""
+    band = scheduler.registry.bands.get(priority)
+    flow = None if band is None else band.flows.get(flow_id)
+    return None if flow is None else _flow_statistics(flow)
+
+
+def _size(flow: Flow) -> tuple[int, int]:
+    return len(flow.queue), flow.in_flight
 
 
 def _flow_statistics(flow: Flow) -> FlowStatistics:

@@ -8,11 +8,10 @@ aborts at once without a report.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import click
 from rich.console import Console
@@ -29,6 +28,8 @@ __all__ = ["demo"]
 #: The exit status after Ctrl-C, as shells report a process ended by SIGINT.
 EXIT_INTERRUPTED: Final = 130
 _D = DemoOptions()
+#: Columns assumed without a terminal: wide enough for the summary table.
+_UNWRAPPED_WIDTH: Final = 200
 
 
 async def _main(options: DemoOptions, console: Console) -> DemoResult:
@@ -62,14 +63,35 @@ def _run(options: DemoOptions, console: Console) -> DemoResult:
 
 
 def _check_writable(path: Path) -> None:
-    """Fail before running for two minutes if the report cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    target = path if path.exists() else existing
-    if target.is_dir() and path.exists():
+    """Fail before running for two minutes if the report cannot be written.
+
+    Permission bits cannot tell (root passes `os.access` everywhere; /proc, read-only
+    mounts and a file where a directory should be refuse anyway), so create the parent
+    and open the file for writing; a file that did not exist is removed again.
+    """
+    if path.is_dir():
         raise click.BadParameter(f"{path} is a directory; name a file", param_hint="--out")
-    if not os.access(target, os.W_OK):
-        raise click.BadParameter(f"cannot write {path}: permission denied", param_hint="--out")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror or exc}", param_hint="--out"
+        ) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def make_console(file: IO[str] | None = None) -> Console:
+    """The demo's console. Without a terminal (a pipe, a file, CI) rich would wrap every
+    line at 80 columns and split table labels; there, lines are left whole instead."""
+    console = Console(highlight=False, file=file)
+    if not console.is_terminal:
+        console.soft_wrap = True
+        console.width = max(console.width, _UNWRAPPED_WIDTH)
+    return console
 
 
 @click.command()
@@ -134,7 +156,7 @@ def demo(
         compare=compare,
         port=port,
     )
-    console = Console(highlight=False)
+    console = make_console()
     try:
         result = _run(options, console)
     except DemoError as exc:

@@ -61,7 +61,12 @@ def _ttft_chart(
         mine = [r for r in run.records if r.planned.objective == objective.name]
         points = ttft_over_time(mine, run.started_at, bucket_s)
         series.append(
-            Series(f"{objective.name} p99", _color(i), [(t, p99.value) for t, _, p99 in points])
+            Series(
+                f"{objective.name} p99",
+                _color(i),
+                [(t, p99.value) for t, _, p99 in points],
+                lower_bounds=[p99.lower_bound for _, _, p99 in points],
+            )
         )
         series.append(
             Series(
@@ -69,6 +74,7 @@ def _ttft_chart(
                 _color(i),
                 [(t, p50.value) for t, p50, _ in points],
                 dashed=True,
+                lower_bounds=[p50.lower_bound for _, p50, _ in points],
             )
         )
     if demo.baseline is not None:
@@ -254,7 +260,8 @@ Objectives: {escape(mix)}. Tenants: {escape(tenants)}.</p>
 <h2>Summary</h2>
 {_table_html(demo, summary)}
 <p class="small">TTFT counts requests that never got a token with their wait until the run
-ended, as a lower bound (shown as "&gt;="). Refused requests have no TTFT.</p>
+ended, as a lower bound (shown as "&gt;=" in tables and as &#9650; on chart points).
+Refused requests have no TTFT.</p>
 {_chart_sections(demo, summary)}
 <script type="application/json" id="sluicegate-demo-data">{data}</script>
 </body></html>

@@ -121,9 +121,12 @@ async def _start(exits: contextlib.AsyncExitStack, mode: Mode, options: DemoOpti
         return await exits.enter_async_context(cm)
     except OSError as exc:
         where = f"{HOST}:{options.port}" if options.port else f"a free port on {HOST}"
+        reason = exc.strerror or str(exc)
+        # The gateway's and the simulator's binds already name the address.
+        if not reason.startswith("cannot listen on"):
+            reason = f"cannot listen on {where}: {reason}"
         raise DemoError(
-            f"cannot listen on {where}: {exc.strerror or exc}. "
-            "Pass --port 0 (the default) to let the demo pick free ports."
+            f"{reason}. Pass --port 0 (the default) to let the demo pick free ports."
         ) from exc
 
 

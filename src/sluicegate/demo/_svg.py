@@ -23,19 +23,25 @@ _LEFT: Final = 56
 _RIGHT: Final = 12
 _TOP: Final = 12
 _BOTTOM: Final = 46
+_AT_LEAST: Final = "\u25b2"  # an upward triangle, as drawn on lower-bound points
 _FONT: Final = 'font-family="system-ui, sans-serif" font-size="11"'
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Series:
-    """One line: `points` are (x, y); drawn solid, `dashed` or `dotted`."""
+    """One line: `points` are (x, y); drawn solid, `dashed` or `dotted`.
+
+    `lower_bounds[i]` true marks point i as "at least" (an upward triangle): a value
+    computed from requests that had not finished, so the truth may be higher.
+    """
 
     label: str
     color: str
     points: Sequence[tuple[float, float]]
     dashed: bool = False
     dotted: bool = False
+    lower_bounds: Sequence[bool] = ()
 
     @property
     def dash(self) -> str:
@@ -84,8 +90,9 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def _frame(title: str, body: list[str], legend: Sequence[Series]) -> str:
-    height = _H + 18 * ((len(legend) + 1) // 2)
+def _frame(title: str, body: list[str], legend: Sequence[Series], note: str = "") -> str:
+    rows = (len(legend) + 1) // 2 + (1 if note else 0)
+    height = _H + 18 * rows
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height}" '
         f'width="{_W}" height="{height}" role="img" aria-label="{escape(title)}">',
@@ -100,6 +107,9 @@ def _frame(title: str, body: list[str], legend: Sequence[Series]) -> str:
             f'stroke-width="2"{s.dash}/>'
             f'<text x="{x + 30}" y="{y + 4}" {_FONT}>{escape(s.label)}</text>'
         )
+    if note:
+        y = _H + 18 * (rows - 1) + 6
+        parts.append(f'<text x="{_LEFT}" y="{y + 4}" {_FONT}>{escape(note)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -190,7 +200,22 @@ def line_chart(
         body.append(
             f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.8"{s.dash}/>'
         )
-    return _frame(title, body, series)
+        body.extend(
+            _lower_bound_mark(sx(x), sy(y), s.color, y)
+            for (x, y), bounded in zip(s.points, s.lower_bounds, strict=False)
+            if bounded
+        )
+    bounded = any(any(s.lower_bounds) for s in series)
+    note = f"{_AT_LEAST} at least: requests still waiting when the run ended" if bounded else ""
+    return _frame(title, body, series, note)
+
+
+def _lower_bound_mark(px: float, py: float, color: str, value: float) -> str:
+    """An upward triangle on the point: the true value is this or higher."""
+    return (
+        f'<path class="lower-bound" d="M{_fmt(px)},{_fmt(py - 7)} l-4,7 h8 z" fill="{color}">'
+        f"<title>at least {escape(_seconds(value))}</title></path>"
+    )
 
 
 def bar_chart(title: str, bars: Sequence[Bar], *, x_max: float) -> str:

@@ -24,6 +24,7 @@ import sluicegate as sg
 from ._classify import classify
 from ._config import GatewayConfigError, UtilizationSettings, load_config
 from ._errors import GatewayError
+from ._health import relay_with_retry
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pool import Pool, Router
@@ -263,7 +264,8 @@ class Gateway:
             )
         elif path == "/debug/flowcontrol":
             require_token(ex.scope, state.config.server.auth_token)
-            body = orjson.dumps(debug_document(self), option=orjson.OPT_NON_STR_KEYS)
+            doc = debug_document(self, ex.scope.get("query_string", b""))
+            body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
             await ex.respond(200, body, b"application/json")
         else:
             raise GatewayError(404, f"no route for {method} {path}", code="not_found")
@@ -305,7 +307,12 @@ class Gateway:
                 raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
             stream = doc.get("stream") is True
             session = self._require_session()
-            await relay(session, ex, assignment[0].url, body, stream=stream, meter=meter)
+            await relay_with_retry(
+                pool.detector,
+                ticket,
+                lambda url: relay(session, ex, url, body, stream=stream, meter=meter),
+                lambda: ex.started,
+            )
         except Exception:
             if not ex.started:
                 meter.failed()

@@ -67,4 +67,9 @@ def serve(
             config = config.model_copy(update={"server": server})
     except GatewayConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    run(config, config_path=config_path)
+    try:
+        run(config, config_path=config_path)
+    except OSError as exc:  # the listening port is taken or not ours to bind
+        raise click.ClickException(
+            f"{exc.strerror or exc}. Pick another --port or server.port."
+        ) from None

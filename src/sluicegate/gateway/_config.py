@@ -31,6 +31,7 @@ __all__ = [
     "FlowControlSettings",
     "GatewayConfig",
     "GatewayConfigError",
+    "HealthSettings",
     "MetricsSettings",
     "ObjectiveSettings",
     "PoolSettings",
@@ -93,8 +94,10 @@ class FlowControlSettings(_Model):
     """The flow-control section; each pool's controller runs with it."""
 
     default_ttl: _Seconds | None = 30.0
-    #: How long a request may wait while its pool has no reachable backend (0 = reject).
-    no_endpoint_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = 30.0
+    #: How long a request may wait while its pool has no usable backend (0 = reject at
+    #: once). Short, so a wrong or dead backend is answered `no_endpoints` promptly
+    #: rather than `queue_timeout` after `default_ttl`.
+    no_endpoint_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = 1.0
     max_requests: Annotated[int, Field(ge=0)] | None = None
     max_bytes: Annotated[int, Field(ge=0)] | None = None
     default_band: BandSettings = Field(default_factory=BandSettings)
@@ -162,6 +165,30 @@ class UtilizationSettings(_Model):
     metrics_path: str = "/metrics"
 
 
+class HealthSettings(_Model):
+    """Passive health: when a backend is taken out of service and how it comes back.
+
+    Any saturation type. A failed connect takes a backend out at once; resets and 5xx
+    answers (before any byte was relayed) do after `failure_threshold` in a row. An
+    out-of-service backend gets no traffic until its `probe_path` answers below 500;
+    the first probe comes `probe_backoff` seconds after it went out, and each failed
+    probe doubles the wait up to `max_probe_backoff`.
+    """
+
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    probe_path: str = "/health"
+    probe_backoff: _Seconds = 1.0
+    max_probe_backoff: _Seconds = 30.0
+    probe_timeout: _Seconds = 2.0
+
+    @field_validator("probe_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"probe_path must start with '/', got {value!r}")
+        return value
+
+
 class ConcurrencySettings(_Model):
     """Saturation from the gateway's own count of requests in flight per backend."""
 
@@ -176,7 +203,15 @@ def _check_backend(url: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"a backend URL takes no query or fragment, got {url!r}")
     # Request paths already start with /v1, so a base path must not end with '/'.
-    return url.rstrip("/")
+    base = url.rstrip("/")
+    if base.endswith("/v1"):
+        # The OpenAI client's base URL is the common mistake: /v1/v1/chat/completions
+        # would answer 404, and /v1/metrics would never be scraped.
+        raise ValueError(
+            f"a backend is the server's base URL without the /v1 (the gateway appends the "
+            f"request path, e.g. /v1/chat/completions): use {base[:-3]!r}, got {url!r}"
+        )
+    return base
 
 
 class PoolSettings(_Model):
@@ -190,6 +225,7 @@ class PoolSettings(_Model):
     saturation: Annotated[
         UtilizationSettings | ConcurrencySettings, Field(discriminator="type")
     ] = UtilizationSettings()
+    health: HealthSettings = Field(default_factory=HealthSettings)
     #: How prompt tokens are estimated before dispatch: ``chars`` (text length / 4, no
     #: I/O) or ``tokenize`` (ask a backend's vLLM-style ``/tokenize``; one extra round
     #: trip per request, ``chars`` when it fails). The response's usage corrects either.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
 
 import aiohttp
 import orjson
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["debug_document", "merged_models", "readiness", "require_token"]
 
 _MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+#: Flows /debug/flowcontrol lists without ``?flows=``, and the most it lists.
+DEBUG_FLOWS: Final = 20
+MAX_DEBUG_FLOWS: Final = 10_000
 
 
 def require_token(scope: dict[str, Any], token: str | None) -> None:
@@ -48,7 +52,7 @@ def readiness(gateway: Gateway) -> list[str]:
     for pool in gateway.pools.values():
         detector = pool.detector
         if not detector.has_endpoints():
-            problems.append(f"pool {pool.name}: no reachable backend")
+            problems.append(f"pool {pool.name}: no usable backend ({_why_unusable(pool)})")
         elif isinstance(detector, UtilizationDetector) and not any(
             b.scraped_at is not None for b in detector.backends.values()
         ):
@@ -56,9 +60,23 @@ def readiness(gateway: Gateway) -> list[str]:
     return problems
 
 
-def _pool_document(pool: Pool, now: float) -> dict[str, Any]:
-    stats = pool.controller.statistics()
+def _why_unusable(pool: Pool) -> str:
+    """Counts only: /readyz is unauthenticated, so it names no backend URL."""
+    backends = pool.detector.backends.values()
+    down = sum(1 for b in backends if not b.healthy)
+    unreachable = sum(1 for b in backends if b.healthy and not b.reachable)
+    parts = []
+    if down:
+        parts.append(f"{down} out of service after upstream failures, probing their health")
+    if unreachable:
+        parts.append(f"{unreachable} refusing connections or without metrics")
+    return "; ".join(parts) or "no backend configured"
+
+
+def _pool_document(pool: Pool, now: float, top: int) -> dict[str, Any]:
+    stats = pool.controller.summary(top)
     detector = pool.detector
+    flows = sorted(stats.flows.values(), key=lambda f: (-f.queued_requests, -f.in_flight))
     return {
         "saturation": detector.pool_saturation(),
         "stale_backends": detector.stale_backends(),
@@ -100,19 +118,47 @@ def _pool_document(pool: Pool, now: float) -> dict[str, Any]:
                 "output_tokens": f.output_tokens,
                 "service": f.service,
             }
-            for f in stats.flows.values()
+            for f in flows
         ],
+        "flows_omitted": sum(b.flows for b in stats.bands.values()) - len(flows),
     }
 
 
-def debug_document(gateway: Gateway) -> dict[str, Any]:
-    """The /debug/flowcontrol JSON: bands, flows, oldest waiter and backends per pool."""
+def debug_document(gateway: Gateway, query: bytes = b"") -> dict[str, Any]:
+    """The /debug/flowcontrol JSON: bands, backends and the largest flows per pool.
+
+    ``?flows=N`` (default 20, at most 10,000) lists the N flows with the most queued
+    requests, largest first; ``flows_omitted`` counts the others. The page costs
+    O(bands + N) snapshots, however many tenants there are.
+
+    Raises:
+        GatewayError: ``flows`` is not an integer in range (400).
+    """
+    top = _flows_param(query)
     now = asyncio.get_running_loop().time()
     return {
         "draining": gateway.draining,
         "objectives": {o.name: o.priority for o in gateway.config.objectives},
-        "pools": {name: _pool_document(pool, now) for name, pool in gateway.pools.items()},
+        "pools": {name: _pool_document(pool, now, top) for name, pool in gateway.pools.items()},
     }
+
+
+def _flows_param(query: bytes) -> int:
+    values = parse_qs(query.decode("latin-1")).get("flows")
+    if not values:
+        return DEBUG_FLOWS
+    try:
+        top = int(values[-1])
+    except ValueError:
+        top = -1
+    if not 0 <= top <= MAX_DEBUG_FLOWS:
+        raise GatewayError(
+            400,
+            f"flows must be an integer from 0 to {MAX_DEBUG_FLOWS}, got {values[-1]!r}",
+            code="invalid_query",
+            param="flows",
+        )
+    return top
 
 
 async def _backend_models(

@@ -13,6 +13,7 @@ import sluicegate as sg
 
 from ._config import GatewayConfigError, UtilizationSettings
 from ._errors import GatewayError
+from ._health import HealthProbes
 from ._saturation import ConcurrencyDetector, UtilizationDetector
 from ._scrape import scrape_forever
 
@@ -75,6 +76,9 @@ class Pool:
             if isinstance(sat, UtilizationSettings)
             else ConcurrencyDetector(settings.backends, sat, clock)
         )
+        self.detector.health = settings.health
+        #: Probes of backends taken out of service by passive health.
+        self.probes = HealthProbes(self.detector)
         self.controller = sg.FlowController(flow_control, saturation=self.detector)
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
@@ -82,8 +86,9 @@ class Pool:
         self._session: aiohttp.ClientSession | None = None
 
     def start_scraping(self, session: aiohttp.ClientSession) -> None:
-        """Start one scrape loop per backend (utilization pools only)."""
+        """Start one scrape loop per backend (utilization pools only) and allow probes."""
         self._session = session
+        self.probes.start(session)
         for url in self.detector.backends:
             self._start_scraper(url)
 
@@ -104,7 +109,8 @@ class Pool:
             task.add_done_callback(self._retired.discard)
 
     async def stop_scraping(self) -> None:
-        """Cancel every scrape loop and wait for them to end."""
+        """Cancel every scrape loop and health probe and wait for them to end."""
+        await self.probes.aclose()
         for url in list(self._scrapers):
             self._stop_scraper(url)
         tasks = list(self._retired)
@@ -136,9 +142,11 @@ class Pool:
         else:
             assert not isinstance(sat, UtilizationSettings)
             self.detector.configure(sat)
+        self.detector.health = settings.health
         added, removed = self.detector.set_backends(settings.backends)
         for backend in removed:
             self._stop_scraper(backend.url)
+            self.probes.cancel(backend.url)
         for backend in added:
             self._start_scraper(backend.url)
 

@@ -14,13 +14,23 @@ Utilization scoring (per backend)::
 where ``unseen`` counts the requests this gateway dispatched to the backend that are
 still in flight and were sent after the last completed scrape had started: the backend's
 metrics cannot show them yet, so a burst between two scrapes cannot overshoot. The
-pool is saturated when no reachable backend scores below 1.
+pool is saturated when no usable backend scores below 1.
+
+Passive health (every detector, in the shared base): a backend is *usable* while it is
+reachable (its scrapes connect, for utilization pools) and healthy. The gateway reports
+each upstream attempt's result; a failed connect takes the backend out at once, resets
+and 5xx answers after `HealthSettings.failure_threshold` in a row. The pool's
+`HealthProbes` then probes that backend's ``/health`` on a backoff timer, and only a
+pass puts it back: healthy backends are never probed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
+
+from ._config import HealthSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -28,6 +38,11 @@ if TYPE_CHECKING:
     from sluicegate import Ticket
 
     from ._config import ConcurrencySettings, UtilizationSettings
+
+#: What went wrong with one upstream attempt (see `_PoolDetector.upstream_failed`).
+FailureKind = Literal["connect", "reset", "status"]
+
+_log = logging.getLogger("sluicegate.gateway")
 
 __all__ = ["Backend", "BackendMetrics", "ConcurrencyDetector", "UtilizationDetector"]
 
@@ -50,14 +65,19 @@ class Backend:
 
     __slots__ = (
         "_epochs",
+        "backoff",
         "epoch",
         "failures",
+        "health_error",
+        "healthy",
         "in_flight",
         "last_error",
         "metrics",
+        "probe_at",
         "reachable",
         "scraped_at",
         "scrapes",
+        "strikes",
         "unseen",
         "url",
     )
@@ -78,6 +98,21 @@ class Backend:
         self.scrapes = 0
         self.failures = 0
         self.last_error: str | None = None
+        #: False from a failed connect or a burst of failures until a health probe passes.
+        self.healthy = True
+        #: Consecutive failed upstream attempts (resets and 5xx).
+        self.strikes = 0
+        #: Why it was taken out of service (no URL: it may reach /readyz).
+        self.health_error: str | None = None
+        #: Seconds before the next health probe, doubled by each failed one.
+        self.backoff = 0.0
+        #: Loop time of the next health probe while out of service.
+        self.probe_at: float | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Reachable and healthy: it may get traffic."""
+        return self.reachable and self.healthy
 
     def bind(self) -> int:
         """Count one more dispatched request; returns its epoch tag."""
@@ -108,14 +143,19 @@ class Backend:
 
 
 class _PoolDetector:
-    """Backend bookkeeping shared by both detectors."""
+    """Backend bookkeeping shared by every detector: binding and passive health.
+
+    A subclass supplies `score`; it may override `stale_backends`.
+    """
 
     recheck_interval: float | None = None
 
     def __init__(self, urls: Iterable[str], clock: Callable[[], float]) -> None:
         self.backends: dict[str, Backend] = {u: Backend(u) for u in urls}
+        self.health = HealthSettings()
         self._clock = clock
         self._listener: Callable[[], None] | None = None
+        self._prober: Callable[[Backend, float], None] | None = None
         self._best: Backend | None = None
 
     def score(self, backend: Backend, now: float) -> float:
@@ -128,6 +168,82 @@ class _PoolDetector:
 
     def set_listener(self, listener: Callable[[], None] | None, /) -> None:
         self._listener = listener
+
+    def set_prober(self, prober: Callable[[Backend, float], None] | None, /) -> None:
+        """Install what schedules a health probe of a backend in so many seconds."""
+        self._prober = prober
+
+    # -- passive health -----------------------------------------------------------------
+
+    def upstream_succeeded(self, backend: Backend) -> None:
+        """An attempt got an answer (any status below 500): the failure run ends."""
+        backend.strikes = 0
+
+    def upstream_failed(self, backend: Backend, kind: FailureKind, error: str) -> None:
+        """An attempt failed: a connect at once, resets and 5xx in a run, take it out."""
+        backend.strikes += 1
+        if backend.healthy and (
+            kind == "connect" or backend.strikes >= self.health.failure_threshold
+        ):
+            backend.backoff = 0.0
+            self._take_out(backend, f"{kind} failure: {error}")
+
+    def probe_failed(self, backend: Backend, error: str) -> None:
+        """Its health probe failed: try again after twice the wait."""
+        if backend.url in self.backends:
+            self._take_out(backend, f"health probe failed: {error}")
+
+    def probe_succeeded(self, backend: Backend) -> None:
+        """Its health probe passed: it gets traffic again."""
+        backend.healthy = True
+        backend.strikes = 0
+        backend.backoff = 0.0
+        backend.health_error = None
+        backend.probe_at = None
+        self.notify()
+
+    def probe_soon(self, backend: Backend) -> None:
+        """Probe an out-of-service backend at once (there is news that it is back)."""
+        backend.backoff = 0.0
+        backend.probe_at = self._clock()
+        if self._prober is not None:
+            self._prober(backend, 0.0)
+
+    def _take_out(self, backend: Backend, reason: str) -> None:
+        health = self.health
+        if backend.healthy:
+            _log.warning("backend=%s out of service after a %s", backend.url, reason)
+        backend.healthy = False
+        backend.health_error = reason
+        backend.backoff = min(
+            max(backend.backoff * 2, health.probe_backoff), health.max_probe_backoff
+        )
+        backend.probe_at = self._clock() + backend.backoff
+        if self._prober is not None:
+            self._prober(backend, backend.backoff)
+        self.notify()
+
+    def rebind(self, ticket: Ticket, /) -> Backend | None:
+        """Move a dispatched request to another usable backend (its connect failed).
+
+        The best-scoring other backend is chosen even if it is full: the request was
+        already admitted, so that backend may run over its limit by the requests that
+        were connecting to the failed one. Returns None (nothing changes) without one.
+        """
+        assignment: Any = ticket.assignment
+        if assignment is None:
+            return None
+        failed, epoch = assignment
+        now = self._clock()
+        others = [b for b in self.backends.values() if b.usable and b is not failed]
+        if not others:
+            return None
+        target = min(others, key=lambda b: (self.score(b, now), b.in_flight))
+        failed.unbind(epoch)
+        ticket.assignment = (target, target.bind())
+        return target
+
+    # -- backends -------------------------------------------------------------------------
 
     def set_backends(self, urls: Iterable[str]) -> tuple[list[Backend], list[Backend]]:
         """Adopt a new backend list; known URLs keep their state. Returns (added, removed).
@@ -143,12 +259,12 @@ class _PoolDetector:
         return added, removed
 
     def _pick(self) -> Backend | None:
-        """The reachable backend with the lowest score below 1 (fewest in flight on ties)."""
+        """The usable backend with the lowest score below 1 (fewest in flight on ties)."""
         now = self._clock()
         best: Backend | None = None
         best_score = 1.0
         for backend in self.backends.values():
-            if not backend.reachable:
+            if not backend.usable:
                 continue
             score = self.score(backend, now)
             if score < best_score or (
@@ -162,7 +278,7 @@ class _PoolDetector:
         return best is None
 
     def has_endpoints(self) -> bool:
-        return any(b.reachable for b in self.backends.values())
+        return any(b.usable for b in self.backends.values())
 
     def utilization(self) -> float:
         """The best backend's score: the load the next dispatch would meet."""
@@ -184,16 +300,14 @@ class _PoolDetector:
             backend.unbind(epoch)
 
     def least_loaded(self) -> Backend | None:
-        """A reachable backend for traffic outside flow control (fewest in flight)."""
-        candidates = [b for b in self.backends.values() if b.reachable]
+        """A usable backend for traffic outside flow control (fewest in flight)."""
+        candidates = [b for b in self.backends.values() if b.usable]
         return min(candidates, key=lambda b: b.in_flight, default=None)
 
     def pool_saturation(self) -> float:
         """The lowest backend score (1.0 when none is usable): what gates dispatch."""
         now = self._clock()
-        lowest = min(
-            (self.score(b, now) for b in self.backends.values() if b.reachable), default=1.0
-        )
+        lowest = min((self.score(b, now) for b in self.backends.values() if b.usable), default=1.0)
         return lowest if math.isfinite(lowest) else 1.0
 
     def stale_backends(self) -> int:
@@ -207,6 +321,10 @@ class _PoolDetector:
         return {
             "url": backend.url,
             "reachable": backend.reachable,
+            "healthy": backend.healthy,
+            "health_error": backend.health_error,
+            "consecutive_failures": backend.strikes,
+            "next_probe_in_s": None if backend.probe_at is None else backend.probe_at - now,
             "score": score if math.isfinite(score) else "inf",
             "in_flight": backend.in_flight,
             "unseen_dispatches": backend.unseen,
@@ -265,6 +383,11 @@ class UtilizationDetector(_PoolDetector):
         return epoch
 
     def scrape_succeeded(self, backend: Backend, metrics: BackendMetrics, epoch: int) -> None:
+        if not backend.reachable and not backend.healthy:
+            # It answers again after an outage: probe now rather than after a backoff
+            # that may have grown to its maximum. Only on this transition, so a server
+            # whose metrics work while its engine is dead is not probed every scrape.
+            self.probe_soon(backend)
         backend.metrics = metrics
         backend.scraped_at = self._clock()
         backend.reachable = True

@@ -36,6 +36,10 @@ _SERIES: Final = re.compile(
 )
 
 
+class _NoMetricsError(Exception):
+    """The backend answers, but has no metrics at the configured path."""
+
+
 def parse_metrics(text: bytes) -> BackendMetrics:
     """Extract waiting, running and KV-cache usage from a Prometheus text exposition.
 
@@ -70,11 +74,22 @@ async def _scrape_once(
     epoch = detector.scrape_started(backend)
     try:
         async with session.get(backend.url + settings.metrics_path, timeout=timeout) as resp:
+            if resp.status == 404:
+                raise _NoMetricsError(
+                    f"{settings.metrics_path} answered HTTP 404: a wrong backend URL or "
+                    "metrics_path?"
+                )
             if resp.status != 200:
                 raise ValueError(f"/metrics answered HTTP {resp.status}")
             metrics = parse_metrics(await resp.read())
     except aiohttp.ClientConnectorError as exc:
         _record_failure(detector, backend, f"unreachable: {exc}", reachable=False)
+    except _NoMetricsError as exc:
+        # Never scoreable: under fail-closed (or last-known without figures) it could
+        # never take a request, so it is no endpoint rather than a 30 s wait. fail-open
+        # serves such a backend as free, as it always did.
+        usable = settings.stale_policy == "fail-open"
+        _record_failure(detector, backend, str(exc), reachable=usable)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         _record_failure(detector, backend, f"scrape failed: {exc!r}", reachable=True)
     else:

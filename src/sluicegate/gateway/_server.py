@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -25,7 +26,7 @@ import uvicorn
 from ._app import Gateway
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Callable
 
     from ._config import GatewayConfig
 
@@ -42,6 +43,9 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         # Listening now lets clients queue in the backlog before uvicorn accepts.
         sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise
@@ -110,29 +114,44 @@ def _read(path: Path) -> bytes | None:
         return None  # being replaced; the next event brings the new file
 
 
-def _resolve(path: Path) -> Path:
-    return path.resolve()
+def _absolute(path: Path) -> Path:
+    # Not resolve(): a symlinked config must be read through its link each time.
+    return Path(os.path.abspath(path))
 
 
-def _touches(changes: Iterable[tuple[Any, str]], target: Path) -> bool:
-    return any(Path(p).resolve() == target for _, p in changes)
+def _watch_filter(path: Path) -> Callable[[Any, str], bool]:
+    """Accept only events that can change what `path` reads: the file itself (also when
+    replaced by rename) and a symlink it is reached through (Kubernetes swaps a
+    ``..data`` link). Everything else in the directory, a log file say, is dropped
+    before watchfiles even logs it."""
+    name = path.name
+
+    def accept(_: Any, changed: str) -> bool:
+        entry = Path(changed)
+        return entry.name == name or (entry.name.startswith("..") and entry.is_symlink())
+
+    return accept
 
 
-async def _watch_file(gateway: Gateway, target: Path) -> None:
+async def _watch_file(gateway: Gateway, path: Path) -> None:
     """Reload when the config file changes (inotify through watchfiles; no polling here).
+
+    One watch on the file's directory, not recursive: a watch on the file itself would
+    be lost when an editor replaces it by rename, and a recursive one costs a watch per
+    subdirectory (thousands in a temp folder).
 
     Args:
         gateway: the gateway to reload.
-        target: the configuration file, resolved.
+        path: the configuration file, as given (a symlink stays one).
     """
     import watchfiles
 
-    last = _read(target)
-    # Watch the directory: editors replace files by rename, which a file watch misses.
-    async for changes in watchfiles.awatch(target.parent, debounce=400, step=50):
-        if not _touches(changes, target):
-            continue
-        content = _read(target)
+    path = _absolute(path)
+    last = _read(path)
+    async for _ in watchfiles.awatch(
+        path.parent, watch_filter=_watch_filter(path), recursive=False, debounce=400, step=50
+    ):
+        content = _read(path)
         if content is not None and content != last:
             last = content
             gateway.reload_from_file()
@@ -153,7 +172,7 @@ async def serve(
         await server.startup(sockets=[sock])
         watcher = None
         if config_path is not None and watch:
-            watcher = loop.create_task(_watch_file(gateway, _resolve(config_path)))
+            watcher = loop.create_task(_watch_file(gateway, config_path))
         gateway.url = _url(sock)
         print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
         try:

@@ -173,8 +173,11 @@ def sim(host: str, port: int, replicas: int, log_level: str, **fields: Any) -> N
         name: {**logger, "level": log_level.upper()}
         for name, logger in LOGGING_CONFIG["loggers"].items()
     }
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_serve_until_signal(configs, host, ports, log_config))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_serve_until_signal(configs, host, ports, log_config))
+    except OSError as exc:  # the port is taken or not ours to bind
+        raise click.ClickException(f"{exc.strerror or exc}. Pick another --port.") from None
 
 
 async def _serve_until_signal(

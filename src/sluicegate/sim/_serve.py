@@ -114,6 +114,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(2048)  # benchmarks open a thousand streams at once
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        # The bare error names no address; with --replicas the port is not obvious.
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

@@ -1,0 +1,41 @@
+"""`sluicegate` as a new user meets it: one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    """Run `python -m sluicegate ARGS` (after `prelude`, if any) and capture its output."""
+    code = f"{prelude}\nimport runpy\nrunpy.run_module('sluicegate', run_name='__main__')"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_on_a_port_in_use_prints_one_line_and_fails() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run("serve", "--backend", "http://127.0.0.1:9", "--port", str(port))
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert "in use" in lines[0]
+
+
+def test_without_the_server_extras_the_command_says_what_to_install() -> None:
+    """`pip install sluicegate` has no click; `sluicegate` must not die in a traceback."""
+    done = run("--help", prelude="import sys; sys.modules['click'] = None")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "pip install 'sluicegate[server]'" in done.stderr
