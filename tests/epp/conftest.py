@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sluicegate.epp import EnvoyEmulator, RunningPicker, serve_in_background
 from sluicegate.gateway import GatewayConfig, parse_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 #: Endpoints of the test pools. Concurrency pools never contact their backends, so
 #: nothing listens there; they are loopback addresses all the same.

@@ -9,8 +9,18 @@ import pytest
 
 from sluicegate.epp._protocol import BODY_CHUNK
 
-from .conftest import A, B, BODY, backend_in_flight, body, eventually, in_flight, make_config
-from .conftest import queued, stack
+from .conftest import (
+    BODY,
+    A,
+    B,
+    backend_in_flight,
+    body,
+    eventually,
+    in_flight,
+    make_config,
+    queued,
+    stack,
+)
 
 
 @pytest.mark.asyncio

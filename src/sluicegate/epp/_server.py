@@ -88,6 +88,11 @@ class RunningPicker:
         self.metrics_url = metrics_url
         self.health = health
 
+    async def drain(self) -> None:
+        """Health NOT_SERVING, then every queued request answered 503; open streams go on."""
+        await _set_health(self.health, False)
+        await self.picker.drain()
+
 
 def _ops_app(picker: EndpointPicker) -> web.Application:
     token = picker.config.server.auth_token
@@ -166,12 +171,14 @@ async def serve_in_background(
             await site.start()
             bound = runner.addresses[0][1]
             await _set_health(health, True)
-            yield RunningPicker(
+            running = RunningPicker(
                 picker, f"{_bracket(host)}:{port}", f"http://{_bracket(host)}:{bound}", health
             )
+            yield running
         finally:
             await _set_health(health, False)
             await picker.drain()
+            # Open streams (requests in flight) get up to drain_grace to end.
             await server.stop(config.server.drain_grace)
             await runner.cleanup()
 
