@@ -30,7 +30,7 @@ from ._protocol import FULL_DUPLEX
 from ._stream import Lifecycle
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator
 
     from sluicegate.gateway import GatewayConfig
 
@@ -187,20 +187,37 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _resolved(paths: Iterable[str | Path | None]) -> list[Path | None]:
-    return [Path(p).resolve() if p is not None else None for p in paths]
+def _resolved(path: Path | None) -> Path | None:
+    return path.resolve() if path is not None else None
+
+
+def _read(path: Path | None) -> bytes | None:
+    try:
+        return path.read_bytes() if path is not None else None
+    except OSError:
+        return None  # being replaced; the next event brings the new file
 
 
 async def _watch(running: RunningPicker, config_path: Path | None, objectives: Path | None) -> None:
-    """Reload on changes of the config file or the objectives directory (inotify)."""
+    """Reload on changes of the config file or the objectives directory (inotify).
+
+    Any change in the config file's directory re-reads the file and reloads if its
+    content changed: editors and Kubernetes ConfigMap volumes replace files by renames
+    and symlink swaps, which a watch on the file itself would miss.
+    """
     import watchfiles
 
-    config_file, objectives_dir = _resolved([config_path, objectives])
-    paths = [p for p in (config_file and config_file.parent, objectives_dir) if p is not None]
+    config_dir = _resolved(config_path.parent) if config_path is not None else None
+    objectives_dir = _resolved(objectives)
+    last = _read(config_path)
+    paths = [p for p in (config_dir, objectives_dir) if p is not None]
     async for changes in watchfiles.awatch(*paths, debounce=400, step=50):
-        touched = [p for p in _resolved(p for _, p in changes) if p is not None]
-        if config_file is not None and config_file in touched:
-            running.picker.reload_from_file()
+        touched = [Path(p) for _, p in changes]
+        if config_dir is not None and any(config_dir in p.parents for p in touched):
+            content = _read(config_path)
+            if content is not None and content != last:
+                last = content
+                running.picker.reload_from_file()
         if objectives_dir is not None and any(objectives_dir in p.parents for p in touched):
             running.picker.reload_objectives()
 
