@@ -56,7 +56,7 @@ class _Processor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, picker: EndpointPicker) -> None:
         self._picker = picker
 
-    async def Process(self, requests: AsyncIterator[Any], context: Any) -> None:
+    async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         picker = self._picker
         life = Lifecycle(picker)
         picker.streams += 1
@@ -64,7 +64,7 @@ class _Processor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             async for request in requests:
                 replies = await life.handle(request)
                 for reply in replies:
-                    await context.write(reply)
+                    yield reply
                 if life.decided:
                     life.observe()
                 if life.done:
