@@ -14,7 +14,9 @@ headers, body, the pick, response headers, a response body with ``usage``, end.
 
 In the same run, the HTTP gateway (`sluicegate serve`, also alone on the gateway core)
 relays to a raw-protocol upstream: its added latency and its requests per CPU-second
-are the baseline, measured the same way.
+are the baseline, measured the same way. A do-nothing ext_proc server (one empty reply
+per message, the same four message pairs per stream) gives gRPC's own floor: the most
+lifecycles per CPU-second any picker built on grpcio could reach here.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
 import orjson
@@ -39,12 +41,13 @@ from ._stats import percentile
 from ._upstream import BODY
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 __all__ = ["EppOptions", "run_epp"]
 
 _CHAT: Final = "/v1/chat/completions"
 _RESPONSE: Final = (b'{"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}',)
+_FLOOR: Final = "from sluicegate.bench._epp import floor_main; floor_main()"
 _CONFIG: Final = """\
 server: {host: 127.0.0.1}
 pools:
@@ -77,9 +80,101 @@ class _Picker:
     pinned: bool
 
 
+def floor_main() -> None:
+    """A do-nothing ext_proc server: one empty reply per message (gRPC's own cost)."""
+    import grpc
+    import uvloop
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+    reply = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
+
+    class Floor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+        async def Process(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+            async for _ in requests:
+                yield reply
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        ext_grpc.add_ExternalProcessorServicer_to_server(Floor(), server)
+        server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+        await server.start()
+        print("listening", flush=True)  # noqa: T201
+        await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+@contextlib.contextmanager
+def _process(args: list[str], options: EppOptions) -> Iterator[tuple[int, bool]]:
+    """Start `args` pinned to the gateway core (this process to the load core)."""
+    pin = _can_pin(OverheadOptions(gateway_core=options.gateway_core, load_core=options.load_core))
+    saved = os.sched_getaffinity(0) if pin else None
+    proc = subprocess.Popen(_pinned(options.gateway_core, pin, args), stdout=subprocess.PIPE)
+    try:
+        if pin:
+            os.sched_setaffinity(0, {options.load_core})
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if b"listening" not in line:
+            raise RuntimeError(f"{' '.join(args[:5])} did not start: {line!r}")
+        yield proc.pid, pin
+    finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hung child
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def _measure_floor(target: str, pid: int, options: EppOptions) -> dict[str, float]:
+    """Closed loop of streams of 4 message pairs (a lifecycle's count) on the floor server."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+    message = ext.ProcessingRequest(request_body=ext.HttpBody(body=BODY, end_of_stream=True))
+    done = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ext_grpc.ExternalProcessorStub(channel)
+
+        async def stream() -> None:
+            call = stub.Process()
+            for _ in range(4):
+                await call.write(message)
+                await call.read()
+            await call.done_writing()
+            await call.read()
+
+        for _ in range(300):
+            await stream()
+        stop_at = time.perf_counter() + options.throughput_s
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await stream()
+                done += 1
+
+        cpu = cpu_seconds(pid)
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(options.concurrency)))
+        wall = time.perf_counter() - began
+        cpu = cpu_seconds(pid) - cpu
+    return {
+        "grpc floor streams/s": done / wall,
+        "grpc floor streams per cpu-s": done / cpu if cpu > 0 else 0.0,
+        "grpc floor cpu share": cpu / wall,
+    }
+
+
 @contextlib.contextmanager
 def _picker(options: EppOptions) -> Iterator[_Picker]:
-    pin = _can_pin(OverheadOptions(gateway_core=options.gateway_core, load_core=options.load_core))
     grpc_port, metrics_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "epp.yaml"
@@ -89,29 +184,8 @@ def _picker(options: EppOptions) -> Iterator[_Picker]:
             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
             "--log-level", "warning",
         ]  # fmt: skip
-        saved = os.sched_getaffinity(0) if pin else None
-        proc = subprocess.Popen(_pinned(options.gateway_core, pin, args), stdout=subprocess.PIPE)
-        try:
-            if pin:
-                os.sched_setaffinity(0, {options.load_core})
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if b"listening" not in line:
-                raise RuntimeError(f"sluicegate epp did not start: {line!r}")
-            yield _Picker(
-                f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}", proc.pid, pin
-            )
-        finally:
-            if saved is not None:
-                os.sched_setaffinity(0, saved)
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a hung child
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        with _process(args, options) as (pid, pinned):
+            yield _Picker(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}", pid, pinned)
 
 
 async def _decision_ms(metrics: str) -> dict[str, float]:
@@ -215,6 +289,14 @@ def _figures(r: dict[str, float], pinned: bool) -> list[Figure]:
             note=f"wall rate {r['epp lifecycles/s']:,.0f}/s at {r['epp cpu share']:.0%} of a core",
         ),
         Figure(
+            "epp: lifecycles per CPU-second, beside gRPC's own floor",
+            r["epp lifecycles per cpu-s"],
+            "req/s",
+            r["grpc floor streams per cpu-s"],
+            "do-nothing ext_proc server, same 4 message pairs per stream, same run",
+            note="the floor is grpcio's cost alone: the ceiling of any grpcio picker",
+        ),
+        Figure(
             "epp: decision latency p50 (body received -> pick sent)",
             r["epp decision p50 ms"],
             "ms",
@@ -250,6 +332,11 @@ def run_epp(options: EppOptions, *, command: str) -> PartResult:
         )
     with _picker(options) as picker:
         results = asyncio.run(_measure_picker(picker, options))
+    port = free_port()
+    # Not `-m`: runpy warns when it runs a module the package already imported.
+    floor = [sys.executable, "-c", _FLOOR, str(port)]
+    with _process(floor, options) as (pid, _):
+        results.update(asyncio.run(_measure_floor(f"127.0.0.1:{port}", pid, options)))
     http = OverheadOptions(gateway_core=options.gateway_core, load_core=options.load_core)
     with running(http) as ep:
         results.update(
