@@ -278,3 +278,29 @@ def _response_headers() -> object:
             )
         )
     )
+
+
+@pytest.mark.asyncio
+async def test_buffered_body_over_grpcs_default_limit_is_accepted() -> None:
+    """Buffered mode sends the body whole: bodies above gRPC's 4 MiB default still pass."""
+    big = body(messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}])
+    async with stack(mode="buffered") as (running, envoy):
+        req = envoy.open()
+        decision = await req.request(big)
+        assert decision.endpoint == A
+        await req.respond()
+        await req.finish()
+        assert in_flight(running) == 0
+
+
+@pytest.mark.asyncio
+async def test_body_over_max_body_bytes_is_a_413() -> None:
+    config = make_config([A], server={"host": "127.0.0.1", "max_body_bytes": 1000})
+    async with stack(config) as (_running, envoy):
+        req = envoy.open()
+        decision = await req.request(
+            body(messages=[{"role": "user", "content": "x" * 2000}]), chunks=3
+        )
+        await req.finish()
+    assert decision.status == 413
+    assert orjson.loads(decision.body)["error"]["code"] == "request_too_large"

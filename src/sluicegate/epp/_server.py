@@ -158,7 +158,12 @@ async def serve_in_background(
         config, config_path=config_path, objectives_dir=objectives_dir, body_mode=body_mode
     )
     async with picker:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Buffered mode sends a whole body in one message: allow max_body_bytes (gRPC's
+        # default limit is 4 MiB), plus room for the headers; larger bodies get our 413.
+        limit = config.server.max_body_bytes + 1024 * 1024
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit)]
+        )
         ext_grpc.add_ExternalProcessorServicer_to_server(_Processor(picker), server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
