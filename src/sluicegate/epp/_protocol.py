@@ -35,9 +35,11 @@ __all__ = [
     "empty_body",
     "headers_of",
     "immediate",
+    "outcome_headers",
     "pick_in_body",
     "pick_in_headers",
     "plain_headers",
+    "status_of",
     "subset_hint",
     "trailers",
 ]
@@ -53,6 +55,10 @@ BODY_CHUNK: Final = 62_000
 Message = Any  # generated protobuf classes carry no static types
 Headers = list[tuple[bytes, bytes]]
 
+_PICKS: dict[str, Message] = {}
+_OUTCOMES: dict[tuple[str, str], Message] = {}
+_MAX_CACHED: Final = 4096
+
 
 def headers_of(http_headers: Message) -> Headers:
     """An ``HttpHeaders`` message as lower-case (name, value) byte pairs.
@@ -64,6 +70,15 @@ def headers_of(http_headers: Message) -> Headers:
         value: bytes = header.raw_value or header.value.encode("latin-1")
         out.append((header.key.lower().encode("latin-1"), value))
     return out
+
+
+def status_of(http_headers: Message) -> int:
+    """The ``:status`` of response headers (0 when absent or malformed)."""
+    for header in http_headers.headers.headers:
+        if header.key == ":status":
+            value: bytes = header.raw_value or header.value.encode("latin-1")
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def body_mode(request: Message, default: int) -> int:
@@ -124,12 +139,21 @@ def _pick_common(endpoint: str, extra: Iterable[tuple[str, str]]) -> Message:
     )
 
 
-def pick_in_headers(endpoint: str, extra: Iterable[tuple[str, str]] = ()) -> Message:
-    """The request-headers reply carrying the pick (full-duplex mode)."""
-    return ext.ProcessingResponse(
-        request_headers=ext.HeadersResponse(response=_pick_common(endpoint, extra)),
-        dynamic_metadata=_destination(endpoint),
-    )
+def pick_in_headers(endpoint: str) -> Message:
+    """The request-headers reply carrying the pick (full-duplex mode).
+
+    Replies are immutable once built and depend on the endpoint alone, so each is built
+    once (a pool has few endpoints; the cache is emptied if that ever stops being true).
+    """
+    reply = _PICKS.get(endpoint)
+    if reply is None:
+        if len(_PICKS) >= _MAX_CACHED:
+            _PICKS.clear()
+        reply = _PICKS[endpoint] = ext.ProcessingResponse(
+            request_headers=ext.HeadersResponse(response=_pick_common(endpoint, ())),
+            dynamic_metadata=_destination(endpoint),
+        )
+    return reply
 
 
 def pick_in_body(endpoint: str, extra: Iterable[tuple[str, str]] = ()) -> Message:
@@ -138,6 +162,21 @@ def pick_in_body(endpoint: str, extra: Iterable[tuple[str, str]] = ()) -> Messag
         request_body=ext.BodyResponse(response=_pick_common(endpoint, extra)),
         dynamic_metadata=_destination(endpoint),
     )
+
+
+def outcome_headers(outcome: str, queue_ms: str) -> Message:
+    """The response-headers reply adding ``x-sluicegate-outcome`` / ``-queue-ms``.
+
+    Built once per distinct pair: unsaturated, every request has the same one.
+    """
+    key = (outcome, queue_ms)
+    reply = _OUTCOMES.get(key)
+    if reply is None:
+        if len(_OUTCOMES) >= _MAX_CACHED:
+            _OUTCOMES.clear()
+        extra = (("x-sluicegate-outcome", outcome), ("x-sluicegate-queue-ms", queue_ms))
+        reply = _OUTCOMES[key] = plain_headers(response=True, extra=extra)
+    return reply
 
 
 def plain_headers(*, response: bool, extra: Iterable[tuple[str, str]] = ()) -> Message:

@@ -183,24 +183,16 @@ class Lifecycle:
 
     # -- response phase -------------------------------------------------------------------------
 
-    def _outcome_headers(self) -> list[tuple[str, str]]:
-        admission = self._admission
-        if admission is None or admission.classification is None:
-            return []
-        return [
-            ("x-sluicegate-outcome", sg.Outcome.DISPATCHED.value),
-            ("x-sluicegate-queue-ms", f"{admission.queue_s * 1000.0:.3f}"),
-        ]
-
     def _response_headers(self, headers: Message) -> list[Message]:
-        for name, value in proto.headers_of(headers):
-            if name == b":status":
-                self._status = int(value) if value.isdigit() else 0
-                break
-        meter = self._meter
-        if meter is not None and self._admission is not None and self._admission.stream:
+        self._status = proto.status_of(headers)
+        admission, meter = self._admission, self._meter
+        if meter is not None and admission is not None and admission.stream:
             meter.begin(self._status)
-        reply = proto.plain_headers(response=True, extra=self._outcome_headers())
+        if admission is not None and admission.ticket is not None:
+            queue_ms = f"{admission.queue_s * 1000.0:.3f}"
+            reply = proto.outcome_headers(sg.Outcome.DISPATCHED.value, queue_ms)
+        else:
+            reply = proto.plain_headers(response=True)
         if headers.end_of_stream:
             self.close()
         return [reply]
