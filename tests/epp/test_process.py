@@ -84,3 +84,55 @@ async def eventually_queued(metrics_url: str) -> None:
                 return
             await asyncio.sleep(0.005)
     raise AssertionError("the request never queued")
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio
+async def test_process_watches_the_objectives_directory(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"server: {{host: 127.0.0.1}}\npools: [{{name: default, backends: ['http://{A}']}}]\n",
+        encoding="utf-8",
+    )
+    objectives = tmp_path / "objectives"
+    objectives.mkdir()
+    manifest = "kind: InferenceObjective\nmetadata: {{name: {name}}}\nspec: {{priority: {p}}}\n"
+    (objectives / "a.yaml").write_text(manifest.format(name="a", p=3), encoding="utf-8")
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "sluicegate", "epp", "--config", str(config)],
+        *["--objectives", str(objectives), "--grpc-port", "0", "--metrics-port", "0"],
+        *["--log-level", "warning"],
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        metrics = line.split("metrics ")[1].strip()
+        assert await _objectives(metrics) == {"a": 3}
+        (objectives / "b.yaml").write_text(manifest.format(name="b", p=-4), encoding="utf-8")
+        async with aiohttp.ClientSession() as session:
+            for _ in range(1000):
+                async with session.get(metrics + "/debug/flowcontrol") as r:
+                    doc = orjson.loads(await r.read())
+                if doc["objectives"] == {"a": 3, "b": -4}:
+                    break
+                await asyncio.sleep(0.01)
+        assert doc["objectives"] == {"a": 3, "b": -4}
+        priorities = {b["priority"] for b in doc["pools"]["default"]["bands"]}
+        assert priorities >= {3, 0, -4}  # the new band exists: reconcile_priorities ran
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _objectives(metrics_url: str) -> dict[str, int]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(metrics_url + "/debug/flowcontrol") as r,
+    ):
+        doc = orjson.loads(await r.read())
+    objectives: dict[str, int] = doc["objectives"]
+    return objectives
