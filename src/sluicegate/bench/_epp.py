@@ -65,6 +65,7 @@ class EppOptions:
 
     latency_requests: int = 3000
     throughput_s: float = 6.0
+    warmup: int = 300
     concurrency: int = 64
     gateway_core: int = 0
     load_core: int = 1
@@ -151,7 +152,7 @@ async def _measure_floor(target: str, pid: int, options: EppOptions) -> dict[str
             await call.done_writing()
             await call.read()
 
-        for _ in range(300):
+        for _ in range(options.warmup):
             await stream()
         stop_at = time.perf_counter() + options.throughput_s
 
@@ -200,7 +201,7 @@ async def _measure_picker(picker: _Picker, options: EppOptions) -> dict[str, flo
 
     results: dict[str, float] = {}
     async with EnvoyEmulator(picker.target) as envoy:
-        for _ in range(300):  # warm-up: channel, caches, the controller's bands
+        for _ in range(options.warmup):  # channel, caches, the controller's bands
             await envoy.lifecycle(BODY, response=_RESPONSE)
         seen: list[float] = []
         for _ in range(options.latency_requests):
@@ -249,8 +250,8 @@ async def _measure_gateway(
                 out.append(time.perf_counter() - began)
             return out
 
-        await latencies(direct, 300)
-        await latencies(gateway, 300)
+        await latencies(direct, options.warmup)
+        await latencies(gateway, options.warmup)
         d = await latencies(direct, options.latency_requests)
         g = await latencies(gateway, options.latency_requests)
         for q in (50, 99):
