@@ -10,6 +10,7 @@ The per-stream protocol lives in `_stream`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -270,7 +271,7 @@ class EndpointPicker:
             self._refused(pool, cls, exc, queue_s)
             retry_after = pool.retry_after(cls.priority) if exc.status_hint == 429 else None
             raise Refusal(exc, queue_s, retry_after) from None
-        except BaseException:  # cancelled while queued: Envoy or the client left
+        except asyncio.CancelledError:  # cancelled while queued: Envoy or the client left
             self._record(cls, sg.Outcome.EVICTED_CANCELLED.value, time.perf_counter() - began)
             raise
         queue_s = ticket.queue_time or 0.0
