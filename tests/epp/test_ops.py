@@ -209,3 +209,17 @@ async def test_objective_manifests_set_priorities_and_reload(tmp_path: Path) -> 
         (tmp_path / "bad.yaml").write_text("kind: InferenceObjective\nmetadata: {}\n", "utf-8")
         assert not running.picker.reload_objectives()
         assert running.picker.objectives == {"lo": 0, "hi": 7}
+
+
+@pytest.mark.asyncio
+async def test_metrics_and_debug_need_the_token_when_one_is_set() -> None:
+    config = make_config([A], server={"host": "127.0.0.1", "auth_token": "s3cret"})
+    async with stack(config) as (running, _envoy), aiohttp.ClientSession() as session:
+        for path in ("/metrics", "/debug/flowcontrol"):
+            async with session.get(running.metrics_url + path) as r:
+                assert r.status == 401
+            headers = {"Authorization": "Bearer s3cret"}
+            async with session.get(running.metrics_url + path, headers=headers) as r:
+                assert r.status == 200
+        async with session.get(running.metrics_url + "/healthz") as r:
+            assert r.status == 200
