@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 import sys
@@ -98,7 +99,10 @@ def _ops_app(picker: EndpointPicker) -> web.Application:
     token = picker.config.server.auth_token
 
     def authorized(request: web.Request) -> bool:
-        return token is None or request.headers.get("Authorization") == f"Bearer {token}"
+        if token is None:
+            return True
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, f"Bearer {token}".encode())
 
     async def metrics(request: web.Request) -> web.Response:
         if not authorized(request):
