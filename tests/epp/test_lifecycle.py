@@ -304,3 +304,22 @@ async def test_body_over_max_body_bytes_is_a_413() -> None:
         await req.finish()
     assert decision.status == 413
     assert orjson.loads(decision.body)["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_is_a_500_and_the_picker_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with stack() as (running, envoy):
+
+        async def broken(*args: object) -> None:
+            raise RuntimeError("boom")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(running.picker, "admit", broken)
+            req = envoy.open()
+            decision = await req.request(BODY)
+            await req.finish()
+        assert decision.status == 500
+        assert orjson.loads(decision.body)["error"]["code"] == "internal_error"
+        assert (await envoy.lifecycle(BODY)).endpoint == A

@@ -22,6 +22,7 @@ happened, when the gRPC stream ends or is cancelled (`close`, from the handler's
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Lifecycle"]
 
 Message = Any
+_log = logging.getLogger("sluicegate.epp")
 #: Bytes of a non-streamed response body kept for its ``usage`` object (at the end).
 _TAIL: Final = 16 * 1024
 
@@ -152,6 +154,9 @@ class Lifecycle:
         except Refusal as refusal:
             return self._reject(refusal.error, refusal.queue_s, refusal.retry_after)
         except (GatewayError, sg.FlowControlError) as exc:
+            return self._reject(exc)
+        except Exception as exc:  # a bug: answer 500 as the gateway does, keep serving
+            _log.exception("unexpected error while deciding a request")
             return self._reject(exc)
         self._admission = admission
         if admission.ticket is not None:
