@@ -323,3 +323,43 @@ async def test_an_unexpected_error_is_a_500_and_the_picker_keeps_serving(
         assert decision.status == 500
         assert orjson.loads(decision.body)["error"]["code"] == "internal_error"
         assert (await envoy.lifecycle(BODY)).endpoint == A
+
+
+@pytest.mark.asyncio
+async def test_request_trailers_end_the_body_and_are_answered_after_it() -> None:
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+    def headers(**values: str) -> object:
+        return base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()]
+        )
+
+    async with stack() as (running, envoy):
+        req = envoy.open()
+        call = req.call
+        await call.write(
+            ext.ProcessingRequest(
+                request_headers=ext.HttpHeaders(
+                    headers=headers(**{":method": "POST", ":path": "/v1/completions"})
+                )
+            )
+        )
+        await call.write(ext.ProcessingRequest(request_body=ext.HttpBody(body=BODY)))
+        await call.write(ext.ProcessingRequest(request_trailers=ext.HttpTrailers()))
+        kinds = []
+        forwarded = b""
+        for _ in range(3):
+            reply = await call.read()
+            kinds.append(reply.WhichOneof("response"))
+            if kinds[-1] == "request_body":
+                streamed = reply.request_body.response.body_mutation.streamed_response
+                forwarded += streamed.body
+                assert not streamed.end_of_stream  # the trailers end the request, not the body
+        assert kinds == ["request_headers", "request_body", "request_trailers"]
+        assert forwarded == BODY
+        await call.write(ext.ProcessingRequest(response_trailers=ext.HttpTrailers()))
+        reply = await call.read()
+        assert reply.WhichOneof("response") == "response_trailers"
+        assert in_flight(running) == 0  # the response's trailers released the slot
+        await req.finish()
