@@ -363,3 +363,22 @@ async def test_request_trailers_end_the_body_and_are_answered_after_it() -> None
         assert reply.WhichOneof("response") == "response_trailers"
         assert in_flight(running) == 0  # the response's trailers released the slot
         await req.finish()
+
+
+@pytest.mark.parametrize("mode", ["full-duplex", "buffered"])
+@pytest.mark.asyncio
+async def test_requests_without_a_body_get_the_least_loaded_endpoint_unqueued(mode: str) -> None:
+    async with stack(make_config([A, B], max_in_flight=1), mode=mode) as (running, envoy):
+        busy = envoy.open()
+        busy_on = (await busy.request(BODY)).endpoint
+        req = envoy.open()
+        decision = await req.request(None, path="/v1/models")
+        assert decision.order == ["request_headers"]
+        assert decision.endpoint == decision.metadata_endpoint
+        assert decision.endpoint in {A, B} - {busy_on}
+        replies = await req.respond([b'{"data":[]}'])
+        assert "x-sluicegate-outcome" not in replies.headers  # not flow-controlled
+        await req.finish()
+        assert in_flight(running) == 1
+        await busy.respond()
+        await busy.finish()

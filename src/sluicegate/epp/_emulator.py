@@ -95,6 +95,7 @@ class EmulatedRequest:
         self.call = call
         self.mode = mode
         self.decision: Decision | None = None
+        self._bodyless = False
 
     @property
     def duplex(self) -> bool:
@@ -110,6 +111,7 @@ class EmulatedRequest:
         chunks: int = 1,
     ) -> Decision:
         """Play the request phase; returns the pick or the rejection."""
+        self._bodyless = body is None
         all_headers = {":method": "POST" if body is not None else "GET", ":path": path}
         all_headers.update(headers or {})
         first = ext.ProcessingRequest(
@@ -166,7 +168,8 @@ class EmulatedRequest:
         if picked is not None:
             decision.endpoint = picked
         if kind == "request_headers":
-            return False if self.duplex else picked is not None
+            # The phase ends here without a body, or in buffered mode once it has a pick.
+            return picked is not None if (self._bodyless or not self.duplex) else False
         streamed = common.body_mutation.streamed_response
         decision.forwarded += streamed.body
         if self.duplex:
