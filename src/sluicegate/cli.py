@@ -16,6 +16,7 @@ COMMANDS: Final[dict[str, str]] = {
     "serve": "sluicegate.gateway._cli:serve",
     "demo": "sluicegate.demo._cli:demo",
     "bench": "sluicegate.bench._cli:bench",
+    "epp": "sluicegate.epp._cli:epp",
 }
 
 

@@ -1,7 +1,8 @@
 """`sluicegate bench`: run the benchmark suite (or one part), write JSON and a report.
 
 Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4), or
-``all``. ``--quick`` is a smoke run of seconds per part; ``--target URL`` adds another
+``all``; ``epp`` (the endpoint picker, needs the ``epp`` extras) runs only when named.
+``--quick`` is a smoke run of seconds per part; ``--target URL`` adds another
 OpenAI-compatible gateway to parts 2 and 4 (part 5 of the issue).
 """
 
@@ -104,6 +105,12 @@ def run_part(part: str, settings: Settings) -> PartResult:
         return run_overhead(overhead_options(settings, with_target=True), command=command)
     if part == "streaming":
         return run_streaming(overhead_options(settings, with_target=False), command=command)
+    if part == "epp":  # imported here: it needs the epp extras (gRPC)
+        from ._epp import EppOptions, run_epp
+
+        cores = settings.cores
+        options = EppOptions(gateway_core=cores[0], load_core=cores[1], quick=settings.quick)
+        return run_epp(options, command=command)
     return run_overload(overload_options(settings), command=command)
 
 
@@ -114,7 +121,7 @@ def _sample_load(suite: Suite, when: str) -> None:
 
 
 @click.command()
-@click.argument("part", type=click.Choice([*PARTS, "all"]), default="all")
+@click.argument("part", type=click.Choice([*PARTS, "epp", "all"]), default="all")
 @click.option(
     "--quick", is_flag=True, help="A smoke run: seconds per part, figures not meaningful."
 )
