@@ -32,9 +32,10 @@ class _LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
+            extra = "epp" if cmd_name == "epp" else "server"
             raise click.ClickException(
                 f"'{cmd_name}' is not available: {exc}. "
-                "Install the server extras: pip install 'sluicegate[server]'"
+                f"Install its extras: pip install 'sluicegate[{extra}]'"
             ) from exc
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
