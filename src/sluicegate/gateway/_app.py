@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
@@ -31,7 +32,7 @@ from ._proxy import ClientGone, Exchange, relay
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -41,8 +42,19 @@ __all__ = ["Gateway"]
 
 _log = logging.getLogger("sluicegate.gateway")
 
-_INFERENCE: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+#: Routes under flow control: the inference routes vLLM serves with a JSON body.
+INFERENCE_ROUTES: Final = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+    "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
+)  # fmt: skip
+#: Inference routes that generate no tokens (their output estimate is 0).
+_NO_OUTPUT: Final = frozenset(INFERENCE_ROUTES[4:]) | {"/v1/embeddings"}
+#: vLLM utility routes relayed to a backend without flow control (cheap, no generation).
+PASSTHROUGH_ROUTES: Final = ("/tokenize", "/detokenize")
 _DISPATCHED: Final = sg.Outcome.DISPATCHED.value
+_JSON: Final = b"application/json"
+
+_Handler = Callable[[Exchange, "_State"], Awaitable[None]]
 
 
 @final
@@ -91,6 +103,26 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
+        self._routes = self._route_table()
+        self._paths = frozenset(path for _, path in self._routes)
+
+    def _route_table(self) -> dict[tuple[str, bytes], _Handler]:
+        """(method, raw path) -> handler. Only these exact paths are served: no prefix,
+        no normalisation, so nothing reaches a backend except what is named here."""
+        routes: dict[tuple[str, bytes], _Handler] = {
+            ("GET", b"/v1/models"): self._models,
+            ("GET", b"/health"): self._health,
+            ("GET", b"/healthz"): self._healthz,
+            ("GET", b"/readyz"): self._readyz,
+            ("GET", b"/version"): self._version,
+            ("GET", b"/metrics"): self._metrics,
+            ("GET", b"/debug/flowcontrol"): self._debug,
+        }
+        for path in INFERENCE_ROUTES:
+            routes["POST", path.encode()] = self._inference
+        for path in PASSTHROUGH_ROUTES:
+            routes["POST", path.encode()] = self._passthrough
+        return routes
 
     @property
     def config(self) -> GatewayConfig:
@@ -241,32 +273,49 @@ class Gateway:
         state = self._state
         if state is None:
             raise sg.ControllerClosedError("the gateway is not running")
-        path: str = ex.scope["path"]
-        method: str = ex.scope["method"]
-        if path in _INFERENCE and method == "POST":
-            await self._inference(ex, state)
-        elif path == "/v1/models" and method == "GET":
-            doc = await merged_models(self._require_session(), self._pools.values(), ex.scope)
-            await ex.respond(200, orjson.dumps(doc), b"application/json")
-        elif path.startswith("/v1/"):
-            await self._passthrough(ex, state)
-        elif path == "/healthz":
-            await ex.respond(200, b'{"status":"ok"}', b"application/json")
-        elif path == "/readyz":
-            problems = readiness(self)
-            body = orjson.dumps({"ready": not problems, "problems": problems})
-            await ex.respond(503 if problems else 200, body, b"application/json")
-        elif path == "/metrics":
-            require_token(ex.scope, state.config.server.auth_token)
-            await ex.respond(
-                200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
-            )
-        elif path == "/debug/flowcontrol":
-            require_token(ex.scope, state.config.server.auth_token)
-            body = orjson.dumps(debug_document(self), option=orjson.OPT_NON_STR_KEYS)
-            await ex.respond(200, body, b"application/json")
+        scope = ex.scope
+        # The raw path, not the decoded one: a percent-encoded or dot-segment variant of
+        # a route is a different path here, so it cannot be smuggled past flow control.
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        handler = self._routes.get((scope["method"], raw))
+        if handler is not None:
+            await handler(ex, state)
+        elif raw in self._paths:
+            raise GatewayError(
+                405, f"{scope['method']} is not allowed on {scope['path']}",
+                code="method_not_allowed",
+            )  # fmt: skip
         else:
-            raise GatewayError(404, f"no route for {method} {path}", code="not_found")
+            path = raw.decode("ascii", "backslashreplace")
+            raise GatewayError(404, f"no route for {scope['method']} {path}", code="not_found")
+
+    async def _models(self, ex: Exchange, state: _State) -> None:
+        doc = await merged_models(self._require_session(), self._pools.values(), ex.scope)
+        await ex.respond(200, orjson.dumps(doc), _JSON)
+
+    async def _healthz(self, ex: Exchange, state: _State) -> None:
+        await ex.respond(200, b'{"status":"ok"}', _JSON)
+
+    async def _readyz(self, ex: Exchange, state: _State) -> None:
+        problems = readiness(self)
+        body = orjson.dumps({"ready": not problems, "problems": problems})
+        await ex.respond(503 if problems else 200, body, _JSON)
+
+    async def _health(self, ex: Exchange, state: _State) -> None:
+        # vLLM's /health, which load tools poll before starting: 200 when ready.
+        await self._readyz(ex, state)
+
+    async def _version(self, ex: Exchange, state: _State) -> None:
+        await ex.respond(200, orjson.dumps({"version": sg.__version__}), _JSON)
+
+    async def _metrics(self, ex: Exchange, state: _State) -> None:
+        require_token(ex.scope, state.config.server.auth_token)
+        await ex.respond(200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    async def _debug(self, ex: Exchange, state: _State) -> None:
+        require_token(ex.scope, state.config.server.auth_token)
+        body = orjson.dumps(debug_document(self), option=orjson.OPT_NON_STR_KEYS)
+        await ex.respond(200, body, _JSON)
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -325,8 +374,8 @@ class Gateway:
         self, ex: Exchange, pool: Pool, doc: dict[str, Any]
     ) -> tuple[int | None, int | None]:
         """Estimated (input, output) tokens, charged at dispatch and corrected later."""
-        if ex.scope["path"] == "/v1/embeddings":
-            output_tokens: int | None = 0  # embeddings generate nothing
+        if ex.scope["path"] in _NO_OUTPUT:
+            output_tokens: int | None = 0  # embeddings, scores, pooling: generate nothing
         else:
             output_tokens = estimate_output_tokens(doc)
         if pool.settings.token_estimate == "tokenize":
@@ -343,7 +392,8 @@ class Gateway:
         return estimate_input_tokens(doc), output_tokens
 
     async def _passthrough(self, ex: Exchange, state: _State) -> None:
-        """Other /v1/* routes: relayed to the least-loaded backend, without flow control."""
+        """Utility routes (`PASSTHROUGH_ROUTES`): relayed to the least-loaded backend of
+        the request's pool, without flow control."""
         body = await ex.read_body(state.config.server.max_body_bytes)
         model: object = None
         stream = False

@@ -26,14 +26,19 @@ _MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 def require_token(scope: dict[str, Any], token: str | None) -> None:
     """Check ``Authorization: Bearer <token>`` when a token is configured.
 
+    The scheme is case-insensitive (RFC 7235), the token is compared in constant time.
+
     Raises:
         GatewayError: the header is missing or wrong (401).
     """
     if token is None:
         return
-    expected = b"Bearer " + token.encode()
+    expected = token.encode()
     for name, value in scope["headers"]:
-        if name == b"authorization" and hmac.compare_digest(value, expected):
+        if name != b"authorization":
+            continue
+        scheme, _, credentials = value.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), expected):
             return
     raise GatewayError(
         401, "this endpoint needs 'Authorization: Bearer <token>'", code="unauthorized"

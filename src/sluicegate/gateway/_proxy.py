@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
+from yarl import URL
 
 from ._errors import OUTCOME_BYPASSED, GatewayError, error_reply
 
@@ -238,14 +239,17 @@ async def relay(
         GatewayError: connect error, or a 5xx status before any byte was relayed (502).
     """
     scope = ex.scope
+    # The route table matched the raw path exactly, so it needs no escaping; the query
+    # goes as the client sent it (encoded=True: yarl must not re-quote or normalise).
     url = base + scope["path"]
     if query := scope.get("query_string"):
         url += "?" + query.decode("latin-1")
+    target = URL(url, encoded=True)
     began = time.perf_counter()
     try:
         resp = await session.request(
             scope["method"],
-            url,
+            target,
             data=body or None,
             headers=forward_headers(scope["headers"]),
             allow_redirects=False,
