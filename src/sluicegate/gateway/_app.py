@@ -28,7 +28,7 @@ from ._errors import GatewayError
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pool import Pool, Router
-from ._proxy import ClientGone, Exchange, relay
+from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 
 if TYPE_CHECKING:
@@ -52,6 +52,12 @@ _NO_OUTPUT: Final = frozenset(INFERENCE_ROUTES[4:]) | {"/v1/embeddings"}
 #: vLLM utility routes relayed to a backend without flow control (cheap, no generation).
 PASSTHROUGH_ROUTES: Final = ("/tokenize", "/detokenize")
 _DISPATCHED: Final = sg.Outcome.DISPATCHED.value
+#: Server settings read once at start (the listening socket, the upstream session and
+#: the connection protocol hold them).
+_RESTART_ONLY: Final = (
+    "host", "port", "connect_timeout", "read_timeout", "drain_grace", "max_header_bytes",
+    "header_timeout", "body_timeout", "keep_alive_timeout", "max_connections",
+)  # fmt: skip
 _JSON: Final = b"application/json"
 
 _Handler = Callable[[Exchange, "_State"], Awaitable[None]]
@@ -103,6 +109,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
+        self._bodies = BodyBudget(config.server.body_memory_budget)
         self._routes = self._route_table()
         self._paths = frozenset(path for _, path in self._routes)
 
@@ -218,7 +225,8 @@ class Gateway:
         for settings in config.pools:
             self._pools[settings.name].apply(settings, fc, config.priorities)
         old = self._config
-        for section in ("host", "port", "connect_timeout", "read_timeout", "drain_grace"):
+        self._bodies.limit = config.server.body_memory_budget
+        for section in _RESTART_ONLY:
             if getattr(old.server, section) != getattr(config.server, section):
                 _log.warning("config reload: server.%s changes only on restart", section)
         if old.metrics != config.metrics:
@@ -268,12 +276,16 @@ class Gateway:
             await self._fail(ex, exc)
         finally:
             ex.close()
+            if ex.upstream_error is not None:
+                pool = ex.pool.name if ex.pool is not None else "-"
+                self.metrics.upstream_error(pool, ex.backend or "-", ex.upstream_error)
 
     async def _route(self, ex: Exchange) -> None:
         state = self._state
         if state is None:
             raise sg.ControllerClosedError("the gateway is not running")
         scope = ex.scope
+        ex.server = state.config.server
         # The raw path, not the decoded one: a percent-encoded or dot-segment variant of
         # a route is a different path here, so it cannot be smuggled past flow control.
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -323,7 +335,7 @@ class Gateway:
         return self._session
 
     async def _inference(self, ex: Exchange, state: _State) -> None:
-        body = await ex.read_body(state.config.server.max_body_bytes)
+        body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         doc = _parse(body)
         ex.pool = pool = state.router.route(doc.get("model"))
         cls = classify(ex.scope["headers"], state.objectives, state.config.server.max_ttl)
@@ -394,7 +406,7 @@ class Gateway:
     async def _passthrough(self, ex: Exchange, state: _State) -> None:
         """Utility routes (`PASSTHROUGH_ROUTES`): relayed to the least-loaded backend of
         the request's pool, without flow control."""
-        body = await ex.read_body(state.config.server.max_body_bytes)
+        body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         model: object = None
         stream = False
         if body[:1] == b"{":
@@ -413,6 +425,7 @@ class Gateway:
         backend = pool.detector.least_loaded()
         if backend is None:
             raise sg.NoEndpointsError(f"pool {pool.name} has no reachable backend")
+        ex.pool = pool
         ex.watch_disconnect()
         await relay(self._require_session(), ex, backend.url, body, stream=stream)
 
