@@ -191,3 +191,20 @@ async def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
                 assert r.status == 200
             async with client.get(path, headers={"authorization": f"{scheme} S3CRET"}) as r:
                 assert r.status == 401
+
+
+@pytest.mark.asyncio
+async def test_readiness_fails_when_every_backend_is_stale_under_fail_closed() -> None:
+    """fail-closed holds every request while all metrics are stale: not ready (503)."""
+    sat = {"type": "utilization", "scrape_interval": 0.02, "staleness": 0.2}
+    async with stack(saturation=sat) as (_, fake, client):
+        await eventually(lambda: fake.metrics_scrapes >= 1)
+        async with client.get("/readyz") as r:
+            assert r.status == 200
+        fake.metrics_hang = True
+        await asyncio.sleep(0.3)  # past staleness; the hung scrape cannot refresh
+        async with client.get("/readyz") as r:
+            assert r.status == 503
+            assert "stale" in (await r.json())["problems"][0]
+        async with client.get("/health") as r:
+            assert r.status == 503

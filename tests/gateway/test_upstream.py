@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -242,3 +243,30 @@ async def test_request_bodies_beyond_the_memory_budget_get_503() -> None:
             assert r.status == 200
         assert len(fake.requests) == 2
         assert gw.pools["default"].controller.statistics().submitted == 2
+
+
+@pytest.mark.asyncio
+async def test_stream_cut_at_drain_grace_logs_one_line_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When drain_grace ends a stream, the client gets an error event and the log one
+    line from the gateway; uvicorn logs no traceback."""
+    fake = FakeUpstream()
+    fake.chunks = 1_000_000
+    fake.chunk_delay = 0.05
+    caplog.set_level(logging.INFO)
+    async with serve_app(fake) as url:
+        cfg = make_config([url], server={"host": "127.0.0.1", "port": 0, "drain_grace": 1})
+        async with aiohttp.ClientSession() as client:
+            ctx = serve_in_background(cfg)
+            gw = await ctx.__aenter__()
+            r = await client.post(f"{gw.url}{CHAT}", data=chat(stream=True))
+            assert (await r.content.readline()).startswith(b"data: ")
+            await ctx.__aexit__(None, None, None)
+            body = await asyncio.wait_for(r.read(), WAIT)
+            r.release()
+    error = orjson.loads(body.strip().split(b"\n\n")[-1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "shutting_down"
+    assert not [rec for rec in caplog.records if rec.exc_info]
+    cut = [rec for rec in caplog.records if "drain_grace" in rec.getMessage()]
+    assert len(cut) == 1

@@ -30,6 +30,7 @@ from ._metrics import GatewayMetrics
 from ._pool import Pool, Router
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
+from ._upstream import sse_error_event
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -266,8 +267,15 @@ class Gateway:
             await self._route(ex)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if ex.disconnected and task is not None and task.uncancel() == 0:
-                self._client_left(ex)
+            # A client that left, or uvicorn ending what still runs at the end of
+            # drain_grace: the request is over and nothing waits on this task, so the
+            # cancellation is absorbed (as for a disconnect) instead of becoming a
+            # traceback in uvicorn's log. Any other cancellation propagates.
+            if (ex.disconnected or self.draining) and task is not None and task.uncancel() == 0:
+                if ex.disconnected:
+                    self._client_left(ex)
+                else:
+                    await self._cut_at_drain(ex)
                 return
             raise
         except ClientGone:
@@ -446,6 +454,27 @@ class Gateway:
             _log.warning("error after the response started, connection closed: %r", exc)
             return
         await ex.respond_error(exc, retry_after=retry_after)
+
+    async def _cut_at_drain(self, ex: Exchange) -> None:
+        grace = self._config.server.drain_grace
+        _log.warning(
+            "drain_grace (%g s) is over: ending %s %s still in flight",
+            grace,
+            ex.scope["method"],
+            ex.scope["path"],
+        )
+        err = GatewayError(
+            503,
+            f"the gateway is shutting down; drain_grace ({grace:g} s) ended this request",
+            type="service_unavailable",
+            code="shutting_down",
+            outcome=ex.outcome,
+        )
+        if not ex.started:
+            await ex.respond_error(err)
+        elif ex.sse:
+            await ex.chunk(sse_error_event(err))
+            await ex.finish()
 
     def _client_left(self, ex: Exchange) -> None:
         if ex.queued:

@@ -54,10 +54,18 @@ def readiness(gateway: Gateway) -> list[str]:
         detector = pool.detector
         if not detector.has_endpoints():
             problems.append(f"pool {pool.name}: no reachable backend")
-        elif isinstance(detector, UtilizationDetector) and not any(
-            b.scraped_at is not None for b in detector.backends.values()
-        ):
-            problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
+        elif isinstance(detector, UtilizationDetector):
+            if not any(b.scraped_at is not None for b in detector.backends.values()):
+                problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
+            elif (
+                detector.settings.stale_policy == "fail-closed"
+                and detector.stale_backends() == len(detector.backends)
+            ):
+                # fail-closed treats stale as saturated: nothing would be dispatched.
+                problems.append(
+                    f"pool {pool.name}: every backend's metrics are stale (stale_policy "
+                    "fail-closed holds all requests)"
+                )
     return problems
 
 

@@ -132,6 +132,7 @@ class Exchange:
         "receive",
         "scope",
         "server",
+        "sse",
         "started",
         "upstream_error",
         "upstream_s",
@@ -163,6 +164,8 @@ class Exchange:
         #: The backend relayed to, and the kind of upstream failure if one happened.
         self.backend: str | None = None
         self.upstream_error: str | None = None
+        #: The response being relayed is a server-sent event stream.
+        self.sse = False
         self._armed = False
         self._rx: asyncio.Future[Message] | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -329,11 +332,11 @@ async def relay(
         kind = kind_of(exc)
         if not ex.started:
             raise _failed(ex, base, kind, exc) from None
-        _failed(ex, base, kind, exc, mid_stream=True)
-        if resp.content_type == "text/event-stream":
+        err = _failed(ex, base, kind, exc, mid_stream=True)
+        if ex.sse:
             # SSE clients (the OpenAI SDKs) raise on an error event; a bare cut could
             # read as a complete answer to some.
-            await ex.chunk(sse_error_event(kind, ex.pool))
+            await ex.chunk(sse_error_event(err))
             await ex.finish()
         # Otherwise returning without finishing makes the server close the connection:
         # the client sees a truncated response, never a well-formed but incomplete one.
@@ -398,6 +401,7 @@ async def _relay_response(
     watch = _watch(ex, resp)
     try:
         if stream:
+            ex.sse = resp.content_type == "text/event-stream"
             ex.upstream_s = time.perf_counter() - began
             await ex.start(resp.status, headers)
             if meter is not None:

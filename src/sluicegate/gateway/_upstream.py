@@ -77,9 +77,8 @@ def failure(kind: str, pool: Pool | None, detail: str = "") -> GatewayError:
     )
 
 
-def sse_error_event(kind: str, pool: Pool | None) -> bytes:
-    """An OpenAI-shaped SSE error event, to end a stream the backend broke off."""
-    err = failure(kind, pool)
+def sse_error_event(err: GatewayError) -> bytes:
+    """`err` as an OpenAI-shaped SSE error event, to end a stream that cannot go on."""
     doc = {"error": {"message": err.message, "type": err.type, "code": err.code, "param": None}}
     return b"data: " + orjson.dumps(doc) + b"\n\n"
 
