@@ -71,7 +71,7 @@ async def test_oversized_headers_get_431_and_reach_no_backend() -> None:
     async with stack() as (_, fake, address):
         assert await exchange(address, request(b"x-pad: " + b"a" * 60_000 + b"\r\n")) == 200
         big = request(b"x-pad: " + b"a" * 1_000_000 + b"\r\n")
-        assert await exchange(address, big) in (431, 0)
+        assert await exchange(address, big) == 431
         reader, writer = await asyncio.open_connection(*address)
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nx-pad: " + b"a" * 70_000)
         await writer.drain()

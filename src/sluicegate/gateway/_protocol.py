@@ -8,7 +8,8 @@ only once a request's headers are complete, counting the slow connections themse
 so a slowloris flood turns every good client away too. This subclass adds:
 
 * ``max_header_bytes``: the request line and headers are counted as they arrive;
-  past the limit, 431 and close, before the parser has buffered more than one read.
+  past the limit, 431 before the parser has buffered more than one read; the rest is
+  read and dropped for up to 2 s (so the client can read the 431), then the close.
 * ``header_timeout``: from the connection (or the first byte of a keep-alive request)
   to the end of the headers; then 408 and close.
 * ``body_timeout``: from the end of the headers to the end of the body; then 408 (if
@@ -42,6 +43,12 @@ _IDLE: Final = 0  # after a response, before the next request's first byte
 _HEAD: Final = 1  # connected, or a request's first bytes came: waiting for the headers
 _BODY: Final = 2  # headers in, waiting for the rest of the body
 _BUSY: Final = 3  # the request is read; the application is answering it
+_DISCARD: Final = 4  # answered 431: the rest is read and dropped until the close
+#: After a 431, the rest of the request is read and dropped for up to this long (or
+#: this many bytes) before closing, so the client, still sending, can read the answer:
+#: closing with unread data would reset the connection and lose it.
+_LINGER_S: Final = 2.0
+_LINGER_BYTES: Final = 256 * 1024 * 1024
 
 
 def _reply(
@@ -107,6 +114,11 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == _DISCARD:
+            self._head_bytes += len(data)
+            if self._head_bytes > _LINGER_BYTES:
+                self.transport.close()
+            return
         if self._phase == _IDLE:
             self._start_head()
         if self._phase == _HEAD:
@@ -114,7 +126,10 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
         phase = self._phase
         if phase == _HEAD and self._head_bytes > self.max_header_bytes:
-            self._close_with(self.too_large)
+            self.waiting.pop(self, None)
+            self._phase = _DISCARD
+            self.transport.write(self.too_large)
+            self.loop.call_later(_LINGER_S, self.transport.close)
         elif phase in (_HEAD, _BODY):
             timer = self._timer
             # A timer due later than the deadline (the body's can be the sooner) is
@@ -160,7 +175,7 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._phase in (_IDLE, _BUSY) or self.transport.is_closing():
+        if self._phase not in (_HEAD, _BODY) or self.transport.is_closing():
             return
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
