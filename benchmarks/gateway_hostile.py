@@ -319,12 +319,13 @@ async def probe_malformed() -> dict[str, Any]:
     """Item 5: an invalid chunk-size line mid-stream (read_timeout 2 s)."""
     event = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
 
-    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
         writer.write(head + b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(event), event))
         await writer.drain()
+        await asyncio.sleep(0.2)  # mid-stream: the first event is relayed on its own
         writer.write(b"zz-not-a-size\r\nxx\r\n")
-        await asyncio.sleep(40)
+        await reader.read()  # until the gateway drops the connection
 
     b = Backend(script)
     async with (

@@ -74,7 +74,7 @@ class _State:
     objectives: Mapping[str, int]
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _parse(body: bytes | bytearray) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -352,6 +352,8 @@ class Gateway:
         ctl = pool.controller
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
+        stream = doc.get("stream") is True
+        del doc  # a queued request holds its body, not also its parsed copy
         ex.queued, ex.enqueued_at = True, time.perf_counter()
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
@@ -372,7 +374,6 @@ class Gateway:
             assignment = ticket.assignment
             if assignment is None:  # the detector had no backend: only if it misbehaves
                 raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
-            stream = doc.get("stream") is True
             session = self._require_session()
             await relay(session, ex, assignment[0].url, body, stream=stream, meter=meter)
         except Exception:

@@ -172,15 +172,18 @@ class Exchange:
         self._budget = _NO_BUDGET
         self._held = 0
 
-    async def read_body(self, limit: int, budget: BodyBudget) -> bytes:
+    async def read_body(self, limit: int, budget: BodyBudget) -> bytes | bytearray:
         """The whole request body, counted against `budget` until `close`.
+
+        A body in several parts is gathered in one bytearray, which grows in place
+        (realloc, mremap for large ones): joining a list would hold it twice at once.
 
         Raises:
             GatewayError: the body is larger than `limit` bytes (413), or the bodies in
                 memory would exceed the budget (503).
             ClientGone: the client left first.
         """
-        parts: list[bytes] = []
+        gathered = bytearray()
         total = 0
         while True:
             message = await self.receive()
@@ -199,9 +202,12 @@ class Exchange:
                 self._budget = budget
                 budget.take(n)
                 self._held += n
-            parts.append(chunk)
             if not message.get("more_body", False):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                if not gathered:
+                    return chunk  # the usual case: the body came in one part
+                gathered += chunk
+                return gathered
+            gathered += chunk
 
     def watch_disconnect(self) -> None:
         """Arm the disconnect watch (call once the body is fully read)."""
@@ -280,7 +286,7 @@ async def relay(
     session: aiohttp.ClientSession,
     ex: Exchange,
     base: str,
-    body: bytes,
+    body: bytes | bytearray,
     *,
     stream: bool,
     meter: UsageMeter | None = None,
