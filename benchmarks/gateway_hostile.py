@@ -421,8 +421,8 @@ async def probe_big_bodies(n: int, size: int) -> dict[str, Any]:
 async def probe_visibility() -> dict[str, Any]:
     """Item 8, 10, 15: dead and silent backends in /metrics; /health; lower-case bearer."""
 
-    async def silent(_: asyncio.StreamReader, __: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+    async def silent(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await reader.read()  # answers nothing, until the gateway gives up
 
     b = Backend(silent)
     out: dict[str, Any] = {"probe": "visibility"}
