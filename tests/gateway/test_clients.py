@@ -165,3 +165,16 @@ async def test_connection_past_the_cap_of_busy_ones_is_refused_at_once() -> None
         fake.hold.set()
         assert await asyncio.gather(*busy) == [200, 200]
         assert await exchange(address, request()) == 200
+
+
+@pytest.mark.asyncio
+async def test_pipelined_requests_are_both_answered() -> None:
+    """Two requests in one write on a keep-alive connection get two answers."""
+    async with stack(header_timeout=5) as (_, fake, address):
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(request(close=False) + request(close=True))
+        assert await status_of(reader) == 200
+        rest = await asyncio.wait_for(reader.read(), WAIT)
+        assert rest.count(b"HTTP/1.1 200") == 1
+        writer.close()
+        assert len(fake.requests) == 2

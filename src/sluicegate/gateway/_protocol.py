@@ -167,7 +167,12 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._phase == _BUSY and not self.transport.is_closing():
+        # With a pipelined request now started, the connection is not idle.
+        if (
+            self._phase == _BUSY
+            and self.cycle.response_complete
+            and not self.transport.is_closing()
+        ):
             self._phase = _IDLE
             self.waiting[self] = None
 
