@@ -448,14 +448,45 @@ async def probe_visibility() -> dict[str, Any]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def probe_cpu(requests: int = 4000, concurrency: int = 16) -> dict[str, Any]:
+    """Per-request cost: the gateway's CPU time per non-streamed request (from /proc,
+    so only the gateway process counts; less noisy than latency on a shared machine)."""
+    b = Backend()
+    sat = {"type": "concurrency", "max_in_flight": 1000}
+    async with (
+        backend(b) as url,
+        gateway(url, saturation=sat) as (gw, pid),
+        aiohttp.ClientSession() as s,
+    ):
+
+        async def worker(n: int) -> None:
+            for _ in range(n):
+                async with s.post(gw + CHAT, data=BODY) as r:
+                    await r.read()
+
+        await asyncio.gather(*(worker(50) for _ in range(concurrency)))  # warm-up
+        before = cpu_s(pid)
+        await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
+        used = cpu_s(pid) - before
+    return {"probe": "cpu", "requests": requests, "gateway_cpu_us_per_request":
+            round(used / requests * 1e6, 1)}  # fmt: skip
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("probe", choices=["all", "smuggle", "header", "slowloris", "malformed",
-                                          "big_answer", "big_bodies", "visibility"])  # fmt: skip
+    names = ["smuggle", "header", "slowloris", "malformed", "big_answer", "big_bodies"]
+    parser.add_argument("probe", choices=["all", *names, "visibility", "cpu"])
     parser.add_argument("--header-mib", type=int, default=128)
     parser.add_argument("--slow", type=int, default=1100)
     parser.add_argument("--slow-seconds", type=float, default=15.0)
     parser.add_argument("--answer-mib", type=int, default=300)
+    parser.add_argument("--cpu-requests", type=int, default=4000)
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -467,6 +498,7 @@ async def main() -> None:
         "big_answer": lambda: probe_big_answer(args.answer_mib << 20),
         "big_bodies": lambda: probe_big_bodies(32, 16 << 20),
         "visibility": probe_visibility,
+        "cpu": lambda: probe_cpu(args.cpu_requests),
     }
     chosen = list(probes) if args.probe == "all" else [args.probe]
     print(json.dumps({"code": os.environ.get("PYTHONPATH", "worktree")}), flush=True)

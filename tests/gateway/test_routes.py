@@ -81,6 +81,8 @@ def post(path: str, body: bytes = BODY) -> bytes:
         "/v1/anything-else",
         "/sim/config",
         "/v1/load_lora_adapter",
+        "/v1/chat/completions\x01",
+        "/v1/chat/\x7fcompletions",
     ],
 )
 async def test_paths_outside_the_table_never_reach_a_backend(path: str) -> None:
