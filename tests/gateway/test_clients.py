@@ -178,3 +178,15 @@ async def test_pipelined_requests_are_both_answered() -> None:
         assert rest.count(b"HTTP/1.1 200") == 1
         writer.close()
         assert len(fake.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_idle_keep_alive_connection_is_closed_after_its_timeout() -> None:
+    """server.keep_alive_timeout bounds how long an idle connection is kept."""
+    async with stack(keep_alive_timeout=1) as (_, _fake, address):
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(request(close=False))
+        assert await status_of(reader) == 200
+        rest = await asyncio.wait_for(reader.read(), WAIT)  # returns when the server closes
+        assert rest.endswith(b"}")
+        writer.close()

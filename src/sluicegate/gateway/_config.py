@@ -251,7 +251,7 @@ class ServerSettings(_Model):
     header_timeout: _Seconds = 10.0
     #: Seconds a client may take to send a request's body once its headers are in.
     body_timeout: _Seconds = 60.0
-    #: Seconds an idle keep-alive connection is kept open.
+    #: Seconds an idle keep-alive connection is kept open (whole seconds, rounded up).
     keep_alive_timeout: _Seconds = 30.0
     #: Client connections open at once; beyond it, the connection that has waited
     #: longest without sending a complete request head is closed to make room, and
