@@ -147,7 +147,7 @@ async def test_bearer_token_guards_metrics_and_debug() -> None:
 
 @pytest.mark.asyncio
 async def test_models_are_merged_and_other_routes_pass_through() -> None:
-    """/v1/models lists backend models plus configured names; /v1/other is relayed."""
+    """/v1/models lists backend models plus configured names; /tokenize is relayed."""
     async with stack(pool={"models": ["fake-model", "alias-model", "x-*"]}) as (
         _,
         fake,
@@ -157,11 +157,11 @@ async def test_models_are_merged_and_other_routes_pass_through() -> None:
         async with client.get("/v1/models") as r:
             ids = [m["id"] for m in (await r.json())["data"]]
         assert ids == ["fake-model", "alias-model"]
-        payload = orjson.dumps({"model": "fake-model", "input": "x"})
-        async with client.post("/v1/responses?x=1", data=payload) as r:
+        payload = orjson.dumps({"model": "fake-model", "prompt": "x"})
+        async with client.post("/tokenize?x=1", data=payload) as r:
             assert r.status == 200
             assert r.headers["x-sluicegate-outcome"] == "Bypassed"
-            assert (await r.json())["path"] == "/v1/responses"
+            assert (await r.json())["path"] == "/tokenize"
         async with client.get("/nope") as r:
             assert r.status == 404
             assert "error" in await r.json()

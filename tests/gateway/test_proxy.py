@@ -187,15 +187,19 @@ async def test_upstream_5xx_before_any_byte_is_502(stream: bool) -> None:
 
 
 @pytest.mark.asyncio
-async def test_upstream_abort_mid_stream_truncates_the_response() -> None:
-    """After bytes were relayed, an upstream failure closes the client connection."""
+async def test_upstream_abort_mid_stream_ends_the_stream_with_an_error_event() -> None:
+    """After bytes were relayed, an upstream failure ends the SSE stream with an
+    OpenAI-shaped error event; the backend's address is not in it."""
     async with stack() as (gw, fake, client):
         fake.mode = "abort"
         fake.chunks = 5
         async with client.post(CHAT, data=chat(stream=True)) as r:
             assert r.status == 200
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await r.read()
+            events = [e for e in (await r.read()).split(b"\n\n") if e]
+        assert events[0].startswith(b'data: {"id"')
+        error = orjson.loads(events[-1].removeprefix(b"data: "))["error"]
+        assert error["code"] == "bad_gateway"
+        assert "127.0.0.1" not in error["message"]
         assert len(fake.requests) == 1
         await eventually(lambda: stats(gw).in_flight == 0)
 

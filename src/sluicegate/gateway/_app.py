@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
@@ -28,11 +29,12 @@ from ._health import relay_with_retry
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pool import Pool, Router
-from ._proxy import ClientGone, Exchange, relay
+from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
+from ._upstream import sse_error_event
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -42,8 +44,25 @@ __all__ = ["Gateway"]
 
 _log = logging.getLogger("sluicegate.gateway")
 
-_INFERENCE: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+#: Routes under flow control: the inference routes vLLM serves with a JSON body.
+INFERENCE_ROUTES: Final = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+    "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank",
+)  # fmt: skip
+#: Inference routes that generate no tokens (their output estimate is 0).
+_NO_OUTPUT: Final = frozenset(INFERENCE_ROUTES[4:]) | {"/v1/embeddings"}
+#: vLLM utility routes relayed to a backend without flow control (cheap, no generation).
+PASSTHROUGH_ROUTES: Final = ("/tokenize", "/detokenize")
 _DISPATCHED: Final = sg.Outcome.DISPATCHED.value
+#: Server settings read once at start (the listening socket, the upstream session and
+#: the connection protocol hold them).
+_RESTART_ONLY: Final = (
+    "host", "port", "connect_timeout", "read_timeout", "drain_grace", "max_header_bytes",
+    "header_timeout", "body_timeout", "keep_alive_timeout", "max_connections",
+)  # fmt: skip
+_JSON: Final = b"application/json"
+
+_Handler = Callable[[Exchange, "_State"], Awaitable[None]]
 
 
 @final
@@ -56,7 +75,7 @@ class _State:
     objectives: Mapping[str, int]
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def _parse(body: bytes | bytearray) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -92,6 +111,27 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
+        self._bodies = BodyBudget(config.server.body_memory_budget)
+        self._routes = self._route_table()
+        self._paths = frozenset(path for _, path in self._routes)
+
+    def _route_table(self) -> dict[tuple[str, bytes], _Handler]:
+        """(method, raw path) -> handler. Only these exact paths are served: no prefix,
+        no normalisation, so nothing reaches a backend except what is named here."""
+        routes: dict[tuple[str, bytes], _Handler] = {
+            ("GET", b"/v1/models"): self._models,
+            ("GET", b"/health"): self._health,
+            ("GET", b"/healthz"): self._healthz,
+            ("GET", b"/readyz"): self._readyz,
+            ("GET", b"/version"): self._version,
+            ("GET", b"/metrics"): self._metrics,
+            ("GET", b"/debug/flowcontrol"): self._debug,
+        }
+        for path in INFERENCE_ROUTES:
+            routes["POST", path.encode()] = self._inference
+        for path in PASSTHROUGH_ROUTES:
+            routes["POST", path.encode()] = self._passthrough
+        return routes
 
     @property
     def config(self) -> GatewayConfig:
@@ -187,7 +227,8 @@ class Gateway:
         for settings in config.pools:
             self._pools[settings.name].apply(settings, fc, config.priorities)
         old = self._config
-        for section in ("host", "port", "connect_timeout", "read_timeout", "drain_grace"):
+        self._bodies.limit = config.server.body_memory_budget
+        for section in _RESTART_ONLY:
             if getattr(old.server, section) != getattr(config.server, section):
                 _log.warning("config reload: server.%s changes only on restart", section)
         if old.metrics != config.metrics:
@@ -227,8 +268,15 @@ class Gateway:
             await self._route(ex)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if ex.disconnected and task is not None and task.uncancel() == 0:
-                self._client_left(ex)
+            # A client that left, or uvicorn ending what still runs at the end of
+            # drain_grace: the request is over and nothing waits on this task, so the
+            # cancellation is absorbed (as for a disconnect) instead of becoming a
+            # traceback in uvicorn's log. Any other cancellation propagates.
+            if (ex.disconnected or self.draining) and task is not None and task.uncancel() == 0:
+                if ex.disconnected:
+                    self._client_left(ex)
+                else:
+                    await self._cut_at_drain(ex)
                 return
             raise
         except ClientGone:
@@ -237,38 +285,59 @@ class Gateway:
             await self._fail(ex, exc)
         finally:
             ex.close()
+            if ex.upstream_error is not None:
+                pool = ex.pool.name if ex.pool is not None else "-"
+                self.metrics.upstream_error(pool, ex.backend or "-", ex.upstream_error)
 
     async def _route(self, ex: Exchange) -> None:
         state = self._state
         if state is None:
             raise sg.ControllerClosedError("the gateway is not running")
-        path: str = ex.scope["path"]
-        method: str = ex.scope["method"]
-        if path in _INFERENCE and method == "POST":
-            await self._inference(ex, state)
-        elif path == "/v1/models" and method == "GET":
-            doc = await merged_models(self._require_session(), self._pools.values(), ex.scope)
-            await ex.respond(200, orjson.dumps(doc), b"application/json")
-        elif path.startswith("/v1/"):
-            await self._passthrough(ex, state)
-        elif path == "/healthz":
-            await ex.respond(200, b'{"status":"ok"}', b"application/json")
-        elif path == "/readyz":
-            problems = readiness(self)
-            body = orjson.dumps({"ready": not problems, "problems": problems})
-            await ex.respond(503 if problems else 200, body, b"application/json")
-        elif path == "/metrics":
-            require_token(ex.scope, state.config.server.auth_token)
-            await ex.respond(
-                200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8"
-            )
-        elif path == "/debug/flowcontrol":
-            require_token(ex.scope, state.config.server.auth_token)
-            doc = debug_document(self, ex.scope.get("query_string", b""))
-            body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
-            await ex.respond(200, body, b"application/json")
+        scope = ex.scope
+        ex.server = state.config.server
+        # The raw path, not the decoded one: a percent-encoded or dot-segment variant of
+        # a route is a different path here, so it cannot be smuggled past flow control.
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        handler = self._routes.get((scope["method"], raw))
+        if handler is not None:
+            await handler(ex, state)
+        elif raw in self._paths:
+            raise GatewayError(
+                405, f"{scope['method']} is not allowed on {scope['path']}",
+                code="method_not_allowed",
+            )  # fmt: skip
         else:
-            raise GatewayError(404, f"no route for {method} {path}", code="not_found")
+            path = raw.decode("ascii", "backslashreplace")
+            raise GatewayError(404, f"no route for {scope['method']} {path}", code="not_found")
+
+    async def _models(self, ex: Exchange, state: _State) -> None:
+        doc = await merged_models(self._require_session(), self._pools.values(), ex.scope)
+        await ex.respond(200, orjson.dumps(doc), _JSON)
+
+    async def _healthz(self, ex: Exchange, state: _State) -> None:
+        await ex.respond(200, b'{"status":"ok"}', _JSON)
+
+    async def _readyz(self, ex: Exchange, state: _State) -> None:
+        problems = readiness(self)
+        body = orjson.dumps({"ready": not problems, "problems": problems})
+        await ex.respond(503 if problems else 200, body, _JSON)
+
+    async def _health(self, ex: Exchange, state: _State) -> None:
+        # vLLM's /health, which load tools poll before starting: 200 when ready.
+        await self._readyz(ex, state)
+
+    async def _version(self, ex: Exchange, state: _State) -> None:
+        await ex.respond(200, orjson.dumps({"version": sg.__version__}), _JSON)
+
+    async def _metrics(self, ex: Exchange, state: _State) -> None:
+        require_token(ex.scope, state.config.server.auth_token)
+        await ex.respond(200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
+    async def _debug(self, ex: Exchange, state: _State) -> None:
+        require_token(ex.scope, state.config.server.auth_token)
+        doc = debug_document(self, ex.scope.get("query_string", b""))
+        body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+        await ex.respond(200, body, _JSON)
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -276,7 +345,7 @@ class Gateway:
         return self._session
 
     async def _inference(self, ex: Exchange, state: _State) -> None:
-        body = await ex.read_body(state.config.server.max_body_bytes)
+        body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         doc = _parse(body)
         ex.pool = pool = state.router.route(doc.get("model"))
         cls = classify(ex.scope["headers"], state.objectives, state.config.server.max_ttl)
@@ -285,6 +354,8 @@ class Gateway:
         ctl = pool.controller
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
+        stream = doc.get("stream") is True
+        del doc  # a queued request holds its body, not also its parsed copy
         ex.queued, ex.enqueued_at = True, time.perf_counter()
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
@@ -305,7 +376,6 @@ class Gateway:
             assignment = ticket.assignment
             if assignment is None:  # the detector had no backend: only if it misbehaves
                 raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
-            stream = doc.get("stream") is True
             session = self._require_session()
             await relay_with_retry(
                 pool.detector,
@@ -332,8 +402,8 @@ class Gateway:
         self, ex: Exchange, pool: Pool, doc: dict[str, Any]
     ) -> tuple[int | None, int | None]:
         """Estimated (input, output) tokens, charged at dispatch and corrected later."""
-        if ex.scope["path"] == "/v1/embeddings":
-            output_tokens: int | None = 0  # embeddings generate nothing
+        if ex.scope["path"] in _NO_OUTPUT:
+            output_tokens: int | None = 0  # embeddings, scores, pooling: generate nothing
         else:
             output_tokens = estimate_output_tokens(doc)
         if pool.settings.token_estimate == "tokenize":
@@ -350,8 +420,9 @@ class Gateway:
         return estimate_input_tokens(doc), output_tokens
 
     async def _passthrough(self, ex: Exchange, state: _State) -> None:
-        """Other /v1/* routes: relayed to the least-loaded backend, without flow control."""
-        body = await ex.read_body(state.config.server.max_body_bytes)
+        """Utility routes (`PASSTHROUGH_ROUTES`): relayed to the least-loaded backend of
+        the request's pool, without flow control."""
+        body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         model: object = None
         stream = False
         if body[:1] == b"{":
@@ -370,6 +441,7 @@ class Gateway:
         backend = pool.detector.least_loaded()
         if backend is None:
             raise sg.NoEndpointsError(f"pool {pool.name} has no reachable backend")
+        ex.pool = pool
         ex.watch_disconnect()
         await relay(self._require_session(), ex, backend.url, body, stream=stream)
 
@@ -390,6 +462,27 @@ class Gateway:
             _log.warning("error after the response started, connection closed: %r", exc)
             return
         await ex.respond_error(exc, retry_after=retry_after)
+
+    async def _cut_at_drain(self, ex: Exchange) -> None:
+        grace = self._config.server.drain_grace
+        _log.warning(
+            "drain_grace (%g s) is over: ending %s %s still in flight",
+            grace,
+            ex.scope["method"],
+            ex.scope["path"],
+        )
+        err = GatewayError(
+            503,
+            f"the gateway is shutting down; drain_grace ({grace:g} s) ended this request",
+            type="service_unavailable",
+            code="shutting_down",
+            outcome=ex.outcome,
+        )
+        if not ex.started:
+            await ex.respond_error(err)
+        elif ex.sse:
+            await ex.chunk(sse_error_event(err))
+            await ex.finish()
 
     def _client_left(self, ex: Exchange) -> None:
         if ex.queued:

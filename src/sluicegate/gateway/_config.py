@@ -274,6 +274,26 @@ class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1)] = 16 * 1024 * 1024
+    #: Request bodies held in memory at once, all requests together (read, queued or
+    #: being relayed); a request that would exceed it gets 503.
+    body_memory_budget: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    #: A non-streamed answer up to this size is buffered and sent with a content-length;
+    #: a larger one is relayed as it arrives.
+    max_buffered_response_bytes: Annotated[int, Field(ge=0)] = 16 * 1024 * 1024
+    #: Request line plus headers; larger gets 431 and the connection is closed.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    #: Seconds a client may take to send a request's line and headers (from connecting,
+    #: or from the first byte of a keep-alive request); then 408 and close.
+    header_timeout: _Seconds = 10.0
+    #: Seconds a client may take to send a request's body once its headers are in.
+    body_timeout: _Seconds = 60.0
+    #: Seconds an idle keep-alive connection is kept open (whole seconds, rounded up).
+    keep_alive_timeout: _Seconds = 30.0
+    #: Client connections open at once; beyond it, the connection that has waited
+    #: longest without sending a complete request head is closed to make room, and
+    #: with none, the new one is refused at once (503). None: half the process's
+    #: file-descriptor limit (the other half serves upstream connections).
+    max_connections: Annotated[int, Field(ge=1)] | None = None
     #: Cap on the per-request TTL a client may ask for with `x-sluicegate-ttl-ms`.
     max_ttl: _Seconds = 600.0
     #: Seconds in-flight requests may take to finish after SIGTERM.

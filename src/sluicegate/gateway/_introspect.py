@@ -30,14 +30,19 @@ MAX_DEBUG_FLOWS: Final = 10_000
 def require_token(scope: dict[str, Any], token: str | None) -> None:
     """Check ``Authorization: Bearer <token>`` when a token is configured.
 
+    The scheme is case-insensitive (RFC 7235), the token is compared in constant time.
+
     Raises:
         GatewayError: the header is missing or wrong (401).
     """
     if token is None:
         return
-    expected = b"Bearer " + token.encode()
+    expected = token.encode()
     for name, value in scope["headers"]:
-        if name == b"authorization" and hmac.compare_digest(value, expected):
+        if name != b"authorization":
+            continue
+        scheme, _, credentials = value.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), expected):
             return
     raise GatewayError(
         401, "this endpoint needs 'Authorization: Bearer <token>'", code="unauthorized"
@@ -53,10 +58,18 @@ def readiness(gateway: Gateway) -> list[str]:
         detector = pool.detector
         if not detector.has_endpoints():
             problems.append(f"pool {pool.name}: no usable backend ({_why_unusable(pool)})")
-        elif isinstance(detector, UtilizationDetector) and not any(
-            b.scraped_at is not None for b in detector.backends.values()
-        ):
-            problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
+        elif isinstance(detector, UtilizationDetector):
+            if not any(b.scraped_at is not None for b in detector.backends.values()):
+                problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
+            elif (
+                detector.settings.stale_policy == "fail-closed"
+                and detector.stale_backends() == len(detector.backends)
+            ):
+                # fail-closed treats stale as saturated: nothing would be dispatched.
+                problems.append(
+                    f"pool {pool.name}: every backend's metrics are stale (stale_policy "
+                    "fail-closed holds all requests)"
+                )
     return problems
 
 

@@ -94,6 +94,13 @@ class GatewayMetrics:
             buckets=_ADDED_BUCKETS,
             registry=self.registry,
         )
+        self._upstream_errors = Counter(
+            f"{prefix}upstream_errors",
+            "Upstream failures by backend and kind: connect, timeout, status_5xx, broken "
+            "(reset or malformed answer, also mid-response).",
+            ["pool", "backend", "kind"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(prefix, pools, lambda: self._ids))
 
     def fairness_label(self, fairness_id: str) -> str:
@@ -138,6 +145,10 @@ class GatewayMetrics:
                 self._token_children[key] = children
         children[0].inc(ticket.input_tokens)
         children[1].inc(ticket.output_tokens)
+
+    def upstream_error(self, pool: str, backend: str, kind: str) -> None:
+        """Count one upstream failure (labels are bounded: configured backends x kinds)."""
+        self._upstream_errors.labels(pool, backend, kind).inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

@@ -4,8 +4,12 @@ Invariants:
 
 * Bodies are forwarded unchanged both ways (no re-encoding, no decompression).
 * A streamed response is relayed chunk by chunk as it arrives, never buffered.
-* Once a byte was sent to the client, an upstream failure aborts the response (the
-  connection is closed); nothing is retried and no error status can follow.
+* Once a byte was sent to the client, an upstream failure ends the response: an SSE
+  stream with an error event, anything else by closing the connection. Nothing is
+  retried and no error status can follow.
+* Every read from a backend is bounded by `read_timeout`, measured by the gateway itself.
+* A non-streamed answer is buffered (to send it with a content-length) only up to
+  `max_buffered_response_bytes`; a larger one is relayed as it arrives.
 * When the client disconnects, the handler task is cancelled (see `Exchange`), so a
   queued request leaves its queue and an upstream request is closed at once.
 """
@@ -18,17 +22,20 @@ import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
+from yarl import URL
 
 from ._errors import OUTCOME_BYPASSED, GatewayError, error_reply
+from ._upstream import KIND_STATUS, ReadWatch, failure, kind_of, sse_error_event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ._classify import Classification
+    from ._config import ServerSettings
     from ._pool import Pool
     from ._tokens import UsageMeter
 
-__all__ = ["ClientGone", "Exchange", "relay"]
+__all__ = ["BodyBudget", "ClientGone", "Exchange", "relay"]
 
 _log = logging.getLogger("sluicegate.gateway")
 
@@ -48,10 +55,50 @@ _RESPONSE_SKIP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"trailer", b"upgrade"}
 )
 _STREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
+#: Bytes kept from the end of an unbuffered answer to find its ``usage`` object.
+_TAIL: Final = 4096
 
 
 class ClientGone(Exception):
     """The client disconnected before its request body was read."""
+
+
+@final
+class BodyBudget:
+    """Bytes of request bodies in memory at once, across all requests.
+
+    Args:
+        limit: the most bytes held together; a request that would pass it is refused.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        """Hold `n` more bytes.
+
+        Raises:
+            GatewayError: that would exceed the limit (503); nothing was taken.
+        """
+        if self.held + n > self.limit:
+            raise GatewayError(
+                503,
+                f"the gateway holds its limit of request bodies in memory "
+                f"(server.body_memory_budget={self.limit} bytes); retry shortly",
+                type="service_unavailable",
+                code="body_budget_exceeded",
+            )
+        self.held += n
+
+    def give(self, n: int) -> None:
+        """Release `n` bytes taken earlier."""
+        self.held -= n
+
+
+_NO_BUDGET: Final = BodyBudget(1 << 62)
 
 
 @final
@@ -67,10 +114,13 @@ class Exchange:
 
     __slots__ = (
         "_armed",
+        "_budget",
+        "_held",
         "_rx",
         "_send",
         "_task",
         "arrived",
+        "backend",
         "classification",
         "disconnected",
         "enqueued_at",
@@ -81,7 +131,10 @@ class Exchange:
         "queued",
         "receive",
         "scope",
+        "server",
+        "sse",
         "started",
+        "upstream_error",
         "upstream_s",
     )
 
@@ -106,34 +159,55 @@ class Exchange:
         self.enqueued_at = 0.0
         self.pool: Pool | None = None
         self.classification: Classification | None = None
+        #: The server settings in force for this request (limits, timeouts).
+        self.server: ServerSettings | None = None
+        #: The backend relayed to, and the kind of upstream failure if one happened.
+        self.backend: str | None = None
+        self.upstream_error: str | None = None
+        #: The response being relayed is a server-sent event stream.
+        self.sse = False
         self._armed = False
         self._rx: asyncio.Future[Message] | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._budget = _NO_BUDGET
+        self._held = 0
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole request body.
+    async def read_body(self, limit: int, budget: BodyBudget) -> bytes | bytearray:
+        """The whole request body, counted against `budget` until `close`.
+
+        A body in several parts is gathered in one bytearray, which grows in place
+        (realloc, mremap for large ones): joining a list would hold it twice at once.
 
         Raises:
-            GatewayError: the body is larger than `limit` bytes (413).
+            GatewayError: the body is larger than `limit` bytes (413), or the bodies in
+                memory would exceed the budget (503).
             ClientGone: the client left first.
         """
-        parts: list[bytes] = []
+        gathered = bytearray()
         total = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk: bytes = message.get("body", b"")
-            total += len(chunk)
+            n = len(chunk)
+            total += n
             if total > limit:
                 raise GatewayError(
                     413,
                     f"the request body exceeds the gateway's max_body_bytes={limit}",
                     code="request_too_large",
                 )
-            parts.append(chunk)
+            if n:
+                self._budget = budget
+                budget.take(n)
+                self._held += n
             if not message.get("more_body", False):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                if not gathered:
+                    return chunk  # the usual case: the body came in one part
+                gathered += chunk
+                return gathered
+            gathered += chunk
 
     def watch_disconnect(self) -> None:
         """Arm the disconnect watch (call once the body is fully read)."""
@@ -151,10 +225,13 @@ class Exchange:
             self._task.cancel()
 
     def close(self) -> None:
-        """Disarm the watch and drop the pending `receive()`."""
+        """Disarm the watch, drop the pending `receive()`, return the body's budget."""
         self._armed = False
         if self._rx is not None and not self._rx.done():
             self._rx.cancel()
+        if self._held:
+            self._budget.give(self._held)
+            self._held = 0
 
     def _our_headers(self) -> Headers:
         return [
@@ -205,26 +282,20 @@ def forward_headers(headers: Headers) -> list[tuple[str, str]]:
     ]
 
 
-def _upstream_error(base: str, message: str, code: str) -> GatewayError:
-    return GatewayError(
-        502,
-        f"backend {base}: {message}",
-        type="upstream_error",
-        code=code,
-        outcome="Dispatched",
-    )
-
-
 async def relay(
     session: aiohttp.ClientSession,
     ex: Exchange,
     base: str,
-    body: bytes,
+    body: bytes | bytearray,
     *,
     stream: bool,
     meter: UsageMeter | None = None,
 ) -> None:
     """Send the exchange's request to `base` and relay the response to the client.
+
+    An upstream failure sets `Exchange.upstream_error` to its kind (see `_upstream`).
+    Before the first byte to the client it is raised as an error reply; after it, an SSE
+    stream is ended with an error event and anything else is cut (connection closed).
 
     Args:
         session: the gateway's pooled client session.
@@ -235,9 +306,13 @@ async def relay(
         meter: told about the response (status, body or chunks) to account its tokens.
 
     Raises:
-        GatewayError: connect error, or a 5xx status before any byte was relayed (502).
+        GatewayError: connect error (502), timeout (504), or a 5xx status or broken
+            answer before any byte was relayed (502). The message names no backend.
     """
     scope = ex.scope
+    ex.backend = base
+    # The route table matched the raw path exactly, so it needs no escaping; the query
+    # goes as the client sent it (encoded=True: yarl must not re-quote or normalise).
     url = base + scope["path"]
     if query := scope.get("query_string"):
         url += "?" + query.decode("latin-1")
@@ -245,30 +320,32 @@ async def relay(
     try:
         resp = await session.request(
             scope["method"],
-            url,
+            URL(url, encoded=True),
             data=body or None,
             headers=forward_headers(scope["headers"]),
             allow_redirects=False,
         )
     except _STREAM_ERRORS as exc:
-        raise _upstream_error(base, f"request failed: {exc!r}", "upstream_unreachable") from None
+        raise _failed(ex, base, kind_of(exc), exc) from None
     clean = False
     try:
         if resp.status >= 500:
-            detail = (await resp.content.read(300)).decode("utf-8", "replace")
-            raise _upstream_error(
-                base,
-                f"answered HTTP {resp.status} before any byte was relayed: {detail}",
-                "bad_gateway",
-            )
+            detail = f"HTTP {resp.status} {await _detail(resp)}".rstrip()
+            raise _failed(ex, base, KIND_STATUS, "", detail)
         await _relay_response(ex, resp, began, stream=stream, meter=meter)
         clean = True
     except _STREAM_ERRORS as exc:
+        kind = kind_of(exc)
         if not ex.started:
-            raise _upstream_error(base, f"failed before any byte: {exc!r}", "bad_gateway") from None
-        # Returning without finishing makes the server close the connection: the client
-        # sees a truncated response, never a well-formed but incomplete one.
-        _log.warning("backend=%s aborted a response mid-stream: %r", base, exc)
+            raise _failed(ex, base, kind, exc) from None
+        err = _failed(ex, base, kind, exc, mid_stream=True)
+        if ex.sse:
+            # SSE clients (the OpenAI SDKs) raise on an error event; a bare cut could
+            # read as a complete answer to some.
+            await ex.chunk(sse_error_event(err))
+            await ex.finish()
+        # Otherwise returning without finishing makes the server close the connection:
+        # the client sees a truncated response, never a well-formed but incomplete one.
     finally:
         # release() returns a fully read connection to the pool; close() drops it, which
         # tells the backend to stop generating (client gone, or an error).
@@ -276,6 +353,45 @@ async def relay(
             resp.release()
         else:
             resp.close()
+
+
+def _failed(
+    ex: Exchange,
+    base: str,
+    kind: str,
+    cause: object,
+    detail: str = "",
+    *,
+    mid_stream: bool = False,
+) -> GatewayError:
+    """Note an upstream failure on the exchange and log it with the backend's address
+    (which only the log and the metrics get); returns the error for the client."""
+    ex.upstream_error = kind
+    _log.warning(
+        "upstream %s: backend=%s %s %s%s: %s",
+        kind,
+        base,
+        ex.scope["method"],
+        ex.scope["path"],
+        " (mid-response; the response was ended)" if mid_stream else "",
+        f"{cause if isinstance(cause, str) else repr(cause)} {detail}".rstrip(),
+    )
+    return failure(kind, ex.pool, detail)
+
+
+async def _detail(resp: aiohttp.ClientResponse) -> str:
+    """The start of a 5xx answer's body: the backend's own explanation, if it sends one."""
+    try:
+        async with asyncio.timeout(1.0):
+            data = await resp.content.read(300)
+    except _STREAM_ERRORS:
+        return ""
+    return data.decode("utf-8", "replace")
+
+
+def _watch(ex: Exchange, resp: aiohttp.ClientResponse) -> ReadWatch | None:
+    limit = ex.server.read_timeout if ex.server is not None else None
+    return None if limit is None else ReadWatch(resp.content, limit)
 
 
 async def _relay_response(
@@ -288,23 +404,99 @@ async def _relay_response(
 ) -> None:
     """Send the backend's answer to the client: whole, or chunk by chunk as it arrives."""
     headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
-    if not stream:
-        data = await resp.read()
-        ex.upstream_s = time.perf_counter() - began
+    watch = _watch(ex, resp)
+    try:
+        if stream:
+            ex.sse = resp.content_type == "text/event-stream"
+            ex.upstream_s = time.perf_counter() - began
+            await ex.start(resp.status, headers)
+            if meter is not None:
+                meter.begin(resp.status)
+            await _pipe(ex, resp.content, watch, meter)
+        else:
+            await _relay_whole(ex, resp, headers, began, watch, meter)
+    finally:
+        if watch is not None:
+            watch.cancel()
+
+
+async def _pipe(
+    ex: Exchange,
+    content: aiohttp.StreamReader,
+    watch: ReadWatch | None,
+    meter: UsageMeter | _Tail | None,
+) -> None:
+    """Relay the rest of the body as it arrives, then end the response."""
+    while True:
+        if watch is not None:
+            watch.reading()
+        chunk = await content.readany()
+        if not chunk:
+            break
         if meter is not None:
-            meter.body(resp.status, data)
-        headers.append((b"content-length", str(len(data)).encode()))
-        await ex.start(resp.status, headers)
-        await ex.finish(data)
-        return
-    ex.upstream_s = time.perf_counter() - began
-    await ex.start(resp.status, headers)
-    if meter is None:
-        async for chunk in resp.content.iter_any():
-            await ex.chunk(chunk)
-    else:
-        meter.begin(resp.status)
-        async for chunk in resp.content.iter_any():
             meter.chunk(chunk)
-            await ex.chunk(chunk)
+        await ex.chunk(chunk)
     await ex.finish()
+
+
+async def _relay_whole(
+    ex: Exchange,
+    resp: aiohttp.ClientResponse,
+    headers: Headers,
+    began: float,
+    watch: ReadWatch | None,
+    meter: UsageMeter | None,
+) -> None:
+    """A non-streamed answer: buffered up to `max_buffered_response_bytes` and sent with
+    a content-length; a larger one is relayed as it arrives, never held whole."""
+    cap = ex.server.max_buffered_response_bytes if ex.server is not None else 1 << 62
+    content = resp.content
+    parts: list[bytes] = []
+    total = 0
+    length = resp.content_length
+    while length is None or length <= cap:
+        if watch is not None:
+            watch.reading()
+        chunk = await content.readany()
+        if not chunk:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            ex.upstream_s = time.perf_counter() - began
+            if meter is not None:
+                meter.body(resp.status, data)
+            headers.append((b"content-length", str(len(data)).encode()))
+            await ex.start(resp.status, headers)
+            await ex.finish(data)
+            return
+        parts.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            break
+    ex.upstream_s = time.perf_counter() - began
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    await ex.start(resp.status, headers)
+    for part in parts:
+        await ex.chunk(part)
+    tail = _Tail(parts[-1] if parts else b"")
+    del parts
+    await _pipe(ex, content, watch, None if meter is None else tail)
+    if meter is not None:
+        meter.body(resp.status, tail.data)
+
+
+@final
+class _Tail:
+    """The last few KiB of a relayed body, where its ``usage`` object is (no copy per chunk)."""
+
+    __slots__ = ("_last", "_prev")
+
+    def __init__(self, first: bytes) -> None:
+        self._prev = b""
+        self._last = first
+
+    def chunk(self, data: bytes) -> None:
+        self._prev, self._last = self._last, data
+
+    @property
+    def data(self) -> bytes:
+        return self._prev[-_TAIL:] + self._last

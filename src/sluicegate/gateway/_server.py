@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ._app import Gateway
+from ._protocol import guarded_protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -58,12 +60,37 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def default_max_connections() -> int:
+    """Half the process's file-descriptor limit: each client connection being served
+    also needs an upstream connection, and scrapes, logs and the listener need some."""
+    if sys.platform == "win32":  # pragma: no cover - no resource module
+        return 4096
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft // 2, 16) if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _raise_fd_limit() -> None:
+    """Use the hard file-descriptor limit (a soft 1,024 is a common default that a
+    busy gateway exhausts); the connection cap follows it."""
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _uvicorn(gateway: Gateway) -> uvicorn.Server:
     settings = gateway.config.server
+    cap = settings.max_connections or default_max_connections()
     config = uvicorn.Config(
         gateway,
         lifespan="off",
-        http="httptools",
+        http=guarded_protocol(settings, cap),
         ws="none",
         loop="none",
         # No X-Forwarded-* rewriting middleware on the hot path.
@@ -74,7 +101,7 @@ def _uvicorn(gateway: Gateway) -> uvicorn.Server:
         server_header=False,
         date_header=False,
         timeout_graceful_shutdown=max(round(settings.drain_grace), 0) or None,
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(math.ceil(settings.keep_alive_timeout), 1),
     )
     config.load()
     server = uvicorn.Server(config)
@@ -190,6 +217,7 @@ async def serve(
 
 def run(config: GatewayConfig, *, config_path: Path | None = None) -> None:
     """Serve in this process on uvloop (when available) until SIGTERM/SIGINT."""
+    _raise_fd_limit()
     coro = serve(config, config_path=config_path)
     if sys.platform != "win32":
         import uvloop

@@ -1,0 +1,123 @@
+"""Upstream failures: what kind each is, what the client is told, and the read watchdog.
+
+A client is never told a backend's address (that stays in the log and the metrics);
+it gets the kind of failure and, for a 5xx, the backend's own short explanation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final, final
+
+import aiohttp
+import orjson
+
+from ._errors import GatewayError
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+__all__ = [
+    "KIND_BROKEN",
+    "KIND_CONNECT",
+    "KIND_STATUS",
+    "KIND_TIMEOUT",
+    "ReadWatch",
+    "UpstreamTimeoutError",
+    "failure",
+    "kind_of",
+    "sse_error_event",
+]
+
+#: The backend could not be reached (refused, DNS, connect timeout counts as timeout).
+KIND_CONNECT: Final = "connect"
+#: No byte from the backend for `read_timeout` (or the connect timeout).
+KIND_TIMEOUT: Final = "timeout"
+#: The backend answered a 5xx status.
+KIND_STATUS: Final = "status_5xx"
+#: The connection broke or the backend sent invalid HTTP (reset, bad chunk framing...).
+KIND_BROKEN: Final = "broken"
+
+_STATUS: Final = {KIND_CONNECT: 502, KIND_TIMEOUT: 504, KIND_STATUS: 502, KIND_BROKEN: 502}
+_CODE: Final = {
+    KIND_CONNECT: "upstream_unreachable",
+    KIND_TIMEOUT: "upstream_timeout",
+    KIND_STATUS: "bad_gateway",
+    KIND_BROKEN: "bad_gateway",
+}
+_SAY: Final = {
+    KIND_CONNECT: "could not connect to a backend",
+    KIND_TIMEOUT: "a backend sent nothing within the gateway's timeout",
+    KIND_STATUS: "a backend answered with a server error",
+    KIND_BROKEN: "a backend's answer broke off or was malformed",
+}
+
+
+class UpstreamTimeoutError(TimeoutError):
+    """The gateway's read watchdog fired: no byte from the backend for `read_timeout`."""
+
+
+def kind_of(exc: BaseException) -> str:
+    """The failure kind of an aiohttp or timeout exception."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return KIND_TIMEOUT
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return KIND_CONNECT
+    return KIND_BROKEN
+
+
+def failure(kind: str, pool: Pool | None, detail: str = "") -> GatewayError:
+    """The error a client gets for an upstream failure of `kind`; no backend address."""
+    where = f" of pool {pool.name}" if pool is not None else ""
+    message = _SAY[kind].replace("a backend", f"a backend{where}", 1)
+    if detail:
+        message += f": {detail}"
+    return GatewayError(
+        _STATUS[kind], message, type="upstream_error", code=_CODE[kind], outcome="Dispatched"
+    )
+
+
+def sse_error_event(err: GatewayError) -> bytes:
+    """`err` as an OpenAI-shaped SSE error event, to end a stream that cannot go on."""
+    doc = {"error": {"message": err.message, "type": err.type, "code": err.code, "param": None}}
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+@final
+class ReadWatch:
+    """Fails an upstream body read when no byte came for `limit` seconds.
+
+    aiohttp's own ``sock_read`` timer is lost when its parser meets invalid chunk framing
+    (the read then waits forever), so the gateway keeps its own: one timer per response,
+    re-armed lazily (a read only stamps the time; the timer checks the stamp when it
+    fires), so a chunk costs a clock read, not a timer. Call `reading` before each read.
+    The watchdog fails the read by setting an exception on the stream, which wakes it.
+    """
+
+    __slots__ = ("_content", "_handle", "_limit", "_loop", "_since", "fired")
+
+    def __init__(self, content: aiohttp.StreamReader, limit: float) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._content = content
+        self._limit = limit
+        self._since = loop.time()
+        self._handle = loop.call_at(self._since + limit, self._check)
+        self.fired = False
+
+    def reading(self) -> None:
+        """A read of the next bytes starts now."""
+        self._since = self._loop.time()
+
+    def _check(self) -> None:
+        due = self._since + self._limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self.fired = True
+        self._content.set_exception(
+            UpstreamTimeoutError(f"no byte from the backend for {self._limit:g} s")
+        )
+
+    def cancel(self) -> None:
+        """Stop watching (the response ended)."""
+        self._handle.cancel()
