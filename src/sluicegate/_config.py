@@ -156,7 +156,9 @@ class FlowControlConfig:
         dynamic_bands: create a band the first time its priority is seen; when off,
             requests at an unknown priority are served in band 0.
         flow_idle_timeout: seconds a flow with nothing queued or in flight is kept.
-        band_idle_timeout: seconds a dynamic band with no flow is kept.
+        band_idle_timeout: seconds a dynamic band is kept after its last request left
+            (queued or in flight); its flows are kept `flow_idle_timeout` of that, so it
+            must be at least `flow_idle_timeout`.
         flow_weights: weight by fairness id or glob pattern (`fnmatch`); exact ids win,
             then the first matching pattern in order; default 1. A flow with weight 2
             gets twice the token service of a flow with weight 1 under `token-fair`.
@@ -195,6 +197,12 @@ class FlowControlConfig:
             raise ConfigError(f"dynamic_bands must be a bool, got {self.dynamic_bands!r}")
         _check_duration("flow_idle_timeout", self.flow_idle_timeout, allow_none=False)
         _check_duration("band_idle_timeout", self.band_idle_timeout, allow_none=False)
+        if self.band_idle_timeout < self.flow_idle_timeout:
+            raise ConfigError(
+                f"band_idle_timeout={self.band_idle_timeout!r} is shorter than "
+                f"flow_idle_timeout={self.flow_idle_timeout!r}: a band is kept while it has "
+                "flows, so it cannot go sooner than they do"
+            )
         _check_duration("fairness_window", self.fairness_window, allow_none=False)
         object.__setattr__(self, "flow_weights", _frozen_weights(self.flow_weights))
 

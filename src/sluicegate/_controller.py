@@ -24,7 +24,6 @@ from ._errors import (
     NoEndpointsEvictedError,
     RejectedError,
     TTLExpiredError,
-    WouldBlock,
 )
 from ._saturation import NeverSaturated
 from ._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
@@ -174,10 +173,12 @@ class FlowController:
             await waiter
         except BaseException:
             now = loop.time()
-            if self._core.cancel(ticket, now):
-                pass
-            elif self._core.revoke(ticket, now, self._detector):
+            # Leaving the queue can unblock others (it may have been the head that held
+            # a pass at its band's ceiling), and may leave its flow idle: run a pass and
+            # make sure collection is scheduled, as a release does.
+            if self._core.cancel(ticket, now) or self._core.revoke(ticket, now, self._detector):
                 self._dispatch()
+                self._arm_collection()
             raise
         ticket.handed_over = True
         return ticket
@@ -190,7 +191,10 @@ class FlowController:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
     ) -> Ticket:
-        """Dispatch at once if nothing waits and capacity is free, else raise.
+        """Dispatch at once, or raise: the request is never queued.
+
+        It is dispatched when nothing waits in its band or above and the detector lets
+        its band dispatch (below saturation and below the band's `max_utilization`).
 
         Args:
             key, size, input_tokens, output_tokens: as for `enqueue_and_wait`.
@@ -199,12 +203,9 @@ class FlowController:
             WouldBlock: the request would have to wait; nothing is counted.
             ControllerClosedError: the controller is not running.
         """
-        if not self._running:
-            raise self._core.reject_closed()
-        core = self._core
-        if core.queued_requests or not core.can_dispatch(self._detector):
-            raise WouldBlock(f"{key} cannot be dispatched without waiting")
-        return self._submit(key, size, None, None, input_tokens, output_tokens)
+        ticket = self._submit(key, size, None, None, input_tokens, output_tokens, nowait=True)
+        ticket.handed_over = True
+        return ticket
 
     @contextlib.asynccontextmanager
     async def admit(
@@ -243,6 +244,8 @@ class FlowController:
         slo: float | None,
         input_tokens: int | None,
         output_tokens: int | None,
+        *,
+        nowait: bool = False,
     ) -> Ticket:
         if not isinstance(key, FlowKey):
             raise TypeError(f"key must be a FlowKey, got {key!r}")
@@ -261,7 +264,15 @@ class FlowController:
             raise self._core.reject_closed()
         try:
             ticket = self._core.submit(
-                key, size, ttl, slo, self._now(), self._detector, input_tokens, output_tokens
+                key,
+                size,
+                ttl,
+                slo,
+                self._now(),
+                self._detector,
+                input_tokens,
+                output_tokens,
+                nowait=nowait,
             )
         except RejectedError:
             self._arm_collection()
@@ -312,8 +323,22 @@ class FlowController:
         """
         if not isinstance(config, FlowControlConfig):
             raise TypeError(f"config must be a FlowControlConfig, got {config!r}")
-        self._core.reconfigure(config)
+        self._core.reconfigure(config, self._now())
         self._after_change()
+        if self._running:
+            self._arm_timer()  # a band no longer static may now be collectable
+
+    def queued_requests(self, priority: int | None = None) -> int:
+        """Requests waiting in band `priority` (0 if it has no band), or in all bands.
+
+        O(1), from counters: cheap enough for every rejection (Retry-After), unlike
+        `statistics()`, which scans every queued request.
+        """
+        core = self._core
+        if priority is None:
+            return core.queued_requests
+        band = core.registry.bands.get(priority)
+        return 0 if band is None else band.queued_requests
 
     def statistics(self) -> ControllerStatistics:
         """A frozen, exact snapshot of bands, flows, counters and outcomes."""
@@ -373,13 +398,25 @@ class FlowController:
             again = True
             while again:
                 self._again = False
-                for ticket in self._core.dispatch(self._now(), self._detector):
-                    ticket.waiter.set_result(ticket)
-                again = self._again
+                again = self._hand_over(self._core.dispatch(self._now(), self._detector))
+                again = again or self._again
         finally:
             self._in_pass = False
         if self._core.blocked and self._detector.recheck_interval is not None:
             self._arm_timer()
+
+    def _hand_over(self, dispatched: list[Ticket]) -> bool:
+        """Resume each dispatched request's waiter. A ticket whose waiter is gone (or
+        already done) is revoked, so its slot is not lost; the rest of the batch is
+        resumed regardless. Returns True if a slot was given back (run another pass)."""
+        revoked = False
+        for ticket in dispatched:
+            waiter = ticket.waiter
+            if waiter is None or waiter.done():
+                revoked = self._core.revoke(ticket, self._now(), self._detector) or revoked
+                continue
+            waiter.set_result(ticket)
+        return revoked
 
     def _arm_timer(self) -> None:
         at = self._core.next_deadline()

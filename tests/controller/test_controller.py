@@ -352,3 +352,92 @@ async def test_max_utilization_keeps_headroom_for_higher_bands() -> None:
         for task in low:
             (await task).release()
         assert gate.in_flight == 0
+
+
+async def test_enqueue_nowait_respects_the_band_ceiling() -> None:
+    """Dispatched or raise, never queued: a band over its max_utilization raises."""
+    gate = ManualDetector()
+    gate.load = 0.7
+    config = sg.FlowControlConfig(default_band=sg.BandConfig(max_utilization=0.5))
+    async with sg.FlowController(config, saturation=gate) as ctl:
+        with pytest.raises(sg.WouldBlock):
+            ctl.enqueue_nowait(sg.FlowKey("a"))
+        stats = ctl.statistics()
+        assert stats.submitted == 0 and stats.queued_requests == 0 and not stats.flows
+        waiter = asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("b")))
+        await asyncio.sleep(1)
+        gate.load = 0.2
+        gate.set()
+        (await waiter).release()
+
+
+async def test_a_pass_never_strands_its_batch_when_one_waiter_is_gone() -> None:
+    """A queued ticket with no live waiter is revoked; the rest of the batch resumes."""
+    ctl, gate = _controller(limit=1)
+    async with ctl:
+        holder = await ctl.enqueue_and_wait(sg.FlowKey("holder"))
+        tasks = [asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey(f"w{i}"))) for i in range(3)]
+        await asyncio.sleep(0)
+        band = ctl._core.registry.bands[0]
+        orphan = band.flows["w1"].queue.peek()
+        assert orphan is not None
+        orphan.waiter = None  # what the enqueue_nowait defect left behind
+        gate.set_limit(3)
+        holder.release()
+        await asyncio.sleep(0)
+        assert tasks[0].done() and tasks[2].done()
+        assert gate.in_flight == 2 and ctl.statistics().in_flight == 2
+        assert orphan.outcome is sg.Outcome.EVICTED_CANCELLED
+        tasks[1].cancel()
+        for task in (tasks[0], tasks[2]):
+            (await task).release()
+
+
+async def test_cancelling_a_queued_request_unblocks_the_work_behind_it() -> None:
+    """A higher band parked at its ceiling blocks lower bands; cancelling it runs a pass."""
+    gate = ManualDetector()
+    gate.load = 0.7
+    config = sg.FlowControlConfig(bands={10: sg.BandConfig(max_utilization=0.5)})
+    async with sg.FlowController(config, saturation=gate) as ctl:
+        high = asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("chat", 10)))
+        await asyncio.sleep(0)
+        low = asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("std", 0)))
+        await asyncio.sleep(0)
+        assert ctl.statistics().queued_requests == 2
+        high.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert low.done()
+        (await low).release()
+
+
+async def test_cancelling_a_queued_request_arms_collection() -> None:
+    """The cancelled request's flow goes idle and is collected on time."""
+    config = sg.FlowControlConfig(default_ttl=None, flow_idle_timeout=5.0, band_idle_timeout=5.0)
+    ctl, _ = _controller(config)
+    async with ctl:
+        holder = await ctl.enqueue_and_wait(sg.FlowKey("holder"))
+        task = asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("gone", 3)))
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(20)
+        stats = ctl.statistics()
+        assert sg.FlowKey("gone", 3) not in stats.flows and 3 not in stats.bands
+        holder.release()
+
+
+async def test_queued_requests_of_one_band_without_a_snapshot() -> None:
+    """`queued_requests(priority)` answers from counters (Retry-After uses it per 429)."""
+    ctl, gate = _controller()
+    async with ctl:
+        holder = await ctl.enqueue_and_wait(sg.FlowKey("h"))
+        tasks = [asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("a", p))) for p in (3, 3, 4)]
+        await asyncio.sleep(0)
+        assert (ctl.queued_requests(3), ctl.queued_requests(4), ctl.queued_requests(9)) == (2, 1, 0)
+        assert ctl.queued_requests() == 3
+        gate.set_limit(4)
+        holder.release()
+        for task in tasks:
+            (await task).release()

@@ -30,10 +30,12 @@ class Harness:
         now: float = 0.0,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        nowait: bool = False,
     ) -> Ticket:
-        return self.core.submit(
-            FlowKey(fid, priority), size, ttl, slo, now, self.gate, input_tokens, output_tokens
-        )
+        args = (FlowKey(fid, priority), size, ttl, slo, now, self.gate)
+        if nowait:
+            return self.core.submit(*args, input_tokens, output_tokens, nowait=True)
+        return self.core.submit(*args, input_tokens, output_tokens)
 
     def dispatch_one(self, now: float = 0.0) -> Ticket | None:
         """Dispatch exactly one request (the gate saturates right after it)."""

@@ -153,7 +153,8 @@ def test_retiring_band_without_dynamic_bands_sends_new_requests_to_zero(
 
 
 def test_idle_flow_is_collected_after_timeout(make: Callable[..., Harness]) -> None:
-    """A flow with nothing queued or in flight goes after flow_idle_timeout."""
+    """A flow with nothing queued or in flight goes after flow_idle_timeout; its dynamic
+    band goes band_idle_timeout after the same last request, not after the flow."""
     h = make(sg.FlowControlConfig(flow_idle_timeout=10.0, band_idle_timeout=20.0), saturated=False)
     t = h.submit("a", 4, now=0.0)
     h.release(t, now=1.0)
@@ -163,8 +164,10 @@ def test_idle_flow_is_collected_after_timeout(make: Callable[..., Harness]) -> N
     h.core.expire(11.0, h.gate)
     stats = h.core.statistics()
     assert sg.FlowKey("a", 4) not in stats.flows and 4 in stats.bands
-    assert h.core.next_deadline() == 31.0
-    h.core.expire(31.0, h.gate)
+    assert h.core.next_deadline() == 21.0
+    h.core.expire(20.9, h.gate)
+    assert 4 in h.core.statistics().bands
+    h.core.expire(21.0, h.gate)
     assert 4 not in h.core.statistics().bands
     assert h.core.next_deadline() is None
 

@@ -95,3 +95,11 @@ def test_max_utilization_is_validated() -> None:
     for bad in (0, 1.5, -0.1, True):
         with pytest.raises(sg.ConfigError, match="max_utilization"):
             sg.BandConfig(max_utilization=bad)
+
+
+def test_band_idle_timeout_shorter_than_flow_idle_timeout_is_an_error() -> None:
+    """A band is kept band_idle_timeout after its last request; its flows live that long
+    too, so a shorter band timeout could never be honoured."""
+    with pytest.raises(sg.ConfigError, match="band_idle_timeout"):
+        sg.FlowControlConfig(flow_idle_timeout=300.0, band_idle_timeout=60.0)
+    sg.FlowControlConfig(flow_idle_timeout=60.0, band_idle_timeout=60.0)

@@ -220,7 +220,7 @@ def test_reconfigure_keeps_queued_work_and_rebuilds_policies(make: Callable[...,
     new = sg.FlowControlConfig(
         default_ttl=None, default_band=sg.BandConfig(fairness="round-robin", max_requests=1)
     )
-    h.core.reconfigure(new)
+    h.core.reconfigure(new, now=0.0)
     stats = h.core.statistics()
     assert stats.bands[0].queued_requests == 3 and stats.bands[0].fairness == "round-robin"
     with pytest.raises(sg.QueueFullError):
@@ -233,7 +233,7 @@ def test_reconfigure_turns_a_band_static(make: Callable[..., Harness]) -> None:
     """A band declared static in a new config keeps that config from then on."""
     h = make()
     h.submit("a", 5)
-    h.core.reconfigure(sg.FlowControlConfig(bands={5: sg.BandConfig(max_requests=9)}))
+    h.core.reconfigure(sg.FlowControlConfig(bands={5: sg.BandConfig(max_requests=9)}), now=0.0)
     band = h.core.statistics().bands[5]
     assert band.dynamic is False and band.max_requests == 9 and band.queued_requests == 1
 

@@ -163,7 +163,7 @@ def test_weights_follow_reconfigure(make: Callable[..., Harness]) -> None:
     """A new config updates the weights of existing flows."""
     h = make(_config())
     h.submit("a")
-    h.core.reconfigure(_config(flow_weights={"a": 3.0}))
+    h.core.reconfigure(_config(flow_weights={"a": 3.0}), now=0.0)
     assert h.core.statistics().flows[sg.FlowKey("a", 0)].weight == 3.0
 
 
@@ -260,3 +260,29 @@ def test_running_counts_do_not_teach_the_estimate(make: Callable[..., Harness]) 
     h.core.record_usage(t, None, 3, now=0.0, final=False)
     h.release(t)
     assert h.submit("a", input_tokens=1).output_tokens == 256
+
+
+def test_absurd_estimates_refunded_do_not_freeze_fairness(make: Callable[..., Harness]) -> None:
+    """Six requests claiming 2**63-1 output tokens, all refused and refunded, leave the
+    band's token fairness intact (the issue saw it fall from 35:1 to 1.4:1 for good)."""
+    h = make(_config())
+    for _ in range(6):
+        h.submit("x", input_tokens=10, output_tokens=2**63 - 1)
+    absurd = [_dispatch_one(h) for _ in range(6)]
+    for ticket in absurd:
+        h.core.record_usage(ticket, 0, 0, 0.0)
+        h.release(ticket)
+    served = _serve(h, {"small": (50, 25), "large": (500, 250)}, steps=220)
+    ratio = served["small"] / served["large"]
+    assert 0.8 < ratio < 1.25  # equal token service: ten small requests per large one
+
+
+def test_one_charge_is_clamped(make: Callable[..., Harness]) -> None:
+    """Token counts beyond MAX_REQUEST_TOKENS are charged as that maximum."""
+    from sluicegate._core._scheduler import MAX_REQUEST_TOKENS
+
+    h = make(_config(), saturated=False)
+    ticket = h.submit("x", input_tokens=10**30, output_tokens=2**63 - 1)
+    assert ticket.input_tokens == ticket.output_tokens == MAX_REQUEST_TOKENS
+    h.core.record_usage(ticket, 10**40, 5, 0.0)
+    assert ticket.input_tokens == MAX_REQUEST_TOKENS and ticket.output_tokens == 5

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from click.testing import CliRunner
 
+import sluicegate as sg
 import sluicegate.demo
 from sluicegate.cli import main
 from sluicegate.demo import Workload, demo_gateway_config
+from sluicegate.gateway._pool import Pool
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from sluicegate.demo._stack import Mode
 
 
 def test_all_names_import_from_the_public_module() -> None:
@@ -24,20 +30,33 @@ def test_all_names_import_from_the_public_module() -> None:
 
 
 def test_flow_control_off_never_holds_a_request_back() -> None:
-    """Off: a concurrency limit no run reaches; on: one batch per backend, capped batch band."""
+    """Off: 3,000 requests in flight at once, every band, none held; on: held at the slots.
+
+    Runs each mode's pool (its controller and detector, as the gateway builds them) and
+    dispatches with `enqueue_nowait`, which raises the moment a request would wait.
+    """
     urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
-    on = demo_gateway_config("on", urls, Workload(), max_in_flight=16)
-    off = demo_gateway_config("off", urls, Workload(), max_in_flight=16)
-    assert on.pools[0].saturation.type == off.pools[0].saturation.type == "concurrency"
-    assert on.pools[0].saturation.max_in_flight == 16
-    assert off.pools[0].saturation.max_in_flight >= 100_000
-    assert on.server.host == "127.0.0.1"
-    assert {o.name: o.priority for o in on.objectives} == {
-        "interactive": 10,
-        "standard": 0,
-        "batch": -1,
-    }
-    assert on.flow_control.default_band.fairness == "round-robin"
+
+    async def dispatched_without_waiting(mode: Mode) -> int:
+        config = demo_gateway_config(mode, urls, Workload(), max_in_flight=16)
+        assert {o.name: o.priority for o in config.objectives} == {
+            "interactive": 10,
+            "standard": 0,
+            "batch": -1,
+        }
+        pool = Pool(config.pools[0], config.flow_control.build(), asyncio.get_running_loop().time)
+        count = 0
+        async with pool.controller as controller:
+            with contextlib.suppress(sg.WouldBlock):
+                for i in range(3000):
+                    objective = config.objectives[i % len(config.objectives)]
+                    controller.enqueue_nowait(sg.FlowKey(f"tenant-{i % 7}", objective.priority))
+                    count += 1
+        return count
+
+    assert asyncio.run(dispatched_without_waiting("off")) == 3000
+    # The control: with flow control on, the batch band stops at its share of 2 x 16 slots.
+    assert asyncio.run(dispatched_without_waiting("on")) < 32
 
 
 def test_cli_help_lists_the_options() -> None:

@@ -80,7 +80,8 @@ async def test_kv_cache_usage_saturates_too() -> None:
 
 @pytest.mark.asyncio
 async def test_burst_between_scrapes_cannot_overshoot() -> None:
-    """With one scrape only, dispatches stop at the queue-depth threshold."""
+    """With one scrape only, dispatches stop at the queue-depth threshold, and stay there:
+    a later request (a barrier every pending pass has run before) finds it unchanged."""
     fake = FakeUpstream()
     fake.hold = asyncio.Event()
     sat = util(queue_depth_threshold=2, scrape_interval=30, staleness=60)
@@ -88,6 +89,11 @@ async def test_burst_between_scrapes_cannot_overshoot() -> None:
         await eventually(lambda: fake.metrics_scrapes >= 1)
         tasks = [asyncio.ensure_future(client.post(CHAT, data=BODY)) for _ in range(4)]
         await eventually(lambda: queued(gw) == 2 and len(fake.requests) == 2)
+        tasks.append(asyncio.ensure_future(client.post(CHAT, data=BODY)))
+        await eventually(lambda: queued(gw) == 3)
+        stats = gw.pools["default"].controller.statistics()
+        assert stats.submitted == 5 and stats.dispatched == 2 and stats.in_flight == 2
+        assert len(fake.requests) == 2 and fake.metrics_scrapes == 1
         fake.hold.set()
         for task in tasks:
             task.cancel()

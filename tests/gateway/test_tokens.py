@@ -113,7 +113,7 @@ async def test_non_streamed_usage_and_error_statuses() -> None:
     m, ticket = meter()
     m.body(400, b'{"error": {"message": "too long"}}')
     m.close()
-    assert ticket.calls == [(None, 0)]
+    assert ticket.calls == [(0, 0)]
     m, ticket = meter()
     m.body(200, b'{"choices": []}')  # a backend that reports no usage: the estimate stands
     m.close()
@@ -183,8 +183,16 @@ async def test_stream_error_status_and_failure_before_any_byte_refund_output() -
     m.begin(429)
     m.chunk(b'{"error": {}}')
     m.close()
-    assert ticket.calls == [(None, 0)]
+    assert ticket.calls == [(0, 0)]
     m, ticket = meter()
     m.failed()
     m.close()
-    assert ticket.calls == [(None, 0)]
+    assert ticket.calls == [(0, 0)]
+
+
+async def test_output_estimate_is_clamped() -> None:
+    """A client's absurd max_tokens is charged as MAX_OUTPUT_ESTIMATE at most."""
+    from sluicegate.gateway._tokens import MAX_OUTPUT_ESTIMATE
+
+    assert estimate_output_tokens({"max_tokens": 2**63 - 1}) == MAX_OUTPUT_ESTIMATE
+    assert estimate_output_tokens({"max_completion_tokens": 100}) == 100

@@ -194,12 +194,30 @@ async def test_disconnect_while_queued_leaves_the_queue() -> None:
         await sim.until(lambda s: s.running == 0)
 
 
-async def test_priority_field_is_accepted(sim: Sim) -> None:
-    """vLLM's `priority` request field passes through the openai client's extra_body."""
-    reply = await sim.client.completions.create(
-        model="sim-model", prompt="x", max_tokens=1, extra_body={"priority": -3}
-    )
-    assert reply.usage is not None
+async def test_priority_field_is_accepted() -> None:
+    """vLLM's `priority` (the openai client's extra_body) orders the engine's waiting
+    queue under the `priority` policy: lower first, whatever the arrival order."""
+    async with start(FAST.replace(max_num_seqs=1, scheduling_policy="priority")) as sim:
+        blocker = await sim.client.completions.create(
+            model="sim-model", prompt="x", max_tokens=2000, stream=True
+        )
+        await sim.until(lambda s: s.running == 1)
+        order: list[int] = []
+
+        async def one(priority: int) -> None:
+            reply = await sim.client.completions.create(
+                model="sim-model", prompt="x", max_tokens=1, extra_body={"priority": priority}
+            )
+            assert reply.usage is not None
+            order.append(priority)
+
+        tasks = [asyncio.create_task(one(5))]
+        await sim.until(lambda s: s.waiting == 1)
+        tasks.append(asyncio.create_task(one(-3)))
+        await sim.until(lambda s: s.waiting == 2)
+        await blocker.close()  # frees the one slot: the engine picks the next waiter
+        await asyncio.gather(*tasks)
+        assert order == [-3, 5]
 
 
 async def test_many_concurrent_streams_all_complete() -> None:

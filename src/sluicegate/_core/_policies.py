@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from ._registry import Flow
     from ._ticket import Ticket
 
+#: Dead heap entries tolerated beyond the live ones before a rebuild.
+_HEAP_SLACK: Final = 32
+_NO_KEY: Final = object()
+
 __all__ = [
     "FAIRNESS_POLICIES",
     "ORDERING_POLICIES",
@@ -115,19 +119,36 @@ class GlobalStrict:
     """The best head across all flows by the band's ordering (ties: earlier arrival).
 
     A heap of (head sort key, flow) with lazy invalidation: an entry is live while it
-    names its flow's current head. Keys are unique, so the order is deterministic.
+    names its flow's current head (`_heads`). Keys are unique, so the order is
+    deterministic. Heads change without a pass (expiry, cancellation) for as long as
+    the pool stays saturated, so the heap is rebuilt from the live heads whenever dead
+    entries outnumber them: its size stays within twice the backlogged flows.
     """
 
     name: ClassVar[str] = "global-strict"
-    __slots__ = ("_heap",)
+    __slots__ = ("_heads", "_heap")
 
     def __init__(self) -> None:
         self._heap: list[tuple[Any, Flow]] = []
+        #: The sort key of each backlogged flow's head, as last pushed.
+        self._heads: dict[Flow, Any] = {}
 
     def head_changed(self, flow: Flow, /) -> None:
         head = flow.queue.peek()
-        if head is not None:
-            heapq.heappush(self._heap, (head.sort_key, flow))
+        heads = self._heads
+        if head is None:
+            heads.pop(flow, None)
+            return
+        key = head.sort_key
+        if heads.get(flow, _NO_KEY) == key:
+            return
+        heads[flow] = key
+        heap = self._heap
+        if len(heap) >= 2 * len(heads) + _HEAP_SLACK:
+            heap[:] = [(k, f) for f, k in heads.items()]
+            heapq.heapify(heap)
+        else:
+            heapq.heappush(heap, (key, flow))
 
     def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
         self.head_changed(flow)
@@ -143,6 +164,8 @@ class GlobalStrict:
             if head is not None and head.sort_key == key:
                 return flow
             heapq.heappop(heap)
+            if head is None:
+                self._heads.pop(flow, None)
         return None
 
 
@@ -209,7 +232,19 @@ class TokenFair:
 
     def _push(self, flow: Flow) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (flow.fair_counter, self._seq, flow))
+        heap = self._heap
+        if len(heap) >= 2 * len(self._active) + _HEAP_SLACK:
+            # Usage reports re-push a backlogged flow each time: rebuild from the live
+            # counters instead of letting one entry per report pile up.
+            # Every backlogged flow has an entry naming its counter; keep one each.
+            live: dict[Flow, tuple[float, int, Flow]] = {}
+            for entry in heap:
+                counter, _, owner = entry
+                if owner in self._active and owner.fair_counter == counter:
+                    live.setdefault(owner, entry)
+            heap[:] = live.values()
+            heapq.heapify(heap)
+        heapq.heappush(heap, (flow.fair_counter, self._seq, flow))
 
     def _min_active(self) -> float | None:
         heap = self._heap

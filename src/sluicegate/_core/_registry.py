@@ -17,7 +17,12 @@ in-flight request, and never when it is protected (static, 0 or desired):
 
 * retirement: `reconcile` marks an undesired, non-empty band retiring; it goes the
   moment its last request leaves;
-* idle collection: a dynamic band with no flow for `band_idle_timeout`.
+* idle collection: a dynamic band with no flow, `band_idle_timeout` after its last
+  request left (its flows are kept `flow_idle_timeout`, which may not be longer).
+
+A band first seen on a request that is refused is dropped at once: rejected requests
+create no flow and keep no band (fairness ids are client-chosen; no state may grow
+with them).
 
 So nothing queued is ever dropped, orphaned or moved by a removal.
 """
@@ -208,6 +213,24 @@ class Registry:
             self._idle_flows.pop(flow, None)
         return flow
 
+    def forget_if_unused(self, band: Band) -> None:
+        """Drop `band` if a request that was just refused created it.
+
+        A band with no flow that is neither protected nor on its idle clock can only be
+        one `band_for` created for that request; keeping it would leave a band nothing
+        ever collects.
+        """
+        if not band.flows and not self.protected(band) and band not in self._idle_bands:
+            self._remove_band(band)
+
+    def _band_idle_since(self, band: Band, since: float) -> None:
+        """Start `band`'s idle clock. The map stays ordered by time (oldest first) by
+        never going back in time: a band may be collected late, never early."""
+        bands = self._idle_bands
+        if bands:
+            since = max(since, next(reversed(bands.values())))
+        bands[band] = since
+
     def settle(self, flow: Flow, now: float) -> None:
         """Called after `flow` lost a queued or in-flight request."""
         if flow.in_flight or len(flow.queue):
@@ -244,7 +267,8 @@ class Registry:
             band = flow.band
             del band.flows[flow.key.id]
             if not band.flows and not self.protected(band):
-                self._idle_bands[band] = now
+                # The band's clock runs from its last request, like its flows' clocks.
+                self._band_idle_since(band, since)
         band_timeout = self.config.band_idle_timeout
         idle_bands = self._idle_bands
         while idle_bands:
@@ -269,8 +293,12 @@ class Registry:
             else:
                 band.retiring = True
 
-    def reconfigure(self, config: FlowControlConfig) -> list[Band]:
-        """Adopt a new config. Returns the bands whose policies changed (to rebuild)."""
+    def reconfigure(self, config: FlowControlConfig, now: float) -> list[Band]:
+        """Adopt a new config. Returns the bands whose policies changed (to rebuild).
+
+        A band that stops being static becomes dynamic: if it has no flow its idle
+        clock starts now; otherwise it starts when its last flow is collected.
+        """
         self.config = config
         for priority in config.bands:
             self._add_band(priority)
@@ -289,4 +317,6 @@ class Registry:
                 changed.append(band)
             if band.static:
                 self._idle_bands.pop(band, None)
+            elif not band.flows and not self.protected(band) and band not in self._idle_bands:
+                self._band_idle_since(band, now)
         return changed

@@ -26,7 +26,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Final, final
 
-from .._errors import ControllerClosedError, NoEndpointsError, QueueFullError
+from .._errors import ControllerClosedError, NoEndpointsError, QueueFullError, WouldBlock
 from .._types import (
     ControllerStatistics,
     FlowKey,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .._saturation import SaturationDetector
     from ._registry import Band, Flow
 
-__all__ = ["Scheduler"]
+__all__ = ["MAX_REQUEST_TOKENS", "Scheduler"]
 
 _log = logging.getLogger("sluicegate")
 
@@ -57,6 +57,12 @@ _DEFAULT_OUTPUT_TOKENS: Final = 256
 _OUTPUT_AVERAGE_WEIGHT: Final = 0.2
 #: Buckets per fairness window.
 _WINDOW_BUCKETS: Final = 20
+#: Most tokens (input or output) one request is charged, in estimates and in reports:
+#: longer than any model's context today, and small enough that the sum of many such
+#: charges keeps a float counter exact to well below one token, so one absurd figure
+#: (max_tokens = 2**63 - 1) cannot push a flow's counter or a band's virtual time out of
+#: the range where ordinary costs still register.
+MAX_REQUEST_TOKENS: Final = 1 << 24
 #: Dead timer entries tolerated beyond twice the live ones before the heap is rebuilt.
 _TIMER_SLACK: Final = 64
 
@@ -108,8 +114,13 @@ class Scheduler:
         gate: SaturationDetector,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        *,
+        nowait: bool = False,
     ) -> Ticket:
         """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
+
+        A rejected request leaves no state behind: its flow is created only once it is
+        admitted, and a dynamic band first seen on it is dropped again.
 
         Args:
             ttl: seconds it may wait; None = the configured default; inf = forever.
@@ -117,16 +128,46 @@ class Scheduler:
             input_tokens: estimated prompt tokens; None = size / 4.
             output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
                 recent average of actual output.
+            nowait: dispatch at once or raise `WouldBlock` (counting nothing); never queue.
 
         Returns:
-            the ticket, DISPATCHED or QUEUED.
+            the ticket, DISPATCHED or QUEUED (never QUEUED with `nowait`).
         """
         if self.closed:
             raise self.reject_closed()
+        registry = self.registry
+        band, fallback = registry.band_for(key.priority)
+        immediate = self._may_start(band, gate)
+        if nowait and not immediate:
+            registry.forget_if_unused(band)
+            raise WouldBlock(f"{key} cannot be dispatched without waiting")
         self.submitted += 1
-        config = self.registry.config
+        if fallback:
+            band.fallback_requests += 1
+        ticket = self._ticket(key, size, ttl, slo, now, band, input_tokens, output_tokens)
+        if immediate:
+            ticket.flow = registry.flow_for(band, key.id)
+            self._start(ticket, now, gate)
+            return ticket
+        self._check_admission(ticket, band, gate)
+        flow = ticket.flow = registry.flow_for(band, key.id)
+        self._enqueue(ticket, band, flow, now)
+        return ticket
+
+    def _ticket(
+        self,
+        key: FlowKey,
+        size: int,
+        ttl: float | None,
+        slo: float | None,
+        now: float,
+        band: Band,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> Ticket:
+        """A new ticket with its deadlines and (clamped) token estimates; no flow yet."""
         if ttl is None:
-            ttl = config.default_ttl
+            ttl = self.registry.config.default_ttl
         self._seq += 1
         ticket = Ticket(
             key,
@@ -136,29 +177,33 @@ class Scheduler:
             None if ttl is None or ttl == math.inf else now + ttl,
             None if slo is None else now + slo,
         )
-        band, fallback = self.registry.band_for(key.priority)
-        if fallback:
-            band.fallback_requests += 1
-        flow = self.registry.flow_for(band, key.id)
-        ticket.band, ticket.flow, ticket.priority = band, flow, band.priority
-        ticket.input_tokens = -(-size // _BYTES_PER_TOKEN) if input_tokens is None else input_tokens
+        ticket.band, ticket.priority = band, band.priority
+        if input_tokens is None:
+            input_tokens = -(-size // _BYTES_PER_TOKEN)
         if output_tokens is None:
             # The flow's own history, else its band's, else a fixed prior.
-            average = flow.output_average
+            flow = band.flows.get(key.id)
+            average = None if flow is None else flow.output_average
             if average is None:
                 average = band.output_average
             output_tokens = _DEFAULT_OUTPUT_TOKENS if average is None else round(average)
-        ticket.output_tokens = output_tokens
-        if self.queued_requests == 0 and self.can_dispatch(gate, band):
-            self._start(ticket, now, gate)
-            return ticket
-        self._check_admission(ticket, band, gate, now)
-        self._enqueue(ticket, band, flow, now)
+        ticket.input_tokens = min(input_tokens, MAX_REQUEST_TOKENS)
+        ticket.output_tokens = min(output_tokens, MAX_REQUEST_TOKENS)
         return ticket
 
-    def _check_admission(
-        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
-    ) -> None:
+    def _may_start(self, band: Band, gate: SaturationDetector) -> bool:
+        """True when a request for `band` may be dispatched on arrival: nothing waits in
+        its band or above (work parked lower down does not hold it back) and the gate
+        lets this band dispatch."""
+        if self.queued_requests:
+            for level in self.registry.levels:
+                if level.queued_requests:
+                    return False
+                if level is band:
+                    break
+        return self.can_dispatch(gate, band)
+
+    def _check_admission(self, ticket: Ticket, band: Band, gate: SaturationDetector) -> None:
         config = self.registry.config
         error: Exception | None = None
         if config.no_endpoint_ttl == 0 and not _has_endpoints(gate):
@@ -182,7 +227,7 @@ class Scheduler:
         if error is not None:
             assert isinstance(error, QueueFullError | NoEndpointsError)
             self._finish(ticket, error.outcome)
-            self.registry.settle(ticket.flow, now)  # type: ignore[arg-type]  # set by submit
+            self.registry.forget_if_unused(band)
             raise error
 
     def _enqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
@@ -197,18 +242,26 @@ class Scheduler:
         flow.last_backlogged = now
         if flow.queue.push(ticket):
             band.fairness.head_changed(flow)
-        timers = self._timers
-        if len(timers) > 4 * self.queued_requests + _TIMER_SLACK:
-            # Entries of tickets that left the queue are skipped lazily at the top; one
-            # long waiter at the top would let them pile up, so rebuild now and then.
-            timers = self._timers = [e for e in timers if e[3].state is State.QUEUED]
-            heapq.heapify(timers)
+        timers = self._compact_timers()
         if ticket.expires_at is not None:
             heapq.heappush(timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
         no_endpoint_ttl = self.registry.config.no_endpoint_ttl
         if no_endpoint_ttl is not None:
             ticket.no_endpoint_at = now + no_endpoint_ttl
             heapq.heappush(timers, (ticket.no_endpoint_at, ticket.seq, _NO_ENDPOINT, ticket))
+
+    def _compact_timers(self) -> list[tuple[float, int, int, Ticket]]:
+        """The timer heap, rebuilt when dead entries outnumber the live ones.
+
+        Entries of tickets that left the queue are skipped lazily at the top; one long
+        waiter at the top, or mass cancellation, would let them pile up.
+        """
+        timers = self._timers
+        if len(timers) > 4 * self.queued_requests + _TIMER_SLACK:
+            # In place: `expire` may be popping from this very list.
+            timers[:] = [e for e in timers if e[3].state is State.QUEUED]
+            heapq.heapify(timers)
+        return timers
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -314,6 +367,10 @@ class Scheduler:
         """
         if ticket.state not in (State.DISPATCHED, State.RELEASED):
             return False
+        if input_tokens is not None:
+            input_tokens = min(input_tokens, MAX_REQUEST_TOKENS)
+        if output_tokens is not None:
+            output_tokens = min(output_tokens, MAX_REQUEST_TOKENS)
         d_in = 0 if input_tokens is None else input_tokens - ticket.input_tokens
         d_out = 0 if output_tokens is None else output_tokens - ticket.output_tokens
         if output_tokens is not None:
@@ -387,6 +444,7 @@ class Scheduler:
         if head_changed:
             band.fairness.head_changed(flow)
         self.registry.settle(flow, now)
+        self._compact_timers()
         return True
 
     def cancel(self, ticket: Ticket, now: float) -> bool:
@@ -466,13 +524,15 @@ class Scheduler:
         """Follow a desired set of priorities (see `FlowController.reconcile_priorities`)."""
         self.registry.reconcile(desired)
 
-    def reconfigure(self, config: FlowControlConfig) -> None:
+    def reconfigure(self, config: FlowControlConfig, now: float) -> None:
         """Adopt `config` without dropping anything queued or in flight.
 
         Bands whose ordering, fairness or queue changed get new policy objects and
-        their queued tickets are re-inserted in their old order under the new keys.
+        their queued tickets are re-inserted in their old order under the new keys. A
+        band no longer static becomes dynamic: collected once idle (from `now` if it
+        has no flow).
         """
-        for band in self.registry.reconfigure(config):
+        for band in self.registry.reconfigure(config, now):
             self._rebuild(band)
 
     def _rebuild(self, band: Band) -> None:

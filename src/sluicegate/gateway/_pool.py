@@ -159,8 +159,7 @@ class Pool:
 
     def retry_after(self, priority: int) -> int:
         """Seconds after which band `priority` should have room, from its drain rate."""
-        band = self.controller.statistics().bands.get(priority)
-        queued = band.queued_requests if band is not None else 0
+        queued = self.controller.queued_requests(priority)  # O(1): runs on every 429
         meter = self._meters.get(priority)
         rate = meter.rate(self._clock()) if meter is not None else 0.0
         if rate <= 0.0:

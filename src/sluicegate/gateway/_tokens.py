@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import sluicegate as sg
 
 __all__ = [
+    "MAX_OUTPUT_ESTIMATE",
     "REPORT_EVERY",
     "UsageMeter",
     "estimate_input_tokens",
@@ -42,6 +43,9 @@ __all__ = [
 _log = logging.getLogger("sluicegate.gateway")
 
 CHARS_PER_TOKEN: Final = 4
+#: Largest output estimate charged at dispatch: longer than the output limit of today's
+#: models; actual usage replaces the estimate anyway.
+MAX_OUTPUT_ESTIMATE: Final = 32_768
 #: Streamed events between two reports of the running output count.
 REPORT_EVERY: Final = 16
 #: How far back from the end of a body (or chunk) `usage` is looked for.
@@ -92,11 +96,15 @@ def estimate_input_tokens(doc: dict[str, Any]) -> int | None:
 
 
 def estimate_output_tokens(doc: dict[str, Any]) -> int | None:
-    """``max_completion_tokens`` or ``max_tokens`` when set (an upper bound), else None."""
+    """``max_completion_tokens`` or ``max_tokens`` when set (an upper bound), else None.
+
+    Clamped to `MAX_OUTPUT_ESTIMATE`: the client chooses the figure, and one absurd
+    value must not buy its tenant a huge charge (and a long wait) or skew fairness.
+    """
     for field in ("max_completion_tokens", "max_tokens"):
         value = doc.get(field)
         if type(value) is int and value >= 0:
-            return value
+            return min(value, MAX_OUTPUT_ESTIMATE)
     return None
 
 
@@ -137,7 +145,7 @@ class UsageMeter:
 
     Reports are running totals, so a ``usage`` object in any chunk (the final
     ``include_usage`` chunk, or vLLM's continuous usage stats) simply replaces the count.
-    An error status means nothing was generated: the output estimate is refunded.
+    An error status means the request was refused: nothing is charged (input included).
 
     Args:
         ticket: the dispatched ticket.
@@ -234,8 +242,9 @@ class UsageMeter:
             self._record(None, self._events, final=self._done)
 
     def _refund_output(self) -> None:
+        # A refused request is charged nothing, and says nothing about typical output.
         self._error = True
-        self._record(None, 0, final=False)  # an error says nothing about typical output
+        self._record(0, 0, final=False)
 
     def _record(
         self, input_tokens: int | None, output_tokens: int | None, *, final: bool = True
