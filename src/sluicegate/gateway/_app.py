@@ -294,7 +294,7 @@ class Gateway:
             output_tokens=output_tokens,
         )
         ex.queued = False
-        meter = UsageMeter(ticket)
+        meter = UsageMeter(ticket, pool.observe(ticket))
         try:
             ex.queue_s = ticket.queue_time or 0.0
             ex.outcome = _DISPATCHED

@@ -26,6 +26,7 @@ from pydantic import (
 import sluicegate as sg
 
 __all__ = [
+    "AdaptiveSettings",
     "BandSettings",
     "ConcurrencySettings",
     "FlowControlSettings",
@@ -169,6 +170,28 @@ class ConcurrencySettings(_Model):
     max_in_flight: Annotated[int, Field(ge=1)] = 100
 
 
+class AdaptiveSettings(_Model):
+    """Saturation from a per-backend concurrency limit learned from time to first token."""
+
+    type: Literal["adaptive"] = "adaptive"
+    #: The limit of a backend before anything is known about it.
+    initial_limit: Annotated[int, Field(ge=1)] = 8
+    min_limit: Annotated[int, Field(ge=1)] = 1
+    max_limit: Annotated[int, Field(ge=1)] = 1024
+    #: A first token later than this many times the backend's recent best is a sign
+    #: the request waited in the engine's own queue.
+    ttft_tolerance: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptiveSettings:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"need min_limit <= initial_limit <= max_limit, got {self.min_limit}, "
+                f"{self.initial_limit}, {self.max_limit}"
+            )
+        return self
+
+
 def _check_backend(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -188,8 +211,9 @@ class PoolSettings(_Model):
     #: Requests for models no pool names go here.
     default: bool = False
     saturation: Annotated[
-        UtilizationSettings | ConcurrencySettings, Field(discriminator="type")
-    ] = UtilizationSettings()
+        AdaptiveSettings | UtilizationSettings | ConcurrencySettings,
+        Field(discriminator="type"),
+    ] = AdaptiveSettings()
     #: How prompt tokens are estimated before dispatch: ``chars`` (text length / 4, no
     #: I/O) or ``tokenize`` (ask a backend's vLLM-style ``/tokenize``; one extra round
     #: trip per request, ``chars`` when it fails). The response's usage corrects either.

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ._adaptive import AdaptiveDetector
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
@@ -210,3 +212,20 @@ class _StateCollector(Collector):
         for labels, value in byte_sizes.items():
             nbytes.add_metric(list(labels), value)
         yield from (size, nbytes, saturation, stale, in_flight, jain, gap)
+        yield self._learned_limits()
+
+    def _learned_limits(self) -> Metric:
+        """The concurrency limit each backend of an adaptive pool has now."""
+        limits = GaugeMetricFamily(
+            f"{self._prefix}backend_concurrency_limit",
+            "Requests a backend of an adaptive pool may hold in flight, as learned.",
+            labels=["pool", "backend"],
+        )
+        for pool in self._pools():
+            detector = pool.detector
+            if isinstance(detector, AdaptiveDetector):
+                for backend in detector.backends.values():
+                    value = detector.limit_of(backend)
+                    if value is not None:
+                        limits.add_metric([pool.name, backend.url], value)
+        return limits

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Final, final
 
 import sluicegate as sg
 
-from ._config import GatewayConfigError, UtilizationSettings
+from ._adaptive import AdaptiveDetector, ResponseObserver
+from ._config import AdaptiveSettings, ConcurrencySettings, GatewayConfigError, UtilizationSettings
 from ._errors import GatewayError
 from ._saturation import ConcurrencyDetector, UtilizationDetector
 from ._scrape import scrape_forever
@@ -69,12 +70,7 @@ class Pool:
         self.name = settings.name
         self.settings = settings
         self._clock = clock
-        sat = settings.saturation
-        self.detector: UtilizationDetector | ConcurrencyDetector = (
-            UtilizationDetector(settings.backends, sat, clock)
-            if isinstance(sat, UtilizationSettings)
-            else ConcurrencyDetector(settings.backends, sat, clock)
-        )
+        self.detector = _new_detector(settings, clock)
         self.controller = sg.FlowController(flow_control, saturation=self.detector)
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
@@ -129,18 +125,17 @@ class Pool:
         self.settings = settings
         self.controller.reconfigure(flow_control)
         self.controller.reconcile_priorities(priorities)
-        sat = settings.saturation
-        if isinstance(self.detector, UtilizationDetector):
-            assert isinstance(sat, UtilizationSettings)
-            self.detector.configure(sat)
-        else:
-            assert not isinstance(sat, UtilizationSettings)
-            self.detector.configure(sat)
+        _configure(self.detector, settings.saturation)
         added, removed = self.detector.set_backends(settings.backends)
         for backend in removed:
             self._stop_scraper(backend.url)
         for backend in added:
             self._start_scraper(backend.url)
+
+    def observe(self, ticket: sg.Ticket) -> ResponseObserver | None:
+        """What learns from the answer to a dispatched `ticket` (adaptive pools only)."""
+        detector = self.detector
+        return detector.observe(ticket) if isinstance(detector, AdaptiveDetector) else None
 
     def dispatched(self, priority: int, now: float) -> None:
         """Record a dispatch from band `priority` (feeds Retry-After)."""
@@ -161,6 +156,34 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.controller!r}>"
+
+
+#: The detector of a pool, by its saturation type.
+PoolDetector = AdaptiveDetector | UtilizationDetector | ConcurrencyDetector
+
+
+def _new_detector(settings: PoolSettings, clock: Callable[[], float]) -> PoolDetector:
+    sat = settings.saturation
+    if isinstance(sat, UtilizationSettings):
+        return UtilizationDetector(settings.backends, sat, clock)
+    if isinstance(sat, AdaptiveSettings):
+        return AdaptiveDetector(settings.backends, sat, clock)
+    return ConcurrencyDetector(settings.backends, sat, clock)
+
+
+def _configure(
+    detector: PoolDetector, sat: AdaptiveSettings | UtilizationSettings | ConcurrencySettings
+) -> None:
+    """Hand new settings to a detector of the same type (`Pool.check` made sure)."""
+    if isinstance(detector, UtilizationDetector):
+        assert isinstance(sat, UtilizationSettings)
+        detector.configure(sat)
+    elif isinstance(detector, AdaptiveDetector):
+        assert isinstance(sat, AdaptiveSettings)
+        detector.configure(sat)
+    else:
+        assert isinstance(sat, ConcurrencySettings)
+        detector.configure(sat)
 
 
 @final

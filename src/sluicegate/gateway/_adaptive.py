@@ -1,0 +1,292 @@
+"""`saturation: {type: adaptive}`: learn each backend's useful concurrency from its answers.
+
+An inference engine runs at most a batch of requests at once (vLLM's ``max_num_seqs``,
+or fewer when its KV cache is the limit); a request sent beyond that waits in the
+engine's own FCFS queue, where priority does not exist. The signal that this happened is
+the request's **time to first token** (TTFT): a queued request gets its first token a
+whole slot-turnover later than one admitted at once. So, per backend:
+
+* ``base_ttft``: the lowest TTFT of recent streamed answers (a windowed minimum, so it
+  follows a backend that became slower, and drops at once when it becomes faster);
+* a sample is **congested** when its TTFT exceeds ``ttft_tolerance x base_ttft``;
+* **increase** (the limit was binding, i.e. the request filled the backend up to its
+  limit, and its TTFT was clean): +1 per sample in slow start (doubling per round trip,
+  as TCP), +1/limit per sample after the first congestion (one slot per limit's worth
+  of clean answers);
+* **decrease** (congested): the limit drops to one below the number of requests that
+  were in flight when the congested request was sent, at most once per overshoot (a
+  request sent before the last decrease does not decrease it again);
+* **errors** (5xx, 429, connection failures) halve the limit and restart slow start,
+  which also covers a backend that restarted;
+* **waiting**: a streamed request with no first token after ``ttft_tolerance x
+  base_ttft`` is sitting in the engine's queue right now; while one does, the backend
+  takes nothing more. This is checked when dispatch asks, never by a timer.
+
+The limit changes only on observations (no polling). Non-streamed answers carry no TTFT,
+so they only count in flight and report errors. See docs/design.md for why this is
+Vegas/AIMD-like on TTFT rather than Gradient2 on the whole response time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Final, final
+
+from ._saturation import Backend, _PoolDetector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from sluicegate import Ticket
+
+    from ._config import AdaptiveSettings
+
+__all__ = ["AdaptiveDetector", "AdaptiveLimit", "ResponseObserver"]
+
+#: Samples per half of the windowed minimum of TTFT.
+_BASE_WINDOW: Final = 64
+
+
+@final
+class AdaptiveLimit:
+    """The learned concurrency limit of one backend. Sans-I/O: every step takes `now`.
+
+    Args:
+        initial: the limit before anything is known.
+        minimum, maximum: its bounds.
+        tolerance: a TTFT above ``tolerance x base`` is congested.
+    """
+
+    __slots__ = (
+        "_older_min",
+        "_recent_min",
+        "_window_count",
+        "congestions",
+        "errors",
+        "last_decrease_seq",
+        "limit",
+        "maximum",
+        "minimum",
+        "pending",
+        "samples",
+        "slow_start",
+        "tolerance",
+    )
+
+    def __init__(self, initial: float, minimum: float, maximum: float, tolerance: float) -> None:
+        self.limit = float(initial)
+        self.minimum = float(minimum)
+        self.maximum = float(maximum)
+        self.tolerance = tolerance
+        self.slow_start = True
+        self.samples = 0
+        self.congestions = 0
+        self.errors = 0
+        #: Dispatch sequence of the last request sent before the last decrease.
+        self.last_decrease_seq = -1
+        #: Streamed requests still waiting for a first token: seq -> sent at.
+        self.pending: OrderedDict[int, float] = OrderedDict()
+        self._recent_min = math.inf
+        self._older_min = math.inf
+        self._window_count = 0
+
+    @property
+    def capacity(self) -> int:
+        """Requests this backend may hold in flight now (at least 1)."""
+        return max(1, int(self.limit))
+
+    @property
+    def base_ttft(self) -> float | None:
+        """The windowed minimum TTFT, None before the first sample."""
+        base = min(self._recent_min, self._older_min)
+        return None if math.isinf(base) else base
+
+    def waiting_since(self, now: float) -> float | None:
+        """Seconds the oldest streamed request has waited for its first token beyond
+        ``tolerance x base``, if it has: it sits in the engine's queue."""
+        base = self.base_ttft
+        if base is None or not self.pending:
+            return None
+        sent_at = next(iter(self.pending.values()))
+        late = now - sent_at - self.tolerance * base
+        return late if late > 0 else None
+
+    def _learn_base(self, ttft: float) -> None:
+        self._recent_min = min(self._recent_min, ttft)
+        self._window_count += 1
+        if self._window_count >= _BASE_WINDOW:
+            # Forget the older half: a backend that slowed down gets a new base within
+            # two windows, while one outlier low sample cannot pin it forever.
+            self._older_min, self._recent_min = self._recent_min, math.inf
+            self._window_count = 0
+
+    def first_token(self, seq: int, ttft: float, in_flight_at_send: int, latest_seq: int) -> None:
+        """A streamed request sent as number `seq` got its first token after `ttft` s.
+
+        Args:
+            in_flight_at_send: requests in flight on this backend once it was sent
+                (itself included).
+            latest_seq: the highest sequence sent to this backend so far.
+        """
+        self.pending.pop(seq, None)
+        self.samples += 1
+        base = self.base_ttft
+        self._learn_base(ttft)
+        if base is not None and ttft > self.tolerance * base:
+            self.congestions += 1
+            if seq > self.last_decrease_seq:
+                self.limit = max(self.minimum, min(self.limit - 1.0, in_flight_at_send - 1.0))
+                self.last_decrease_seq = latest_seq
+                self.slow_start = False
+            return
+        if in_flight_at_send >= self.capacity:
+            step = 1.0 if self.slow_start else 1.0 / self.limit
+            self.limit = min(self.maximum, self.limit + step)
+
+    def error(self, seq: int, latest_seq: int) -> None:
+        """The backend failed request `seq` (error status or connection failure)."""
+        self.pending.pop(seq, None)
+        self.errors += 1
+        if seq > self.last_decrease_seq:
+            self.limit = max(self.minimum, self.limit / 2.0)
+            self.last_decrease_seq = latest_seq
+            self.slow_start = True
+
+    def forget(self, seq: int) -> None:
+        """Request `seq` ended; it no longer waits for a first token."""
+        self.pending.pop(seq, None)
+
+    def __repr__(self) -> str:
+        return f"<AdaptiveLimit {self.limit:.2f} base={self.base_ttft}>"
+
+
+@final
+class ResponseObserver:
+    """What the gateway tells the detector about one dispatched request's answer."""
+
+    __slots__ = ("_detector", "_seen", "_seq", "_state", "_url", "in_flight_at_send", "sent_at")
+
+    def __init__(
+        self, detector: AdaptiveDetector, url: str, seq: int, sent_at: float, in_flight: int
+    ) -> None:
+        self._detector = detector
+        self._url = url
+        self._seq = seq
+        self.sent_at = sent_at
+        self.in_flight_at_send = in_flight
+        self._seen = False
+        self._state: AdaptiveLimit | None = detector.limits.get(url)
+
+    def stream_started(self) -> None:
+        """The answer will stream: its first chunk is a TTFT sample."""
+        if self._state is not None:
+            self._state.pending[self._seq] = self.sent_at
+
+    def first_chunk(self) -> None:
+        """The first chunk of a streamed answer arrived."""
+        if self._seen or self._state is None:
+            return
+        self._seen = True
+        ttft = self._detector.now() - self.sent_at
+        self._state.first_token(self._seq, ttft, self.in_flight_at_send, self._detector.seq)
+        self._detector.notify()
+
+    def failed(self) -> None:
+        """The backend answered an error status, or could not be reached."""
+        if self._state is None:
+            return
+        self._seen = True
+        self._state.error(self._seq, self._detector.seq)
+        self._detector.notify()
+
+    def ended(self) -> None:
+        if self._state is not None:
+            self._state.forget(self._seq)
+
+
+@final
+class AdaptiveDetector(_PoolDetector):
+    """Per backend, at most its learned limit in flight (see the module docstring).
+
+    Args:
+        urls: the pool's backends.
+        settings: initial, bounds and TTFT tolerance.
+        clock: the loop clock (``loop.time``).
+    """
+
+    def __init__(
+        self, urls: Iterable[str], settings: AdaptiveSettings, clock: Callable[[], float]
+    ) -> None:
+        super().__init__(urls, clock)
+        self.settings = settings
+        self.limits: dict[str, AdaptiveLimit] = {u: self._new_limit() for u in self.backends}
+        #: Dispatches so far (orders the requests for "once per overshoot").
+        self.seq = 0
+
+    def _new_limit(self) -> AdaptiveLimit:
+        s = self.settings
+        return AdaptiveLimit(s.initial_limit, s.min_limit, s.max_limit, s.ttft_tolerance)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def configure(self, settings: AdaptiveSettings) -> None:
+        """Adopt new bounds and tolerance; learned limits are kept (clamped)."""
+        self.settings = settings
+        for state in self.limits.values():
+            state.minimum, state.maximum = float(settings.min_limit), float(settings.max_limit)
+            state.tolerance = settings.ttft_tolerance
+            state.limit = min(max(state.limit, state.minimum), state.maximum)
+        self.notify()
+
+    def set_backends(self, urls: Iterable[str]) -> tuple[list[Backend], list[Backend]]:
+        added, removed = super().set_backends(urls)
+        for backend in added:
+            self.limits[backend.url] = self._new_limit()
+        for backend in removed:
+            self.limits.pop(backend.url, None)
+        return added, removed
+
+    def score(self, backend: Backend, now: float) -> float:
+        state = self.limits.get(backend.url)
+        if state is None:
+            return math.inf
+        if state.waiting_since(now) is not None:
+            return 1.0  # a request sits in the engine's queue: send nothing more
+        return backend.in_flight / state.capacity
+
+    def observe(self, ticket: Ticket) -> ResponseObserver | None:
+        """An observer for the answer to `ticket` (dispatched by this detector)."""
+        assignment: Any = ticket.assignment
+        if assignment is None:
+            return None
+        backend: Backend = assignment[0]
+        self.seq += 1
+        return ResponseObserver(self, backend.url, self.seq, self._clock(), backend.in_flight)
+
+    def limit_of(self, backend: Backend) -> float | None:
+        """The learned limit of `backend` (for /metrics)."""
+        state = self.limits.get(backend.url)
+        return None if state is None else state.limit
+
+    def describe(self, backend: Backend) -> dict[str, Any]:
+        doc = super().describe(backend)
+        state = self.limits.get(backend.url)
+        if state is not None:
+            now = self._clock()
+            doc |= {
+                "concurrency_limit": round(state.limit, 3),
+                "slow_start": state.slow_start,
+                "base_ttft_s": state.base_ttft,
+                "ttft_samples": state.samples,
+                "congested_samples": state.congestions,
+                "errors_seen": state.errors,
+                "awaiting_first_token": len(state.pending),
+                "engine_queue_suspected": state.waiting_since(now) is not None,
+            }
+        return doc
+
+    def __repr__(self) -> str:
+        limits = ", ".join(f"{s.limit:.1f}" for s in self.limits.values())
+        return f"AdaptiveDetector({len(self.backends)} backends, limits [{limits}])"
