@@ -6,6 +6,7 @@ import pytest
 
 from sluicegate.bench._protection import (
     BURST_PERIOD_S,
+    PROTECTION_MODES,
     ProtectionOptions,
     bursty_plan,
     poisson_plan,
@@ -34,7 +35,7 @@ def test_bursty_plan_sends_interactive_only_in_on_periods_at_the_same_mean() -> 
 def test_the_modes_differ_only_in_the_saturation_section() -> None:
     workload = ProtectionOptions().workload
     urls = ["http://127.0.0.1:1"]
-    configs = {m: protection_config(m, urls, workload) for m in ("off", "adaptive", "utilization")}
+    configs = {m: protection_config(m, urls, workload) for m in PROTECTION_MODES}
     assert {m: c.pools[0].saturation.type for m, c in configs.items()} == {
         "off": "concurrency",
         "adaptive": "adaptive",
