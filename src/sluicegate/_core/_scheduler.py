@@ -32,6 +32,7 @@ from .._types import (
     FlowKey,
     Outcome,
 )
+from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._statistics import snapshot
 from ._ticket import State, Ticket
@@ -79,6 +80,8 @@ class Scheduler:
         #: until the gate changes (a band's ceiling stops only that band and below).
         self.full = False
         self._seq = 0
+        #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
+        self.headroom = DemandHeadroom()
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
 
@@ -141,6 +144,7 @@ class Scheduler:
             band.fallback_requests += 1
         flow = self.registry.flow_for(band, key.id)
         ticket.band, ticket.flow, ticket.priority = band, flow, band.priority
+        self.headroom.arrived(band.priority, now)
         ticket.input_tokens = -(-size // _BYTES_PER_TOKEN) if input_tokens is None else input_tokens
         if output_tokens is None:
             # The flow's own history, else its band's, else a fixed prior.
@@ -256,10 +260,22 @@ class Scheduler:
             if not gate.has_endpoints() or gate.is_saturated():
                 return False
             ceiling = 1.0 if band is None else band.config.max_utilization
-            return ceiling >= 1.0 or gate.utilization() < ceiling
+            if ceiling < 1.0 and gate.utilization() >= ceiling:
+                return False
+            return band is None or self._headroom_allows(gate, band)
         except Exception:
             _log.exception("saturation detector failed; treating the pool as saturated")
             return False
+
+    def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
+        """Whether `band` leaves the bands above it the free slots their demand needs."""
+        slots = getattr(gate, "slots", None)
+        if slots is None or not self.registry.config.demand_headroom:
+            return True
+        counted: tuple[float, float] | None = slots()
+        if counted is None:
+            return True
+        return self.headroom.allows(band.priority, *counted)
 
     def _start(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
         ticket.state = State.DISPATCHED
@@ -357,6 +373,8 @@ class Scheduler:
         self.in_flight -= 1
         flow.band.in_flight -= 1
         flow.in_flight -= 1
+        held = now - ticket.dispatched_at if ticket.dispatched_at is not None else 0.0
+        self.headroom.completed(flow.band.priority, held, now)
         try:
             gate.on_release(ticket)
         except Exception:

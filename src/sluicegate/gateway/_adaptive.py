@@ -256,6 +256,10 @@ class AdaptiveDetector(_PoolDetector):
             return 1.0  # a request sits in the engine's queue: send nothing more
         return backend.in_flight / state.capacity
 
+    def backend_slots(self, backend: Backend) -> float:
+        state = self.limits.get(backend.url)
+        return 0.0 if state is None else state.capacity
+
     def observe(self, ticket: Ticket) -> ResponseObserver | None:
         """An observer for the answer to `ticket` (dispatched by this detector)."""
         assignment: Any = ticket.assignment

@@ -109,6 +109,9 @@ class FlowControlSettings(_Model):
     flow_weights: dict[str, _FlowWeight] = Field(default_factory=dict)
     #: Seconds of the sliding window of the fairness figures (Jain's index, service gap).
     fairness_window: _Seconds = 10.0
+    #: Keep free slots for higher bands, sized to their recent demand (none when they
+    #: send nothing), so their requests find a slot at once.
+    demand_headroom: bool = True
 
     @field_validator("flow_weights")
     @classmethod
@@ -146,6 +149,7 @@ class FlowControlSettings(_Model):
             band_idle_timeout=self.band_idle_timeout,
             flow_weights=self.flow_weights,
             fairness_window=self.fairness_window,
+            demand_headroom=self.demand_headroom,
         )
 
 

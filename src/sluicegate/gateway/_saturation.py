@@ -199,6 +199,24 @@ class _PoolDetector:
     def stale_backends(self) -> int:
         return 0
 
+    def backend_slots(self, backend: Backend) -> float:
+        """How many requests `backend` holds at a score of 1 (its capacity)."""
+        raise NotImplementedError
+
+    def slots(self) -> tuple[float, float]:
+        """(free, capacity) over the reachable backends: what demand headroom sizes from."""
+        now = self._clock()
+        free = capacity = 0.0
+        for backend in self.backends.values():
+            if not backend.reachable:
+                continue
+            size = self.backend_slots(backend)
+            score = self.score(backend, now)
+            capacity += size
+            if math.isfinite(score) and score < 1.0:
+                free += math.floor((1.0 - score) * size + 1e-9)
+        return free, capacity
+
     def describe(self, backend: Backend) -> dict[str, Any]:
         """A JSON-able view of one backend for /debug/flowcontrol."""
         now = self._clock()
@@ -258,6 +276,10 @@ class UtilizationDetector(_PoolDetector):
             (m.waiting + backend.unseen) / s.queue_depth_threshold, m.kv / s.kv_cache_threshold
         )
 
+    def backend_slots(self, backend: Backend) -> float:
+        # A score of 1 is `queue_depth_threshold` requests waiting in the engine.
+        return self.settings.queue_depth_threshold
+
     def scrape_started(self, backend: Backend) -> int:
         """Called as a scrape request is sent; returns the epoch to report back."""
         epoch = backend.epoch
@@ -310,6 +332,9 @@ class ConcurrencyDetector(_PoolDetector):
 
     def score(self, backend: Backend, now: float) -> float:
         return backend.in_flight / self.settings.max_in_flight
+
+    def backend_slots(self, backend: Backend) -> float:
+        return self.settings.max_in_flight
 
     def __repr__(self) -> str:
         return f"ConcurrencyDetector({len(self.backends)} backends, {self.settings.max_in_flight})"
