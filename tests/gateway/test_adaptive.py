@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sluicegate.gateway import AdaptiveLimit, AdaptiveSettings, GatewayConfigError, parse_config
+from sluicegate.gateway import (
+    AdaptiveDetector,
+    AdaptiveLimit,
+    AdaptiveSettings,
+    BackendMetrics,
+    GatewayConfigError,
+    UtilizationDetector,
+    UtilizationSettings,
+    parse_config,
+)
 
 BASE_TTFT = 0.1
 SERVICE_S = 1.0
@@ -150,3 +159,31 @@ def test_adaptive_is_the_default_and_validates_its_bounds() -> None:
     bad = {"type": "adaptive", "initial_limit": 4, "min_limit": 8}
     with pytest.raises(GatewayConfigError, match="min_limit"):
         parse_config({"pools": [{"name": "p", "saturation": bad}]})
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_utilization_learns_the_batch_size_from_a_queue_and_counts_free_batch_slots() -> None:
+    clock = Clock()
+    det = UtilizationDetector(["http://a", "http://b"], UtilizationSettings(), clock)
+    a, b = det.backends["http://a"], det.backends["http://b"]
+    det.scrape_succeeded(a, BackendMetrics(0, 3, 0.0), det.scrape_started(a))
+    det.scrape_succeeded(b, BackendMetrics(0, 3, 0.0), det.scrape_started(b))
+    # No queue seen yet: free shares of the queue-depth threshold (5 each).
+    assert det.slots() == (10.0, 10.0)
+    det.scrape_succeeded(a, BackendMetrics(2, 16, 0.5), det.scrape_started(a))
+    det.scrape_succeeded(a, BackendMetrics(0, 12, 0.5), det.scrape_started(a))
+    free, capacity = det.slots()
+    assert (free, capacity) == (4.0 + 5.0, 16.0 + 5.0)
+
+
+def test_adaptive_slots_are_the_learned_limits_minus_in_flight() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a", "http://b"], AdaptiveSettings(initial_limit=4), clock)
+    det.backends["http://a"].bind()
+    assert det.slots() == (7.0, 8.0)
