@@ -9,13 +9,14 @@ whole slot-turnover later than one admitted at once. So, per backend:
 * ``base_ttft``: the lowest TTFT of recent streamed answers (a windowed minimum, so it
   follows a backend that became slower, and drops at once when it becomes faster);
 * a sample is **congested** when its TTFT exceeds ``ttft_tolerance x base_ttft``;
-* **increase** (the limit was binding, i.e. the request filled the backend up to its
-  limit, and its TTFT was clean): +1 per sample in slow start (doubling per round trip,
+* **increase** (the request was sent with the backend at least half full, and its TTFT
+  was clean): +1 per sample in slow start (doubling per round trip,
   as TCP), +1/limit per sample after the first congestion (one slot per limit's worth
   of clean answers);
 * **decrease** (congested): the limit drops to one below the number of requests that
-  were in flight when the congested request was sent, at most once per overshoot (a
-  request sent before the last decrease does not decrease it again);
+  were in flight when the congested request was sent, but by at most a tenth, and at
+  most once per overshoot (a request sent before the last decrease does not decrease
+  it again);
 * **errors** (5xx, 429, connection failures) halve the limit and restart slow start,
   which also covers a backend that restarted;
 * **waiting**: a streamed request with no first token after ``ttft_tolerance x
@@ -46,6 +47,10 @@ __all__ = ["AdaptiveDetector", "AdaptiveLimit", "ResponseObserver"]
 
 #: Samples per half of the windowed minimum of TTFT.
 _BASE_WINDOW: Final = 64
+#: A congested sample lowers the limit to no less than this share of it.
+_MAX_DECREASE: Final = 0.9
+#: A request sent with in flight >= limit - limit // this (at least 1) tested the limit.
+_NEAR_LIMIT_DIVISOR: Final = 2
 
 
 @final
@@ -136,11 +141,18 @@ class AdaptiveLimit:
         if base is not None and ttft > self.tolerance * base:
             self.congestions += 1
             if seq > self.last_decrease_seq:
-                self.limit = max(self.minimum, min(self.limit - 1.0, in_flight_at_send - 1.0))
+                # Down to just below the load that queued, but by at most a tenth: one
+                # sample slowed by something else (a long prompt, a busy host) must not
+                # collapse the limit.
+                target = min(self.limit - 1.0, in_flight_at_send - 1.0)
+                self.limit = max(self.minimum, _MAX_DECREASE * self.limit, target)
                 self.last_decrease_seq = latest_seq
                 self.slow_start = False
             return
-        if in_flight_at_send >= self.capacity:
+        capacity = self.capacity
+        if in_flight_at_send >= capacity - max(1, capacity // _NEAR_LIMIT_DIVISOR):
+            # Near the limit and clean: probe one more. "Near", not "at": headroom kept
+            # for higher bands keeps lower bands some slots short of the limit.
             step = 1.0 if self.slow_start else 1.0 / self.limit
             self.limit = min(self.maximum, self.limit + step)
 
