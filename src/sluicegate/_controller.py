@@ -181,6 +181,40 @@ class FlowController:
         ticket.handed_over = True
         return ticket
 
+    async def requeue_and_wait(self, ticket: Ticket) -> Ticket:
+        """Take an in-flight ticket back (preemption) and wait until it is dispatched again.
+
+        For a request whose answer has not started: its slot goes to whoever waits
+        first (the preempting request), and it waits again at the head of its flow's
+        queue, with no new TTL. The caller must have stopped its use of the slot (closed
+        the upstream request) first. Returns the same ticket, dispatched again.
+
+        Raises:
+            ValueError: the ticket is not in flight.
+            ControllerClosedEvictedError: the controller closed while it waited.
+        """
+        loop = self._loop
+        if loop is None or not self._core.requeue(ticket, loop.time(), self._detector):
+            raise ValueError(f"{ticket!r} is not in flight")
+        waiter = ticket.waiter = loop.create_future()
+        self._dispatch()
+        try:
+            await waiter
+        except BaseException:
+            now = loop.time()
+            if not self._core.cancel(ticket, now) and self._core.revoke(
+                ticket, now, self._detector
+            ):
+                self._dispatch()
+            raise
+        ticket.handed_over = True
+        return ticket
+
+    @property
+    def requeued(self) -> int:
+        """Tickets taken back from flight and queued again since the start."""
+        return self._core.requeued
+
     def enqueue_nowait(
         self,
         key: FlowKey,

@@ -80,6 +80,8 @@ class Scheduler:
         #: until the gate changes (a band's ceiling stops only that band and below).
         self.full = False
         self._seq = 0
+        #: Tickets taken back from flight and queued again (`requeue`).
+        self.requeued = 0
         #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
         self.headroom = DemandHeadroom()
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
@@ -391,6 +393,52 @@ class Scheduler:
         self.outcomes[Outcome.DISPATCHED] -= 1
         self._finish(ticket, Outcome.EVICTED_CANCELLED)
         self._end_flight(ticket, now, gate)
+        return True
+
+    def requeue(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
+        """Take a dispatched ticket back from flight and queue it again, at the head of
+        its flow (preemption before its answer started). Returns False, changing
+        nothing, unless it is in flight.
+
+        Its in-flight slot is given back (`gate.on_release`), its token charge refunded
+        (charged again at the next dispatch), and it counts as queued, not dispatched,
+        so the counters still add up. It gets no new TTL or no-endpoint timer: it was
+        admitted once and waits again only because it was preempted. The caller sets
+        a new waiter and runs a dispatch pass.
+        """
+        if ticket.state is not State.DISPATCHED:
+            return False
+        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        band = flow.band
+        self.outcomes[Outcome.DISPATCHED] -= 1
+        self.in_flight -= 1
+        band.in_flight -= 1
+        flow.in_flight -= 1
+        try:
+            gate.on_release(ticket)
+        except Exception:
+            _log.exception("saturation detector failed in on_release")
+        self._charge(flow, -ticket.input_tokens, -ticket.output_tokens, now)
+        ticket.requeues += 1
+        self.requeued += 1
+        ticket.dispatched_at = None
+        ticket.outcome = None
+        ticket.assignment = None
+        ticket.handed_over = False
+        ticket.usage_known = False
+        # A ticket dispatched on arrival never had its key; the same ordering gives it
+        # the same place it had (its arrival comes before anything queued after it).
+        ticket.sort_key = band.ordering.sort_key(ticket)
+        ticket.state = State.QUEUED
+        size = ticket.size
+        self.queued_requests += 1
+        self.queued_bytes += size
+        band.queued_requests += 1
+        band.queued_bytes += size
+        flow.queued_bytes += size
+        flow.last_backlogged = now
+        if flow.queue.push_front(ticket):
+            band.fairness.head_changed(flow)
         return True
 
     def evict(self, ticket: Ticket, outcome: Outcome, now: float) -> bool:

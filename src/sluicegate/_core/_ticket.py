@@ -72,6 +72,7 @@ class Ticket:
         "outcome",
         "output_tokens",
         "priority",
+        "requeues",
         "seq",
         "size",
         "slo_at",
@@ -111,6 +112,8 @@ class Ticket:
         self.input_tokens = 0
         self.output_tokens = 0
         self.usage_known = False
+        #: Times it was taken back from flight and queued again (`Scheduler.requeue`).
+        self.requeues = 0
         self._owner: _Releaser | None = None
 
     @property
