@@ -284,6 +284,10 @@ class Gateway:
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
         ex.queued, ex.enqueued_at = True, time.perf_counter()
+        if not pool.has_free_slot():
+            # It would wait for a slot: take one back from lower-priority work whose
+            # answer has not started (its slot comes free before this request waits).
+            pool.preemption.make_room(cls.priority)
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
             key,
@@ -300,12 +304,25 @@ class Gateway:
             ex.outcome = _DISPATCHED
             pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
             self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
-            assignment = ticket.assignment
-            if assignment is None:  # the detector had no backend: only if it misbehaves
-                raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
             stream = doc.get("stream") is True
             session = self._require_session()
-            await relay(session, ex, assignment[0].url, body, stream=stream, meter=meter)
+            while True:
+                assignment = ticket.assignment
+                if assignment is None:  # the detector had no backend: only if it misbehaves
+                    raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
+                with pool.preemption.track(ticket, ex, stream=stream):
+                    try:
+                        await relay(
+                            session, ex, assignment[0].url, body, stream=stream, meter=meter
+                        )
+                        break
+                    except asyncio.CancelledError:
+                        if not pool.preemption.absorb(ex):
+                            raise
+                # Taken back before its answer started (see _preempt.py): wait again.
+                meter.abandon()
+                ticket = await pool.preemption.wait_again(ticket)
+                meter = UsageMeter(ticket, pool.observe(ticket))
         except Exception:
             if not ex.started:
                 meter.failed()

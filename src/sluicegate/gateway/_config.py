@@ -222,6 +222,12 @@ class PoolSettings(_Model):
     #: I/O) or ``tokenize`` (ask a backend's vLLM-style ``/tokenize``; one extra round
     #: trip per request, ``chars`` when it fails). The response's usage corrects either.
     token_estimate: Literal["chars", "tokenize"] = "chars"
+    #: When a request is about to wait and no slot is free, take back a lower-priority
+    #: streamed request whose answer has not started and queue it again (its client
+    #: only sees a later first token).
+    preemptive_requeue: bool = True
+    #: How often one request may be taken back; then it keeps its slot.
+    max_requeues: Annotated[int, Field(ge=0)] = 1
 
     @field_validator("name")
     @classmethod

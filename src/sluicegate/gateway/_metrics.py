@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Final, final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ._adaptive import AdaptiveDetector
@@ -213,6 +213,19 @@ class _StateCollector(Collector):
             nbytes.add_metric(list(labels), value)
         yield from (size, nbytes, saturation, stale, in_flight, jain, gap)
         yield self._learned_limits()
+        yield self._requeues()
+
+    def _requeues(self) -> Metric:
+        """Requests taken back before their answer started and queued again (per pool)."""
+        requeued = CounterMetricFamily(
+            f"{self._prefix}requests_requeued",
+            "Requests taken back from a backend before their answer started, to make "
+            "room for higher-priority work, and queued again.",
+            labels=["pool"],
+        )
+        for pool in self._pools():
+            requeued.add_metric([pool.name], pool.preemption.requeued)
+        return requeued
 
     def _learned_limits(self) -> Metric:
         """The concurrency limit each backend of an adaptive pool has now."""

@@ -14,6 +14,7 @@ import sluicegate as sg
 from ._adaptive import AdaptiveDetector, ResponseObserver
 from ._config import AdaptiveSettings, ConcurrencySettings, GatewayConfigError, UtilizationSettings
 from ._errors import GatewayError
+from ._preempt import Preemption
 from ._saturation import ConcurrencyDetector, UtilizationDetector
 from ._scrape import scrape_forever
 
@@ -72,6 +73,11 @@ class Pool:
         self._clock = clock
         self.detector = _new_detector(settings, clock)
         self.controller = sg.FlowController(flow_control, saturation=self.detector)
+        self.preemption = Preemption(
+            self.controller,
+            max_requeues=settings.max_requeues,
+            enabled=settings.preemptive_requeue,
+        )
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -123,6 +129,8 @@ class Pool:
     ) -> None:
         """Adopt validated settings; nothing queued or in flight is dropped."""
         self.settings = settings
+        self.preemption.enabled = settings.preemptive_requeue
+        self.preemption.max_requeues = settings.max_requeues
         self.controller.reconfigure(flow_control)
         self.controller.reconcile_priorities(priorities)
         _configure(self.detector, settings.saturation)
@@ -136,6 +144,10 @@ class Pool:
         """What learns from the answer to a dispatched `ticket` (adaptive pools only)."""
         detector = self.detector
         return detector.observe(ticket) if isinstance(detector, AdaptiveDetector) else None
+
+    def has_free_slot(self) -> bool:
+        """Whether a request could be dispatched now without waiting for a slot."""
+        return self.detector.slots()[0] >= 1
 
     def dispatched(self, priority: int, now: float) -> None:
         """Record a dispatch from band `priority` (feeds Retry-After)."""

@@ -297,14 +297,18 @@ async def _relay_response(
         await ex.start(resp.status, headers)
         await ex.finish(data)
         return
-    ex.upstream_s = time.perf_counter() - began
-    await ex.start(resp.status, headers)
-    if meter is None:
-        async for chunk in resp.content.iter_any():
-            await ex.chunk(chunk)
-    else:
+    if meter is not None:
         meter.begin(resp.status)
-        async for chunk in resp.content.iter_any():
+    # The headers go out with the first chunk: until then nothing reached the client,
+    # so the request may still be taken back and queued again (_preempt.py).
+    async for chunk in resp.content.iter_any():
+        if not ex.started:
+            ex.upstream_s = time.perf_counter() - began
+            await ex.start(resp.status, headers)
+        if meter is not None:
             meter.chunk(chunk)
-            await ex.chunk(chunk)
+        await ex.chunk(chunk)
+    if not ex.started:
+        ex.upstream_s = time.perf_counter() - began
+        await ex.start(resp.status, headers)
     await ex.finish()

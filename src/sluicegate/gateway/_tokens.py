@@ -236,6 +236,13 @@ class UsageMeter:
                 self._carry = tail  # the usage object continues in the next read
         return False
 
+    def abandon(self) -> None:
+        """The request was taken back before its answer started: record nothing."""
+        if self._observer is not None:
+            self._observer.ended()
+            self._observer = None
+        self._error = True
+
     def close(self) -> None:
         """The response ended (or broke): a stream's count stands if no usage came."""
         if self._observer is not None:
