@@ -9,14 +9,16 @@ whole slot-turnover later than one admitted at once. So, per backend:
 * ``base_ttft``: the lowest TTFT of recent streamed answers (a windowed minimum, so it
   follows a backend that became slower, and drops at once when it becomes faster);
 * a sample is **congested** when its TTFT exceeds ``ttft_tolerance x base_ttft``;
-* **increase** (the request was sent with the backend at least half full, and its TTFT
-  was clean): +1 per sample in slow start (doubling per round trip,
+* **increase** (the request was sent with the backend within a quarter of its limit,
+  and its TTFT was clean): +1 per sample in slow start (doubling per round trip,
   as TCP), +1/limit per sample after the first congestion (one slot per limit's worth
   of clean answers);
 * **decrease** (congested): the limit drops to one below the number of requests that
   were in flight when the congested request was sent, but by at most a tenth, and at
   most once per overshoot (a request sent before the last decrease does not decrease
   it again);
+* **probe**: a backend takes at most 2 more requests than the most it recently served
+  with a clean TTFT, so a burst never pushes a whole untested limit into its queue;
 * **errors** (5xx, 429, connection failures) halve the limit and restart slow start,
   which also covers a backend that restarted;
 * **waiting**: a streamed request with no first token after ``ttft_tolerance x
@@ -34,7 +36,7 @@ import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, final
 
-from ._saturation import Backend, _PoolDetector
+from ._saturation import Backend, BackendMetrics, _PoolDetector
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -50,7 +52,9 @@ _BASE_WINDOW: Final = 64
 #: A congested sample lowers the limit to no less than this share of it.
 _MAX_DECREASE: Final = 0.9
 #: A request sent with in flight >= limit - limit // this (at least 1) tested the limit.
-_NEAR_LIMIT_DIVISOR: Final = 2
+_NEAR_LIMIT_DIVISOR: Final = 4
+#: Requests a backend may hold beyond the most it recently served with a clean TTFT.
+_PROBE: Final = 2
 
 
 @final
@@ -64,7 +68,9 @@ class AdaptiveLimit:
     """
 
     __slots__ = (
+        "_older_confirmed",
         "_older_min",
+        "_recent_confirmed",
         "_recent_min",
         "_window_count",
         "congestions",
@@ -94,12 +100,21 @@ class AdaptiveLimit:
         self.pending: OrderedDict[int, float] = OrderedDict()
         self._recent_min = math.inf
         self._older_min = math.inf
+        self._recent_confirmed = 0
+        self._older_confirmed = 0
         self._window_count = 0
 
     @property
+    def confirmed(self) -> int:
+        """The most requests in flight at which a recent request still got a clean TTFT."""
+        return max(self._recent_confirmed, self._older_confirmed)
+
+    @property
     def capacity(self) -> int:
-        """Requests this backend may hold in flight now (at least 1)."""
-        return max(1, int(self.limit))
+        """Requests this backend may hold in flight now (at least 1): the limit, but at
+        most `_PROBE` beyond what was recently seen to work, so a burst cannot push a
+        whole untested limit into the engine's queue at once."""
+        return max(1, min(int(self.limit), self.confirmed + _PROBE))
 
     @property
     def base_ttft(self) -> float | None:
@@ -124,6 +139,7 @@ class AdaptiveLimit:
             # Forget the older half: a backend that slowed down gets a new base within
             # two windows, while one outlier low sample cannot pin it forever.
             self._older_min, self._recent_min = self._recent_min, math.inf
+            self._older_confirmed, self._recent_confirmed = self._recent_confirmed, 0
             self._window_count = 0
 
     def first_token(self, seq: int, ttft: float, in_flight_at_send: int, latest_seq: int) -> None:
@@ -149,12 +165,25 @@ class AdaptiveLimit:
                 self.last_decrease_seq = latest_seq
                 self.slow_start = False
             return
+        self._recent_confirmed = max(self._recent_confirmed, in_flight_at_send)
         capacity = self.capacity
         if in_flight_at_send >= capacity - max(1, capacity // _NEAR_LIMIT_DIVISOR):
             # Near the limit and clean: probe one more. "Near", not "at": headroom kept
             # for higher bands keeps lower bands some slots short of the limit.
             step = 1.0 if self.slow_start else 1.0 / self.limit
-            self.limit = min(self.maximum, self.limit + step)
+            # No further than the probe above what was seen to work: the limit stays a
+            # figure that was tested, not one that grew while nothing pressed on it.
+            tested = max(self.limit, float(self.confirmed + _PROBE))
+            self.limit = min(self.maximum, self.limit + step, tested)
+
+    def queued(self, running: float, latest_seq: int) -> None:
+        """The engine's metrics show a queue while it runs `running` requests."""
+        self.congestions += 1
+        if latest_seq > self.last_decrease_seq:
+            target = min(self.limit - 1.0, max(running, 1.0))
+            self.limit = max(self.minimum, _MAX_DECREASE * self.limit, target)
+            self.last_decrease_seq = latest_seq
+            self.slow_start = False
 
     def error(self, seq: int, latest_seq: int) -> None:
         """The backend failed request `seq` (error status or connection failure)."""
@@ -264,9 +293,52 @@ class AdaptiveDetector(_PoolDetector):
         state = self.limits.get(backend.url)
         if state is None:
             return math.inf
-        if state.waiting_since(now) is not None:
+        if state.waiting_since(now) is not None or self._queue_shown(backend, now):
             return 1.0  # a request sits in the engine's queue: send nothing more
         return backend.in_flight / state.capacity
+
+    def _queue_shown(self, backend: Backend, now: float) -> bool:
+        """The engine's last fresh metrics showed requests waiting in its own queue."""
+        m = backend.metrics
+        at = backend.scraped_at
+        return (
+            m is not None
+            and m.waiting > 0
+            and at is not None
+            and now - at <= self.settings.staleness
+        )
+
+    # -- metrics, when the backend has them (the scrape loop calls these) --------------
+
+    def scrape_started(self, backend: Backend) -> int:
+        epoch = backend.epoch
+        backend.epoch += 1
+        return epoch
+
+    def scrape_succeeded(self, backend: Backend, metrics: BackendMetrics, epoch: int) -> None:
+        backend.metrics = metrics
+        backend.scraped_at = self._clock()
+        backend.reachable = True
+        backend.scrapes += 1
+        backend.last_error = None
+        backend.seen_up_to(epoch)
+        state = self.limits.get(backend.url)
+        if state is not None and metrics.waiting > 0:
+            # The engine queues: the same signal as a late first token, seen earlier.
+            state.queued(metrics.running, self.seq)
+        self.notify()
+
+    def scrape_failed(self, backend: Backend, error: str, *, reachable: bool) -> None:
+        backend.failures += 1
+        backend.last_error = error
+        # A backend without metrics is fine (TTFT is enough); only a refused
+        # connection says it is down.
+        if not reachable:
+            backend.reachable = False
+            self.notify()
+        elif not backend.reachable:
+            backend.reachable = True
+            self.notify()
 
     def backend_slots(self, backend: Backend) -> float:
         state = self.limits.get(backend.url)
@@ -294,6 +366,7 @@ class AdaptiveDetector(_PoolDetector):
             doc |= {
                 "concurrency_limit": round(state.limit, 3),
                 "slow_start": state.slow_start,
+                "confirmed_in_flight": state.confirmed,
                 "base_ttft_s": state.base_ttft,
                 "ttft_samples": state.samples,
                 "congested_samples": state.congestions,

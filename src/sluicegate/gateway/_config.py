@@ -185,6 +185,14 @@ class AdaptiveSettings(_Model):
     #: A first token later than this many times the backend's recent best is a sign
     #: the request waited in the engine's own queue.
     ttft_tolerance: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0
+    #: Also read vLLM/SGLang /metrics when a backend has them: a backend whose engine
+    #: shows requests waiting takes nothing more until its queue is empty.
+    use_metrics: bool = True
+    scrape_interval: _Seconds = 0.05
+    #: Metrics older than this are ignored (the TTFT signals still apply).
+    staleness: _Seconds = 1.0
+    scrape_timeout: _Seconds | None = None
+    metrics_path: str = "/metrics"
 
     @model_validator(mode="after")
     def _bounds(self) -> AdaptiveSettings:

@@ -91,7 +91,11 @@ class Pool:
 
     def _start_scraper(self, url: str) -> None:
         detector = self.detector
-        if not isinstance(detector, UtilizationDetector) or self._session is None:
+        if self._session is None:
+            return
+        if not isinstance(detector, UtilizationDetector) and not (
+            isinstance(detector, AdaptiveDetector) and detector.settings.use_metrics
+        ):
             return
         coro = scrape_forever(self._session, detector, detector.backends[url])
         task = asyncio.get_running_loop().create_task(coro, name=f"scrape {self.name} {url}")
