@@ -19,6 +19,8 @@ whole slot-turnover later than one admitted at once. So, per backend:
   it again);
 * **probe**: a backend takes at most 2 more requests than the most it recently served
   with a clean TTFT, so a burst never pushes a whole untested limit into its queue;
+* **batch**: with metrics, the most requests the engine ran while others waited is its
+  batch size; the backend never gets more (no probing needed);
 * **errors** (5xx, 429, connection failures) halve the limit and restart slow start,
   which also covers a backend that restarted;
 * **waiting**: a streamed request with no first token after ``ttft_tolerance x
@@ -55,6 +57,8 @@ _MAX_DECREASE: Final = 0.9
 _NEAR_LIMIT_DIVISOR: Final = 4
 #: Requests a backend may hold beyond the most it recently served with a clean TTFT.
 _PROBE: Final = 2
+#: Scrapes showing a queue per half of the windowed maximum of the batch size.
+_BATCH_WINDOW: Final = 100
 
 
 @final
@@ -68,14 +72,18 @@ class AdaptiveLimit:
     """
 
     __slots__ = (
+        "_batch_count",
+        "_older_batch",
         "_older_confirmed",
         "_older_min",
+        "_recent_batch",
         "_recent_confirmed",
         "_recent_min",
         "_window_count",
         "congestions",
         "errors",
         "last_decrease_seq",
+        "latest_sent",
         "limit",
         "maximum",
         "minimum",
@@ -96,12 +104,17 @@ class AdaptiveLimit:
         self.errors = 0
         #: Dispatch sequence of the last request sent before the last decrease.
         self.last_decrease_seq = -1
+        #: Dispatch sequence of the last request sent to this backend.
+        self.latest_sent = -1
         #: Streamed requests still waiting for a first token: seq -> sent at.
         self.pending: OrderedDict[int, float] = OrderedDict()
         self._recent_min = math.inf
         self._older_min = math.inf
         self._recent_confirmed = 0
         self._older_confirmed = 0
+        self._recent_batch = 0.0
+        self._older_batch = 0.0
+        self._batch_count = 0
         self._window_count = 0
 
     @property
@@ -110,11 +123,23 @@ class AdaptiveLimit:
         return max(self._recent_confirmed, self._older_confirmed)
 
     @property
+    def batch(self) -> int | None:
+        """The engine's batch size from its metrics (the most it ran while requests
+        waited, recently), or None without metrics or before it ever queued."""
+        batch = max(self._recent_batch, self._older_batch)
+        return int(batch) if batch >= 1 else None
+
+    @property
     def capacity(self) -> int:
         """Requests this backend may hold in flight now (at least 1): the limit, but at
         most `_PROBE` beyond what was recently seen to work, so a burst cannot push a
-        whole untested limit into the engine's queue at once."""
-        return max(1, min(int(self.limit), self.confirmed + _PROBE))
+        whole untested limit into the engine's queue at once, and never more than the
+        engine's batch when its metrics tell it (no probe needed then)."""
+        capacity = min(int(self.limit), self.confirmed + _PROBE)
+        batch = self.batch
+        if batch is not None:
+            capacity = min(capacity, batch)
+        return max(1, capacity)
 
     @property
     def base_ttft(self) -> float | None:
@@ -176,10 +201,17 @@ class AdaptiveLimit:
             tested = max(self.limit, float(self.confirmed + _PROBE))
             self.limit = min(self.maximum, self.limit + step, tested)
 
-    def queued(self, running: float, latest_seq: int) -> None:
+    def queued(self, running: float) -> None:
         """The engine's metrics show a queue while it runs `running` requests."""
         self.congestions += 1
-        if latest_seq > self.last_decrease_seq:
+        self._recent_batch = max(self._recent_batch, running)
+        self._batch_count += 1
+        if self._batch_count >= _BATCH_WINDOW:
+            self._older_batch, self._recent_batch = self._recent_batch, 0.0
+            self._batch_count = 0
+        # Once per overshoot: only if something was sent here since the last decrease.
+        if self.latest_sent > self.last_decrease_seq:
+            latest_seq = self.latest_sent
             target = min(self.limit - 1.0, max(running, 1.0))
             self.limit = max(self.minimum, _MAX_DECREASE * self.limit, target)
             self.last_decrease_seq = latest_seq
@@ -325,7 +357,7 @@ class AdaptiveDetector(_PoolDetector):
         state = self.limits.get(backend.url)
         if state is not None and metrics.waiting > 0:
             # The engine queues: the same signal as a late first token, seen earlier.
-            state.queued(metrics.running, self.seq)
+            state.queued(metrics.running)
         self.notify()
 
     def scrape_failed(self, backend: Backend, error: str, *, reachable: bool) -> None:
@@ -351,12 +383,15 @@ class AdaptiveDetector(_PoolDetector):
             return None
         backend: Backend = assignment[0]
         self.seq += 1
+        state = self.limits.get(backend.url)
+        if state is not None:
+            state.latest_sent = self.seq
         return ResponseObserver(self, backend.url, self.seq, self._clock(), backend.in_flight)
 
     def limit_of(self, backend: Backend) -> float | None:
-        """The learned limit of `backend` (for /metrics)."""
+        """The requests `backend` may hold now, as learned (for /metrics)."""
         state = self.limits.get(backend.url)
-        return None if state is None else state.limit
+        return None if state is None else float(state.capacity)
 
     def describe(self, backend: Backend) -> dict[str, Any]:
         doc = super().describe(backend)
@@ -364,9 +399,11 @@ class AdaptiveDetector(_PoolDetector):
         if state is not None:
             now = self._clock()
             doc |= {
-                "concurrency_limit": round(state.limit, 3),
+                "concurrency_limit": state.capacity,
+                "limit_estimate": round(state.limit, 3),
                 "slow_start": state.slow_start,
                 "confirmed_in_flight": state.confirmed,
+                "engine_batch": state.batch,
                 "base_ttft_s": state.base_ttft,
                 "ttft_samples": state.samples,
                 "congested_samples": state.congestions,
