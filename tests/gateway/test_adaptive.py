@@ -191,3 +191,25 @@ def test_adaptive_slots_are_the_learned_limits_minus_in_flight() -> None:
     for seq in range(1, 4):
         det.limits["http://b"].first_token(seq, 0.1, 3, seq)
     assert det.limits["http://b"].capacity == 5  # 3 worked: up to 3 + 2, grown to 5
+
+
+def test_metrics_teach_the_batch_size_and_a_shown_queue_blocks_the_backend() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a"], AdaptiveSettings(initial_limit=32), clock)
+    a = det.backends["http://a"]
+    state = det.limits["http://a"]
+    for seq in range(1, 40):
+        state.first_token(seq, 0.1, 20, seq)
+    assert state.capacity == 22  # 20 worked, so up to 2 more; no batch known yet
+    state.latest_sent = 40
+    det.scrape_succeeded(a, BackendMetrics(2, 16, 0.3), det.scrape_started(a))
+    assert state.batch == 16 and state.capacity == 16
+    assert det.is_saturated()  # the engine queues: nothing more goes there
+    clock.now += 0.05
+    det.scrape_succeeded(a, BackendMetrics(0, 15, 0.3), det.scrape_started(a))
+    assert not det.is_saturated()
+    # A backend without metrics stays usable; a refused connection does not.
+    det.scrape_failed(a, "no vLLM metrics", reachable=True)
+    assert det.has_endpoints()
+    det.scrape_failed(a, "refused", reachable=False)
+    assert not det.has_endpoints()
