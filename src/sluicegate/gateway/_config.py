@@ -350,13 +350,14 @@ class GatewayConfig(_Model):
             backends: base URLs of OpenAI-compatible servers.
             host: listening address.
             port: listening port.
-            max_in_flight: use a concurrency limit per backend instead of scraping.
+            max_in_flight: use a fixed concurrency limit per backend instead of the
+                adaptive (learned) one.
 
         Raises:
             GatewayConfigError: a value is invalid.
         """
         saturation: dict[str, Any] = (
-            {"type": "utilization"}
+            {"type": "adaptive"}
             if max_in_flight is None
             else {"type": "concurrency", "max_in_flight": max_in_flight}
         )
@@ -372,7 +373,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("utilization", "concurrency"):
+        elif part in ("adaptive", "utilization", "concurrency"):
             continue  # pydantic's discriminator tag, not a field the user wrote
         else:
             out += f".{part}" if out else str(part)
