@@ -1,6 +1,7 @@
 """`sluicegate bench`: run the benchmark suite (or one part), write JSON and a report.
 
-Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4), or
+Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4),
+``protection`` (5, issue 13: untuned saturation settings), or
 ``all``. ``--quick`` is a smoke run of seconds per part; ``--target URL`` adds another
 OpenAI-compatible gateway to parts 2 and 4 (part 5 of the issue).
 """
