@@ -43,6 +43,7 @@ class DemandHeadroom:
     __slots__ = (
         "_arrivals",
         "_completions",
+        "_mean_service",
         "_mu",
         "_rates",
         "_service",
@@ -61,8 +62,10 @@ class DemandHeadroom:
         #: Arrivals per second by band, and completions per second, as of the last refresh.
         self._rates: dict[int, float] = {}
         self._mu = 0.0
-        #: Reserves computed since the last refresh, by band.
-        self.reserves: dict[int, int] = {}
+        #: (arrival rate, busy slots) of the bands above each band, since the last refresh.
+        self.reserves: dict[int, tuple[float, float]] = {}
+        #: Mean seconds any request holds its slot.
+        self._mean_service = 0.0
 
     def arrived(self, priority: int, now: float) -> None:
         """A request of band `priority` was submitted."""
@@ -75,28 +78,41 @@ class DemandHeadroom:
     def completed(self, priority: int, held_s: float, now: float) -> None:
         """A request of band `priority` gave its slot back after holding it `held_s`."""
         self._completions.append(now)
+        mean = self._mean_service
+        self._mean_service = held_s if mean <= 0.0 else mean + _SERVICE_WEIGHT * (held_s - mean)
         old = self._service.get(priority)
         self._service[priority] = held_s if old is None else old + _SERVICE_WEIGHT * (held_s - old)
         self.refresh(now)
 
     def allows(self, priority: int, free_slots: float, capacity: float) -> bool:
         """Whether band `priority` may take one of `free_slots` (of `capacity` slots)."""
-        reserve = self.reserve_for(priority)
+        reserve = self.reserve_for(priority, busy_slots=capacity - free_slots)
         if not reserve:
             return True
         return free_slots - 1 >= min(reserve, math.floor(capacity / 2))
 
-    def reserve_for(self, priority: int) -> int:
-        """Slots band `priority` must leave free for the bands above it."""
-        reserve = self.reserves.get(priority)
-        if reserve is None:
+    def reserve_for(self, priority: int, busy_slots: float = 0.0) -> int:
+        """Slots band `priority` must leave free for the bands above it.
+
+        `busy_slots` (the slots in use now) bounds the completion rate from below by
+        Little's law (busy / mean service time): early on, when long requests have not
+        ended yet, the measured rate alone would make every arrival look unservable.
+        """
+        demand = self.reserves.get(priority)
+        if demand is None:
             lam = busy = 0.0
             for higher, rate in self._rates.items():
                 if higher > priority:
                     lam += rate
                     busy += rate * self._service.get(higher, 0.0)
-            reserve = self.reserves[priority] = _reserve(lam, self._mu, busy, self.miss)
-        return reserve
+            demand = self.reserves[priority] = (lam, busy)
+        lam, busy = demand
+        if lam <= 0.0:
+            return 0
+        mu = self._mu
+        if self._mean_service > 0.0:
+            mu = max(mu, busy_slots / self._mean_service)
+        return _reserve(lam, mu, busy, self.miss)
 
     def rate(self, priority: int) -> float:
         """Arrivals per second of band `priority` over the window (as last refreshed)."""

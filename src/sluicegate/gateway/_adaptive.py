@@ -192,7 +192,9 @@ class AdaptiveLimit:
             return
         self._recent_confirmed = max(self._recent_confirmed, in_flight_at_send)
         capacity = self.capacity
-        if in_flight_at_send >= capacity - max(1, capacity // _NEAR_LIMIT_DIVISOR):
+        near = capacity - max(1, capacity // _NEAR_LIMIT_DIVISOR)
+        # Near the limit, or at the most ever seen to work: either tested the top.
+        if in_flight_at_send >= min(near, self.confirmed):
             # Near the limit and clean: probe one more. "Near", not "at": headroom kept
             # for higher bands keeps lower bands some slots short of the limit.
             step = 1.0 if self.slow_start else 1.0 / self.limit
