@@ -118,3 +118,38 @@ async def test_off_by_config_and_a_started_stream_is_never_taken_back() -> None:
         off = config(urls[0], preemptive_requeue=False)
         async with serve_in_background(off) as gw:
             assert not gw.pools["p"].preemption.enabled
+
+
+async def test_forward_priority_lets_a_priority_scheduling_engine_order_its_queue() -> None:
+    sim = SimConfig(
+        max_num_seqs=1, time_to_first_token=20, inter_token_latency=5, scheduling_policy="priority"
+    )
+    app = create_app(sim)
+    async with serve_many([app], "127.0.0.1", [0]) as urls:
+        doc = {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "pools": [
+                {
+                    "name": "p",
+                    "backends": urls,
+                    # Everything goes to the engine at once: its own queue decides.
+                    "saturation": {"type": "concurrency", "max_in_flight": 10},
+                    "forward_priority": True,
+                }
+            ],
+            "objectives": [
+                {"name": "interactive", "priority": 10},
+                {"name": "batch", "priority": -1},
+            ],
+        }
+        async with serve_in_background(parse_config(doc)) as gw, aiohttp.ClientSession() as s:
+            assert gw.url is not None
+            log: list[str] = []
+            blocker = asyncio.ensure_future(stream(s, gw.url, "batch", 30, log))
+            await eventually(lambda: app.engine.statistics().running == 1)
+            late_batch = asyncio.ensure_future(stream(s, gw.url, "batch", 2, log))
+            await eventually(lambda: app.engine.statistics().waiting == 1)
+            urgent = asyncio.ensure_future(stream(s, gw.url, "interactive", 2, log))
+            await asyncio.gather(blocker, late_batch, urgent)
+            done = [e for e in log if e.endswith("done")]
+            assert done == ["batch done", "interactive done", "batch done"]

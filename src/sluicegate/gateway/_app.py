@@ -306,6 +306,9 @@ class Gateway:
             self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
             stream = doc.get("stream") is True
             session = self._require_session()
+            if pool.settings.forward_priority and "priority" not in doc:
+                # vLLM serves the lowest value first; ours is the highest first.
+                body = orjson.dumps(doc | {"priority": -cls.priority})
             while True:
                 assignment = ticket.assignment
                 if assignment is None:  # the detector had no backend: only if it misbehaves

@@ -234,6 +234,9 @@ class PoolSettings(_Model):
     #: streamed request whose answer has not started and queue it again (its client
     #: only sees a later first token).
     preemptive_requeue: bool = True
+    #: Add vLLM's ``priority`` request field (lower is served first, so the request's
+    #: priority negated), for engines started with ``--scheduling-policy priority``.
+    forward_priority: bool = False
     #: How often one request may be taken back; then it keeps its slot.
     max_requeues: Annotated[int, Field(ge=0)] = 1
 
