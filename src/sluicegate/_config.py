@@ -163,6 +163,9 @@ class FlowControlConfig:
             then the first matching pattern in order; default 1. A flow with weight 2
             gets twice the token service of a flow with weight 1 under `token-fair`.
         fairness_window: seconds of the sliding window for the fairness statistics.
+        demand_headroom: keep free slots for higher bands, as many as their recent
+            demand needs (none when they send nothing); needs a detector with
+            ``slots()`` (see `sluicegate.SaturationDetector`).
     """
 
     default_ttl: float | None = 30.0
@@ -177,6 +180,7 @@ class FlowControlConfig:
     band_idle_timeout: float = 600.0
     flow_weights: Mapping[str, float] = field(default_factory=dict)
     fairness_window: float = 10.0
+    demand_headroom: bool = True
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -205,6 +209,8 @@ class FlowControlConfig:
             )
         _check_duration("fairness_window", self.fairness_window, allow_none=False)
         object.__setattr__(self, "flow_weights", _frozen_weights(self.flow_weights))
+        if not isinstance(self.demand_headroom, bool):
+            raise ConfigError(f"demand_headroom must be a bool, got {self.demand_headroom!r}")
 
     def weight_for(self, flow_id: str) -> float:
         """The fairness weight of `flow_id`: exact match, else first glob, else 1."""

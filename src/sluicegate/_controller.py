@@ -153,14 +153,18 @@ class FlowController:
         if ticket.state is State.DISPATCHED:
             ticket.handed_over = True
             return ticket
-        loop = self._loop
-        assert loop is not None
-        waiter = ticket.waiter = loop.create_future()
-        core = self._core
         # A request queues because the detector said saturated or others wait. A pass is
         # needed unless the last one found the detector saturated (`full`) and the
         # detector will notify us when that changes.
-        if not core.full or self._detector.recheck_interval is not None:
+        pass_needed = not self._core.full or self._detector.recheck_interval is not None
+        return await self._wait(ticket, pass_needed=pass_needed)
+
+    async def _wait(self, ticket: Ticket, *, pass_needed: bool) -> Ticket:
+        """Wait for a queued ticket's dispatch; on any exception, leave the queue."""
+        loop = self._loop
+        assert loop is not None
+        waiter = ticket.waiter = loop.create_future()
+        if pass_needed:
             self._dispatch()
         # The armed timer already fires early enough unless this deadline is earlier.
         if (
@@ -182,6 +186,29 @@ class FlowController:
             raise
         ticket.handed_over = True
         return ticket
+
+    async def requeue_and_wait(self, ticket: Ticket) -> Ticket:
+        """Take an in-flight ticket back (preemption) and wait until it is dispatched again.
+
+        For a request whose answer has not started: its slot goes to whoever waits
+        first (the preempting request), and it waits again at the head of its flow's
+        queue; its TTL starts again. The caller must have stopped its use of the slot
+        (closed the upstream request) first. Returns the same ticket, dispatched again.
+
+        Raises:
+            ValueError: the ticket is not in flight.
+            TTLExpiredError: it waited its whole TTL again.
+            ControllerClosedEvictedError: the controller closed while it waited.
+        """
+        loop = self._loop
+        if loop is None or not self._core.requeue(ticket, loop.time(), self._detector):
+            raise ValueError(f"{ticket!r} is not in flight")
+        return await self._wait(ticket, pass_needed=True)
+
+    @property
+    def requeued(self) -> int:
+        """Tickets taken back from flight and queued again since the start."""
+        return self._core.requeued
 
     def enqueue_nowait(
         self,

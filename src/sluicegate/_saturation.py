@@ -6,6 +6,11 @@ changed for a reason the controller cannot see (a scrape, a new backend, a new l
 it calls the listener the controller installed, and the controller re-runs dispatch.
 A detector that cannot notify sets `recheck_interval` instead; the controller then
 re-asks it at that interval, and only while requests are blocked.
+
+A detector may also offer ``slots() -> (free, capacity) | None``: how many more
+requests it would take now, out of how many in all. With it, the controller keeps free
+slots for higher bands sized to their recent demand (`FlowControlConfig.demand_headroom`);
+without it, only `max_utilization` ceilings make headroom.
 """
 
 from __future__ import annotations
@@ -119,6 +124,10 @@ class ConcurrencyLimit:
 
     def utilization(self) -> float:
         return self._in_flight / self._limit if self._limit else 1.0
+
+    def slots(self) -> tuple[float, float]:
+        """(free, capacity): requests it would still take, out of its limit."""
+        return max(self._limit - self._in_flight, 0), self._limit
 
     def on_dispatch(self, ticket: Ticket, /) -> None:
         self._in_flight += 1

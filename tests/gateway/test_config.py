@@ -27,12 +27,12 @@ async def test_example_configs_load(name: str) -> None:
 
 @pytest.mark.asyncio
 async def test_minimal_form_defaults() -> None:
-    """Pools default to every model and utilization with the issue's thresholds."""
+    """Pools default to every model and the adaptive (learned) limit."""
     config = GatewayConfig.simple(["http://127.0.0.1:9/"])
     pool = config.pools[0]
     assert pool.backends == ["http://127.0.0.1:9"]
     assert pool.models == ["*"]
-    assert pool.saturation.type == "utilization"
+    assert pool.saturation.type == "adaptive"
     assert config.flow_control.no_endpoint_ttl == 1.0
     concurrency = GatewayConfig.simple(["http://h:1"], max_in_flight=4)
     assert concurrency.pools[0].saturation.type == "concurrency"

@@ -10,7 +10,12 @@ import aiohttp
 import openai
 import pytest
 
-from sluicegate.gateway import parse_config, parse_metrics, serve_in_background
+from sluicegate.gateway import (
+    UtilizationDetector,
+    parse_config,
+    parse_metrics,
+    serve_in_background,
+)
 from sluicegate.sim import SimConfig
 from sluicegate.sim import serve_in_background as serve_sim
 
@@ -43,8 +48,10 @@ async def through_gateway(
         async with serve_in_background(parse_config(doc)) as gw:
             client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="-", max_retries=0)
             try:
-                backends = gw.pools["sim"].detector.backends.values()
-                await eventually(lambda: all(b.scraped_at is not None for b in backends))
+                detector = gw.pools["sim"].detector
+                if isinstance(detector, UtilizationDetector):
+                    backends = detector.backends.values()
+                    await eventually(lambda: all(b.scraped_at is not None for b in backends))
                 yield gw, client, sim_url
             finally:
                 await client.close()

@@ -46,6 +46,11 @@ class Queue(Protocol):
         """Add a ticket; return True if it became the head."""
         ...
 
+    def push_front(self, ticket: Ticket, /) -> bool:
+        """Put back a ticket that was dispatched from this queue (a requeue): ahead of
+        what arrived after it. Return True if it became the head."""
+        ...
+
     def peek(self) -> Ticket | None:
         """The head, or None when empty."""
         ...
@@ -85,6 +90,11 @@ class FifoQueue:
         self._items.append(ticket)
         self._live += 1
         return self._live == 1
+
+    def push_front(self, ticket: Ticket, /) -> bool:
+        self._items.appendleft(ticket)
+        self._live += 1
+        return True
 
     def peek(self) -> Ticket | None:
         items = self._items
@@ -144,6 +154,10 @@ class HeapQueue:
         heapq.heappush(self._heap, (ticket.sort_key, ticket))
         self._live += 1
         return self.peek() is ticket
+
+    def push_front(self, ticket: Ticket, /) -> bool:
+        # Its sort key is unchanged, so it goes back where its ordering puts it.
+        return self.push(ticket)
 
     def peek(self) -> Ticket | None:
         heap = self._heap

@@ -32,6 +32,7 @@ from .._types import (
     FlowKey,
     Outcome,
 )
+from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._statistics import snapshot
 from ._ticket import State, Ticket
@@ -85,6 +86,10 @@ class Scheduler:
         #: until the gate changes (a band's ceiling stops only that band and below).
         self.full = False
         self._seq = 0
+        #: Tickets taken back from flight and queued again (`requeue`).
+        self.requeued = 0
+        #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
+        self.headroom = DemandHeadroom()
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
 
@@ -142,6 +147,7 @@ class Scheduler:
             registry.forget_if_unused(band)
             raise WouldBlock(f"{key} cannot be dispatched without waiting")
         self.submitted += 1
+        self.headroom.arrived(band.priority, now)
         if fallback:
             band.fallback_requests += 1
         ticket = self._ticket(key, size, ttl, slo, now, band, input_tokens, output_tokens)
@@ -242,6 +248,11 @@ class Scheduler:
         flow.last_backlogged = now
         if flow.queue.push(ticket):
             band.fairness.head_changed(flow)
+        self._arm_timers(ticket, now)
+
+    def _arm_timers(self, ticket: Ticket, now: float) -> None:
+        """Push the ticket's TTL and no-endpoint deadlines. An entry counts only while it
+        names the ticket's current deadline (a requeued ticket gets new ones)."""
         timers = self._compact_timers()
         if ticket.expires_at is not None:
             heapq.heappush(timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
@@ -309,10 +320,22 @@ class Scheduler:
             if not gate.has_endpoints() or gate.is_saturated():
                 return False
             ceiling = 1.0 if band is None else band.config.max_utilization
-            return ceiling >= 1.0 or gate.utilization() < ceiling
+            if ceiling < 1.0 and gate.utilization() >= ceiling:
+                return False
+            return band is None or self._headroom_allows(gate, band)
         except Exception:
             _log.exception("saturation detector failed; treating the pool as saturated")
             return False
+
+    def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
+        """Whether `band` leaves the bands above it the free slots their demand needs."""
+        slots = getattr(gate, "slots", None)
+        if slots is None or not self.registry.config.demand_headroom:
+            return True
+        counted: tuple[float, float] | None = slots()
+        if counted is None:
+            return True
+        return self.headroom.allows(band.priority, *counted)
 
     def _start(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
         ticket.state = State.DISPATCHED
@@ -414,6 +437,8 @@ class Scheduler:
         self.in_flight -= 1
         flow.band.in_flight -= 1
         flow.in_flight -= 1
+        held = now - ticket.dispatched_at if ticket.dispatched_at is not None else 0.0
+        self.headroom.completed(flow.band.priority, held, now)
         try:
             gate.on_release(ticket)
         except Exception:
@@ -430,6 +455,56 @@ class Scheduler:
         self.outcomes[Outcome.DISPATCHED] -= 1
         self._finish(ticket, Outcome.EVICTED_CANCELLED)
         self._end_flight(ticket, now, gate)
+        return True
+
+    def requeue(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
+        """Take a dispatched ticket back from flight and queue it again, at the head of
+        its flow (preemption before its answer started). Returns False, changing
+        nothing, unless it is in flight.
+
+        Its in-flight slot is given back (`gate.on_release`), its token charge refunded
+        (charged again at the next dispatch), and it counts as queued, not dispatched,
+        so the counters still add up. It was admitted once and waits again only because
+        it was preempted: its TTL starts
+        again from now (so it cannot expire at once for a wait it did not choose, nor
+        wait forever). The caller sets a new waiter and runs a dispatch pass.
+        """
+        if ticket.state is not State.DISPATCHED:
+            return False
+        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        band = flow.band
+        self.outcomes[Outcome.DISPATCHED] -= 1
+        self.in_flight -= 1
+        band.in_flight -= 1
+        flow.in_flight -= 1
+        try:
+            gate.on_release(ticket)
+        except Exception:
+            _log.exception("saturation detector failed in on_release")
+        self._charge(flow, -ticket.input_tokens, -ticket.output_tokens, now)
+        ticket.requeues += 1
+        self.requeued += 1
+        ticket.dispatched_at = None
+        ticket.outcome = None
+        ticket.assignment = None
+        ticket.handed_over = False
+        ticket.usage_known = False
+        # A ticket dispatched on arrival never had its key; the same ordering gives it
+        # the same place it had (its arrival comes before anything queued after it).
+        ticket.sort_key = band.ordering.sort_key(ticket)
+        ticket.state = State.QUEUED
+        size = ticket.size
+        self.queued_requests += 1
+        self.queued_bytes += size
+        band.queued_requests += 1
+        band.queued_bytes += size
+        flow.queued_bytes += size
+        flow.last_backlogged = now
+        if flow.queue.push_front(ticket):
+            band.fairness.head_changed(flow)
+        if ticket.expires_at is not None:
+            ticket.expires_at = now + ticket.ttl
+        self._arm_timers(ticket, now)
         return True
 
     def evict(self, ticket: Ticket, outcome: Outcome, now: float) -> bool:
@@ -474,9 +549,11 @@ class Scheduler:
         timers = self._timers
         no_endpoints: bool | None = None
         while timers and timers[0][0] <= now:
-            _, _, kind, ticket = heapq.heappop(timers)
+            at, _, kind, ticket = heapq.heappop(timers)
             if ticket.state is not State.QUEUED:
                 continue
+            if at != (ticket.expires_at if kind == _TTL else ticket.no_endpoint_at):
+                continue  # a deadline the ticket no longer has (it was requeued)
             if kind == _TTL:
                 self.evict(ticket, Outcome.EVICTED_TTL, now)
                 out.append(ticket)

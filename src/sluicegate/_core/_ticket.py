@@ -72,11 +72,13 @@ class Ticket:
         "outcome",
         "output_tokens",
         "priority",
+        "requeues",
         "seq",
         "size",
         "slo_at",
         "sort_key",
         "state",
+        "ttl",
         "usage_known",
         "waiter",
     )
@@ -96,6 +98,8 @@ class Ticket:
         self.arrival = arrival
         self.seq = seq
         self.expires_at = expires_at
+        #: Seconds it may wait (0 without a deadline): a requeued ticket waits it again.
+        self.ttl = 0.0 if expires_at is None else expires_at - arrival
         self.slo_at = slo_at
         self.no_endpoint_at: float | None = None
         self.sort_key: Any = seq
@@ -111,6 +115,8 @@ class Ticket:
         self.input_tokens = 0
         self.output_tokens = 0
         self.usage_known = False
+        #: Times it was taken back from flight and queued again (`Scheduler.requeue`).
+        self.requeues = 0
         self._owner: _Releaser | None = None
 
     @property

@@ -1,7 +1,8 @@
 """`sluicegate bench`: run the benchmark suite (or one part), write JSON and a report.
 
-Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4), or
-``all``; ``epp`` (the endpoint picker, needs the ``epp`` extras) runs only when named.
+Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4),
+``protection`` (5, issue 13: untuned saturation settings), or ``all``; ``epp`` (the
+endpoint picker, needs the ``epp`` extras) runs only when named.
 ``--quick`` is a smoke run of seconds per part; ``--target URL`` adds another
 OpenAI-compatible gateway to parts 2 and 4 (part 5 of the issue).
 """
@@ -24,6 +25,7 @@ from ._figures import load_average, machine
 from ._gateway_parts import run_overhead, run_streaming
 from ._overhead import OverheadOptions
 from ._overload import OverloadOptions, run_overload
+from ._protection import PROTECTION_MODES, ProtectionOptions, run_protection
 from ._report import Suite, render_report, write_json
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["bench"]
 
-PARTS: Final = ("dispatch", "overhead", "streaming", "overload")
+PARTS: Final = ("dispatch", "overhead", "streaming", "overload", "protection")
 #: The report of a full run of every part; other runs write next to the JSON results.
 FULL_REPORT: Final = Path("docs/benchmarks.md")
 
@@ -47,6 +49,7 @@ class Settings:
     arrivals: Literal["poisson", "closed"]
     seed: int
     cores: tuple[int, int]
+    modes: tuple[str, ...] = PROTECTION_MODES
 
 
 def overhead_options(settings: Settings, *, with_target: bool) -> OverheadOptions:
@@ -78,12 +81,25 @@ def overload_options(settings: Settings) -> OverloadOptions:
     return options
 
 
+def protection_options(settings: Settings) -> ProtectionOptions:
+    """Part 5: the full settings, or seconds-long ones with ``--quick``."""
+    modes = tuple(m for m in PROTECTION_MODES if m in settings.modes)
+    options = ProtectionOptions(seed=settings.seed, modes=modes)
+    if settings.quick:
+        return dataclasses.replace(
+            options, duration=3.0, grace_s=2.0, baseline_s=1.5, loads=(2.0,), patterns=("poisson",)
+        )
+    return options
+
+
 def _part_command(part: str, settings: Settings) -> str:
     args = ["sluicegate", "bench", part, *["--quick"] * settings.quick]
     if settings.target and part in {"overhead", "overload"}:
         args += ["--target", settings.target, "--backend-port", str(settings.backend_port)]
     if part == "overload" and settings.arrivals != "poisson":
         args += ["--arrivals", settings.arrivals]
+    if part == "protection" and tuple(settings.modes) != PROTECTION_MODES:
+        args += ["--modes", ",".join(settings.modes)]
     return shlex.join(args)
 
 
@@ -111,6 +127,8 @@ def run_part(part: str, settings: Settings) -> PartResult:
         cores = settings.cores
         options = EppOptions(gateway_core=cores[0], load_core=cores[1], quick=settings.quick)
         return run_epp(options, command=command)
+    if part == "protection":
+        return run_protection(protection_options(settings), command=command)
     return run_overload(overload_options(settings), command=command)
 
 
@@ -161,6 +179,12 @@ def _sample_load(suite: Suite, when: str) -> None:
     help="The markdown report [default: docs/benchmarks.md for a full run of all parts, "
     "else next to the JSON results].",
 )
+@click.option(
+    "--modes",
+    default=",".join(PROTECTION_MODES),
+    show_default=True,
+    help="Part 5's gateway modes, comma-separated (off is the baseline of the others).",
+)
 @click.option("--note", default="", help="Conditions of the run, quoted in the report.")
 def bench(
     part: str,
@@ -172,6 +196,7 @@ def bench(
     cores: str,
     results: Path,
     report: Path | None,
+    modes: str,
     note: str,
 ) -> None:
     """Run the benchmark suite and write JSON results and a markdown report."""
@@ -196,6 +221,7 @@ def bench(
         "closed" if arrivals == "closed" else "poisson",
         seed,
         (gateway_core, load_core),
+        tuple(m.strip() for m in modes.split(",") if m.strip()),
     )
     began = time.monotonic()
     _sample_load(suite, "start")

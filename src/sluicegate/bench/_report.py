@@ -123,8 +123,8 @@ def _summary(suite: Suite) -> list[str]:
 
 
 _HOW = [
-    "Run it: `make bench` (all parts, about 8 minutes, writes this file) or "
-    "`sluicegate bench [dispatch|overhead|streaming|overload|all] [--quick] "
+    "Run it: `make bench` (all parts, about 15 minutes, writes this file) or "
+    "`sluicegate bench [dispatch|overhead|streaming|overload|protection|all] [--quick] "
     "[--target URL --backend-port N] [--arrivals closed] [--note TEXT]`. JSON results go to "
     "`benchmarks/results/` (one file per part and `summary.json`); a single part or "
     "`--quick` writes its report there too. `--target URL` measures another "

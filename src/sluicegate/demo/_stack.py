@@ -71,10 +71,14 @@ def demo_gateway_config(
                 "models": ["*"],
                 "backends": list(backends),
                 "saturation": {"type": "concurrency", "max_in_flight": limit},
+                # The demo keeps its hand-set ceilings below; the untuned defaults
+                # (demand headroom, preemptive requeue) are measured by `bench protection`.
+                "preemptive_requeue": False,
             }
         ],
         "flow_control": {
             "default_ttl": 20,
+            "demand_headroom": False,
             # Interactive (10) may fill every slot; standard and batch stop short of that,
             # so an interactive request finds a free slot instead of waiting for one.
             "default_band": band,

@@ -8,9 +8,11 @@ detector per pool. Needs the ``server`` extras.
 from __future__ import annotations
 
 from .._exports import publish
+from ._adaptive import AdaptiveDetector, AdaptiveLimit
 from ._app import Gateway
 from ._classify import Classification, classify
 from ._config import (
+    AdaptiveSettings,
     BandSettings,
     ConcurrencySettings,
     FlowControlSettings,
@@ -32,6 +34,9 @@ from ._scrape import parse_metrics
 from ._server import run, serve_in_background
 
 __all__ = [
+    "AdaptiveDetector",
+    "AdaptiveLimit",
+    "AdaptiveSettings",
     "Backend",
     "BackendMetrics",
     "BandSettings",

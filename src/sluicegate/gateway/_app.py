@@ -10,6 +10,7 @@ the controller's detector bound it to. Whatever happens, the ticket is released
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -355,8 +356,15 @@ class Gateway:
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
         stream = doc.get("stream") is True
+        if pool.settings.forward_priority and "priority" not in doc:
+            # vLLM serves the lowest value first; ours is the highest first.
+            body = orjson.dumps(doc | {"priority": -cls.priority})
         del doc  # a queued request holds its body, not also its parsed copy
         ex.queued, ex.enqueued_at = True, time.perf_counter()
+        if not pool.has_free_slot():
+            # It would wait for a slot: take one back from lower-priority work whose
+            # answer has not started (its slot comes free before this request waits).
+            pool.preemption.make_room(cls.priority)
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
             key,
@@ -367,22 +375,34 @@ class Gateway:
             output_tokens=output_tokens,
         )
         ex.queued = False
-        meter = UsageMeter(ticket)
+        meter = UsageMeter(ticket, pool.observe(ticket))
         try:
             ex.queue_s = ticket.queue_time or 0.0
             ex.outcome = _DISPATCHED
             pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
             self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
-            assignment = ticket.assignment
-            if assignment is None:  # the detector had no backend: only if it misbehaves
-                raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
             session = self._require_session()
-            await relay_with_retry(
-                pool.detector,
-                ticket,
-                lambda url: relay(session, ex, url, body, stream=stream, meter=meter),
-                lambda: ex.started,
-            )
+            while True:
+                if ticket.assignment is None:  # no backend: only if the detector misbehaves
+                    raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
+                with pool.preemption.track(ticket, ex, stream=stream):
+                    try:
+                        await relay_with_retry(
+                            pool.detector,
+                            ticket,
+                            functools.partial(
+                                relay, session, ex, body=body, stream=stream, meter=meter
+                            ),
+                            lambda: ex.started,
+                        )
+                        break
+                    except asyncio.CancelledError:
+                        if not pool.preemption.absorb(ex):
+                            raise
+                # Taken back before its answer started (see _preempt.py): wait again.
+                meter.abandon()
+                ticket = await pool.preemption.wait_again(ticket)
+                meter = UsageMeter(ticket, pool.observe(ticket))
         except Exception:
             if not ex.started:
                 meter.failed()

@@ -33,7 +33,7 @@ __all__ = ["serve"]
     "--max-in-flight",
     type=click.IntRange(min=1),
     default=None,
-    help="With --backend: limit in-flight requests per backend instead of scraping /metrics.",
+    help="With --backend: a fixed in-flight limit per backend instead of the learned one.",
 )
 @click.option(
     "--log-level",

@@ -26,6 +26,7 @@ from pydantic import (
 import sluicegate as sg
 
 __all__ = [
+    "AdaptiveSettings",
     "BandSettings",
     "ConcurrencySettings",
     "FlowControlSettings",
@@ -111,6 +112,9 @@ class FlowControlSettings(_Model):
     flow_weights: dict[str, _FlowWeight] = Field(default_factory=dict)
     #: Seconds of the sliding window of the fairness figures (Jain's index, service gap).
     fairness_window: _Seconds = 10.0
+    #: Keep free slots for higher bands, sized to their recent demand (none when they
+    #: send nothing), so their requests find a slot at once.
+    demand_headroom: bool = True
 
     @field_validator("flow_weights")
     @classmethod
@@ -148,6 +152,7 @@ class FlowControlSettings(_Model):
             band_idle_timeout=self.band_idle_timeout,
             flow_weights=self.flow_weights,
             fairness_window=self.fairness_window,
+            demand_headroom=self.demand_headroom,
         )
 
 
@@ -196,6 +201,36 @@ class ConcurrencySettings(_Model):
     max_in_flight: Annotated[int, Field(ge=1)] = 100
 
 
+class AdaptiveSettings(_Model):
+    """Saturation from a per-backend concurrency limit learned from time to first token."""
+
+    type: Literal["adaptive"] = "adaptive"
+    #: The limit of a backend before anything is known about it.
+    initial_limit: Annotated[int, Field(ge=1)] = 8
+    min_limit: Annotated[int, Field(ge=1)] = 1
+    max_limit: Annotated[int, Field(ge=1)] = 1024
+    #: A first token later than this many times the backend's recent best is a sign
+    #: the request waited in the engine's own queue.
+    ttft_tolerance: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 2.0
+    #: Also read vLLM/SGLang /metrics when a backend has them: a backend whose engine
+    #: shows requests waiting takes nothing more until its queue is empty.
+    use_metrics: bool = True
+    scrape_interval: _Seconds = 0.05
+    #: Metrics older than this are ignored (the TTFT signals still apply).
+    staleness: _Seconds = 1.0
+    scrape_timeout: _Seconds | None = None
+    metrics_path: str = "/metrics"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptiveSettings:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"need min_limit <= initial_limit <= max_limit, got {self.min_limit}, "
+                f"{self.initial_limit}, {self.max_limit}"
+            )
+        return self
+
+
 def _check_backend(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -223,13 +258,23 @@ class PoolSettings(_Model):
     #: Requests for models no pool names go here.
     default: bool = False
     saturation: Annotated[
-        UtilizationSettings | ConcurrencySettings, Field(discriminator="type")
-    ] = UtilizationSettings()
+        AdaptiveSettings | UtilizationSettings | ConcurrencySettings,
+        Field(discriminator="type"),
+    ] = AdaptiveSettings()
     health: HealthSettings = Field(default_factory=HealthSettings)
     #: How prompt tokens are estimated before dispatch: ``chars`` (text length / 4, no
     #: I/O) or ``tokenize`` (ask a backend's vLLM-style ``/tokenize``; one extra round
     #: trip per request, ``chars`` when it fails). The response's usage corrects either.
     token_estimate: Literal["chars", "tokenize"] = "chars"
+    #: When a request is about to wait and no slot is free, take back a lower-priority
+    #: streamed request whose answer has not started and queue it again (its client
+    #: only sees a later first token).
+    preemptive_requeue: bool = True
+    #: Add vLLM's ``priority`` request field (lower is served first, so the request's
+    #: priority negated), for engines started with ``--scheduling-policy priority``.
+    forward_priority: bool = False
+    #: How often one request may be taken back; then it keeps its slot.
+    max_requeues: Annotated[int, Field(ge=0)] = 1
 
     @field_validator("name")
     @classmethod
@@ -364,13 +409,14 @@ class GatewayConfig(_Model):
             backends: base URLs of OpenAI-compatible servers.
             host: listening address.
             port: listening port.
-            max_in_flight: use a concurrency limit per backend instead of scraping.
+            max_in_flight: use a fixed concurrency limit per backend instead of the
+                adaptive (learned) one.
 
         Raises:
             GatewayConfigError: a value is invalid.
         """
         saturation: dict[str, Any] = (
-            {"type": "utilization"}
+            {"type": "adaptive"}
             if max_in_flight is None
             else {"type": "concurrency", "max_in_flight": max_in_flight}
         )
@@ -386,7 +432,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("utilization", "concurrency"):
+        elif part in ("adaptive", "utilization", "concurrency"):
             continue  # pydantic's discriminator tag, not a field the user wrote
         else:
             out += f".{part}" if out else str(part)

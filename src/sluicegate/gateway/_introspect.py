@@ -94,6 +94,7 @@ def _pool_document(pool: Pool, now: float, top: int) -> dict[str, Any]:
         "saturation": detector.pool_saturation(),
         "stale_backends": detector.stale_backends(),
         "backends": [detector.describe(b) for b in detector.backends.values()],
+        "preemption": pool.preemption.describe(),
         "submitted": stats.submitted,
         "queued_requests": stats.queued_requests,
         "queued_bytes": stats.queued_bytes,

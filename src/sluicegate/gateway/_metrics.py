@@ -19,8 +19,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Final, final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from ._adaptive import AdaptiveDetector
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Iterator
@@ -232,6 +234,8 @@ class _StateCollector(Collector):
         for labels, value in byte_sizes.items():
             nbytes.add_metric(list(labels), value)
         yield from (size, nbytes, saturation, stale, in_flight, healthy, jain, gap)
+        yield self._learned_limits()
+        yield self._requeues()
 
     def _queues(
         self,
@@ -255,3 +259,31 @@ class _StateCollector(Collector):
         if band.flows > found:  # flows without a label of their own
             sizes[OTHER_FAIRNESS_ID, priority] += rest_requests
             byte_sizes[OTHER_FAIRNESS_ID, priority] += rest_bytes
+
+    def _requeues(self) -> Metric:
+        """Requests taken back before their answer started and queued again (per pool)."""
+        requeued = CounterMetricFamily(
+            f"{self._prefix}requests_requeued",
+            "Requests taken back from a backend before their answer started, to make "
+            "room for higher-priority work, and queued again.",
+            labels=["pool"],
+        )
+        for pool in self._pools():
+            requeued.add_metric([pool.name], pool.preemption.requeued)
+        return requeued
+
+    def _learned_limits(self) -> Metric:
+        """The concurrency limit each backend of an adaptive pool has now."""
+        limits = GaugeMetricFamily(
+            f"{self._prefix}backend_concurrency_limit",
+            "Requests a backend of an adaptive pool may hold in flight, as learned.",
+            labels=["pool", "backend"],
+        )
+        for pool in self._pools():
+            detector = pool.detector
+            if isinstance(detector, AdaptiveDetector):
+                for backend in detector.backends.values():
+                    value = detector.limit_of(backend)
+                    if value is not None:
+                        limits.add_metric([pool.name, backend.url], value)
+        return limits

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Final, final
 
 import sluicegate as sg
 
-from ._config import GatewayConfigError, UtilizationSettings
+from ._adaptive import AdaptiveDetector, ResponseObserver
+from ._config import AdaptiveSettings, ConcurrencySettings, GatewayConfigError, UtilizationSettings
 from ._errors import GatewayError
 from ._health import HealthProbes
+from ._preempt import Preemption
 from ._saturation import ConcurrencyDetector, UtilizationDetector
 from ._scrape import scrape_forever
 
@@ -70,16 +72,16 @@ class Pool:
         self.name = settings.name
         self.settings = settings
         self._clock = clock
-        sat = settings.saturation
-        self.detector: UtilizationDetector | ConcurrencyDetector = (
-            UtilizationDetector(settings.backends, sat, clock)
-            if isinstance(sat, UtilizationSettings)
-            else ConcurrencyDetector(settings.backends, sat, clock)
-        )
+        self.detector = _new_detector(settings, clock)
         self.detector.health = settings.health
         #: Probes of backends taken out of service by passive health.
         self.probes = HealthProbes(self.detector)
         self.controller = sg.FlowController(flow_control, saturation=self.detector)
+        self.preemption = Preemption(
+            self.controller,
+            max_requeues=settings.max_requeues,
+            enabled=settings.preemptive_requeue,
+        )
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()
@@ -94,7 +96,11 @@ class Pool:
 
     def _start_scraper(self, url: str) -> None:
         detector = self.detector
-        if not isinstance(detector, UtilizationDetector) or self._session is None:
+        if self._session is None:
+            return
+        if not isinstance(detector, UtilizationDetector) and not (
+            isinstance(detector, AdaptiveDetector) and detector.settings.use_metrics
+        ):
             return
         coro = scrape_forever(self._session, detector, detector.backends[url])
         task = asyncio.get_running_loop().create_task(coro, name=f"scrape {self.name} {url}")
@@ -133,15 +139,11 @@ class Pool:
     ) -> None:
         """Adopt validated settings; nothing queued or in flight is dropped."""
         self.settings = settings
+        self.preemption.enabled = settings.preemptive_requeue
+        self.preemption.max_requeues = settings.max_requeues
         self.controller.reconfigure(flow_control)
         self.controller.reconcile_priorities(priorities)
-        sat = settings.saturation
-        if isinstance(self.detector, UtilizationDetector):
-            assert isinstance(sat, UtilizationSettings)
-            self.detector.configure(sat)
-        else:
-            assert not isinstance(sat, UtilizationSettings)
-            self.detector.configure(sat)
+        _configure(self.detector, settings.saturation)
         self.detector.health = settings.health
         added, removed = self.detector.set_backends(settings.backends)
         for backend in removed:
@@ -149,6 +151,15 @@ class Pool:
             self.probes.cancel(backend.url)
         for backend in added:
             self._start_scraper(backend.url)
+
+    def observe(self, ticket: sg.Ticket) -> ResponseObserver | None:
+        """What learns from the answer to a dispatched `ticket` (adaptive pools only)."""
+        detector = self.detector
+        return detector.observe(ticket) if isinstance(detector, AdaptiveDetector) else None
+
+    def has_free_slot(self) -> bool:
+        """Whether a request could be dispatched now without waiting for a slot."""
+        return self.detector.slots()[0] >= 1
 
     def dispatched(self, priority: int, now: float) -> None:
         """Record a dispatch from band `priority` (feeds Retry-After)."""
@@ -168,6 +179,34 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.controller!r}>"
+
+
+#: The detector of a pool, by its saturation type.
+PoolDetector = AdaptiveDetector | UtilizationDetector | ConcurrencyDetector
+
+
+def _new_detector(settings: PoolSettings, clock: Callable[[], float]) -> PoolDetector:
+    sat = settings.saturation
+    if isinstance(sat, UtilizationSettings):
+        return UtilizationDetector(settings.backends, sat, clock)
+    if isinstance(sat, AdaptiveSettings):
+        return AdaptiveDetector(settings.backends, sat, clock)
+    return ConcurrencyDetector(settings.backends, sat, clock)
+
+
+def _configure(
+    detector: PoolDetector, sat: AdaptiveSettings | UtilizationSettings | ConcurrencySettings
+) -> None:
+    """Hand new settings to a detector of the same type (`Pool.check` made sure)."""
+    if isinstance(detector, UtilizationDetector):
+        assert isinstance(sat, UtilizationSettings)
+        detector.configure(sat)
+    elif isinstance(detector, AdaptiveDetector):
+        assert isinstance(sat, AdaptiveSettings)
+        detector.configure(sat)
+    else:
+        assert isinstance(sat, ConcurrencySettings)
+        detector.configure(sat)
 
 
 @final

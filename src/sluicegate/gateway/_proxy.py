@@ -408,11 +408,12 @@ async def _relay_response(
     try:
         if stream:
             ex.sse = resp.content_type == "text/event-stream"
-            ex.upstream_s = time.perf_counter() - began
-            await ex.start(resp.status, headers)
             if meter is not None:
                 meter.begin(resp.status)
-            await _pipe(ex, resp.content, watch, meter)
+            # The headers go out with the first chunk: until then nothing reached the
+            # client, so the request may still be taken back and queued again
+            # (_preempt.py), or fail with a clean error status.
+            await _pipe(ex, resp.content, watch, meter, start=(resp.status, headers, began))
         else:
             await _relay_whole(ex, resp, headers, began, watch, meter)
     finally:
@@ -425,18 +426,30 @@ async def _pipe(
     content: aiohttp.StreamReader,
     watch: ReadWatch | None,
     meter: UsageMeter | _Tail | None,
+    *,
+    start: tuple[int, Headers, float] | None = None,
 ) -> None:
-    """Relay the rest of the body as it arrives, then end the response."""
+    """Relay the rest of the body as it arrives, then end the response. With `start`
+    (status, headers, upstream start time), the response starts with the first chunk."""
     while True:
         if watch is not None:
             watch.reading()
         chunk = await content.readany()
         if not chunk:
             break
+        if start is not None and not ex.started:
+            await _start(ex, *start)
         if meter is not None:
             meter.chunk(chunk)
         await ex.chunk(chunk)
+    if start is not None and not ex.started:
+        await _start(ex, *start)
     await ex.finish()
+
+
+async def _start(ex: Exchange, status: int, headers: Headers, began: float) -> None:
+    ex.upstream_s = time.perf_counter() - began
+    await ex.start(status, headers)
 
 
 async def _relay_whole(

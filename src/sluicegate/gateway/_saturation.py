@@ -313,6 +313,24 @@ class _PoolDetector:
     def stale_backends(self) -> int:
         return 0
 
+    def backend_slots(self, backend: Backend) -> float:
+        """How many requests `backend` holds at a score of 1 (its capacity)."""
+        raise NotImplementedError
+
+    def slots(self) -> tuple[float, float]:
+        """(free, capacity) over the reachable backends: what demand headroom sizes from."""
+        now = self._clock()
+        free = capacity = 0.0
+        for backend in self.backends.values():
+            if not backend.reachable:
+                continue
+            size = self.backend_slots(backend)
+            score = self.score(backend, now)
+            capacity += size
+            if math.isfinite(score) and score < 1.0:
+                free += math.floor((1.0 - score) * size + 1e-9)
+        return free, capacity
+
     def describe(self, backend: Backend) -> dict[str, Any]:
         """A JSON-able view of one backend for /debug/flowcontrol."""
         now = self._clock()
@@ -353,6 +371,8 @@ class UtilizationDetector(_PoolDetector):
     ) -> None:
         super().__init__(urls, clock)
         self.settings = settings
+        #: Batch size per backend URL, learned from scrapes that showed a queue.
+        self.batch_sizes: dict[str, float] = {}
 
     def configure(self, settings: UtilizationSettings) -> None:
         """Adopt new thresholds or policy; waiting requests are re-checked at once."""
@@ -376,6 +396,37 @@ class UtilizationDetector(_PoolDetector):
             (m.waiting + backend.unseen) / s.queue_depth_threshold, m.kv / s.kv_cache_threshold
         )
 
+    def backend_slots(self, backend: Backend) -> float:
+        # A score of 1 is `queue_depth_threshold` requests waiting in the engine.
+        return self.settings.queue_depth_threshold
+
+    def slots(self) -> tuple[float, float]:
+        """(free, capacity) in batch slots once each engine's batch size is known.
+
+        An engine's batch is full when it queues: the number running at a scrape that
+        showed requests waiting is its batch size (``max_num_seqs``, or fewer when the
+        KV cache is the limit). Free slots are those no request of ours may be about to
+        take (running, waiting and unseen dispatches count). Until an engine has queued
+        once, its free share of the queue-depth threshold stands in.
+        """
+        now = self._clock()
+        free = capacity = 0.0
+        for backend in self.backends.values():
+            if not backend.reachable:
+                continue
+            batch = self.batch_sizes.get(backend.url)
+            m = backend.metrics
+            if batch is None or m is None or self.is_stale(backend, now):
+                size = self.backend_slots(backend)
+                score = self.score(backend, now)
+                capacity += size
+                if math.isfinite(score) and score < 1.0:
+                    free += math.floor((1.0 - score) * size + 1e-9)
+                continue
+            capacity += batch
+            free += max(0.0, batch - m.running - m.waiting - backend.unseen)
+        return free, capacity
+
     def scrape_started(self, backend: Backend) -> int:
         """Called as a scrape request is sent; returns the epoch to report back."""
         epoch = backend.epoch
@@ -394,6 +445,8 @@ class UtilizationDetector(_PoolDetector):
         backend.scrapes += 1
         backend.last_error = None
         backend.seen_up_to(epoch)
+        if metrics.waiting > 0 and metrics.running > 0:
+            self.batch_sizes[backend.url] = metrics.running
         self.notify()
 
     def scrape_failed(self, backend: Backend, error: str, *, reachable: bool) -> None:
@@ -433,6 +486,9 @@ class ConcurrencyDetector(_PoolDetector):
 
     def score(self, backend: Backend, now: float) -> float:
         return backend.in_flight / self.settings.max_in_flight
+
+    def backend_slots(self, backend: Backend) -> float:
+        return self.settings.max_in_flight
 
     def __repr__(self) -> str:
         return f"ConcurrencyDetector({len(self.backends)} backends, {self.settings.max_in_flight})"

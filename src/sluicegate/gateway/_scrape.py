@@ -18,7 +18,11 @@ import aiohttp
 from ._saturation import BackendMetrics
 
 if TYPE_CHECKING:
+    from ._adaptive import AdaptiveDetector
     from ._saturation import Backend, UtilizationDetector
+
+    #: Detectors that read backends' metrics.
+    Scraped = UtilizationDetector | AdaptiveDetector
 
 __all__ = ["parse_metrics", "scrape_forever"]
 
@@ -66,9 +70,7 @@ def parse_metrics(text: bytes) -> BackendMetrics:
     return BackendMetrics(waiting, running, kv)
 
 
-async def _scrape_once(
-    session: aiohttp.ClientSession, detector: UtilizationDetector, backend: Backend
-) -> None:
+async def _scrape_once(session: aiohttp.ClientSession, detector: Scraped, backend: Backend) -> None:
     settings = detector.settings
     timeout = aiohttp.ClientTimeout(total=settings.scrape_timeout or settings.staleness)
     epoch = detector.scrape_started(backend)
@@ -87,8 +89,9 @@ async def _scrape_once(
     except _NoMetricsError as exc:
         # Never scoreable: under fail-closed (or last-known without figures) it could
         # never take a request, so it is no endpoint rather than a 30 s wait. fail-open
-        # serves such a backend as free, as it always did.
-        usable = settings.stale_policy == "fail-open"
+        # serves such a backend as free, as it always did, and an adaptive pool needs no
+        # metrics at all (time to first token is its signal).
+        usable = getattr(settings, "stale_policy", "fail-open") == "fail-open"
         _record_failure(detector, backend, str(exc), reachable=usable)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         _record_failure(detector, backend, f"scrape failed: {exc!r}", reachable=True)
@@ -96,9 +99,7 @@ async def _scrape_once(
         detector.scrape_succeeded(backend, metrics, epoch)
 
 
-def _record_failure(
-    detector: UtilizationDetector, backend: Backend, error: str, *, reachable: bool
-) -> None:
+def _record_failure(detector: Scraped, backend: Backend, error: str, *, reachable: bool) -> None:
     # Log transitions only: a dead backend would otherwise log 20 lines a second.
     if backend.last_error is None or backend.reachable != reachable:
         _log.warning("backend=%s %s", backend.url, error)
@@ -106,7 +107,7 @@ def _record_failure(
 
 
 async def scrape_forever(
-    session: aiohttp.ClientSession, detector: UtilizationDetector, backend: Backend
+    session: aiohttp.ClientSession, detector: Scraped, backend: Backend
 ) -> None:
     """Scrape `backend` every `detector.settings.scrape_interval` until cancelled."""
     loop = asyncio.get_running_loop()

@@ -30,6 +30,8 @@ import orjson
 if TYPE_CHECKING:
     import sluicegate as sg
 
+    from ._adaptive import ResponseObserver
+
 __all__ = [
     "MAX_OUTPUT_ESTIMATE",
     "REPORT_EVERY",
@@ -149,6 +151,8 @@ class UsageMeter:
 
     Args:
         ticket: the dispatched ticket.
+        observer: told when the answer starts, fails and ends (an adaptive detector
+            learns its backend's limit from it).
     """
 
     __slots__ = (
@@ -156,14 +160,16 @@ class UsageMeter:
         "_done",
         "_error",
         "_events",
+        "_observer",
         "_reported",
         "_streaming",
         "_ticket",
         "_usage_seen",
     )
 
-    def __init__(self, ticket: sg.Ticket) -> None:
+    def __init__(self, ticket: sg.Ticket, observer: ResponseObserver | None = None) -> None:
         self._ticket = ticket
+        self._observer = observer
         self._events = 0
         #: What the ticket is charged for output now (the estimate until a report).
         self._reported = ticket.output_tokens
@@ -175,6 +181,7 @@ class UsageMeter:
 
     def body(self, status: int, data: bytes) -> None:
         """A whole non-streamed answer: record its ``usage``."""
+        self._observe_status(status, stream=False)
         if status >= 400:
             self._refund_output()
             return
@@ -185,17 +192,23 @@ class UsageMeter:
 
     def begin(self, status: int) -> None:
         """A stream starts with `status`."""
+        self._observe_status(status, stream=True)
         self._streaming = True
         if status >= 400:
             self._refund_output()
 
     def failed(self) -> None:
         """No byte was relayed (the backend refused or was unreachable): no output."""
+        if self._observer is not None:
+            self._observer.failed()
+            self._observer = None
         if not self._events and not self._usage_seen:
             self._refund_output()
 
     def chunk(self, data: bytes) -> None:
         """Part of a stream, as read: count its events, or take its ``usage``."""
+        if self._observer is not None:
+            self._observer.first_chunk()
         if self._error:
             return
         if (self._carry or b'"usage"' in data) and self._take_usage(data):
@@ -231,8 +244,18 @@ class UsageMeter:
                 self._carry = tail  # the usage object continues in the next read
         return False
 
+    def abandon(self) -> None:
+        """The request was taken back before its answer started: record nothing."""
+        if self._observer is not None:
+            self._observer.ended()
+            self._observer = None
+        self._error = True
+
     def close(self) -> None:
         """The response ended (or broke): a stream's count stands if no usage came."""
+        if self._observer is not None:
+            self._observer.ended()
+            self._observer = None
         if self._usage_seen or self._error or not self._streaming:
             return
         if self._events != self._reported or self._done:
@@ -240,6 +263,16 @@ class UsageMeter:
             # A stream that ended with [DONE] is complete; one cut short is not, and
             # must not teach the flow's output estimate.
             self._record(None, self._events, final=self._done)
+
+    def _observe_status(self, status: int, *, stream: bool) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        if status >= 500 or status == 429:
+            observer.failed()
+            self._observer = None
+        elif stream and status < 400:
+            observer.stream_started()
 
     def _refund_output(self) -> None:
         # A refused request is charged nothing, and says nothing about typical output.

@@ -1,0 +1,155 @@
+"""Headroom sized to demand: free slots kept for higher bands, as many as they need now.
+
+Strict priority decides only *who is next*: when every slot is taken by long
+low-priority requests, an interactive request still waits for one of them to end. So a
+band may dispatch only while, after the dispatch, at least ``reserve(band)`` slots stay
+free for the bands above it. The reserve follows those bands' recent demand and is zero
+when they send nothing, so a band alone uses the whole pool.
+
+Sizing. Free slots behave like a small birth-death queue: higher-band arrivals (rate
+``lam``, the sum over the bands above) take one, any completion (rate ``mu``, all bands)
+gives one back while fewer than ``R`` are free, because lower bands refill a slot only
+above ``R``. With ``rho = lam / mu``, the chance an arrival finds no free slot is about
+``rho**R * (1 - rho)``; the reserve is the smallest ``R`` that keeps it below `miss`.
+It is capped by what the bands above can use at all (Little's law: ``lam x service
+time``, plus three standard deviations of a Poisson count) and by half the capacity, so
+lower bands are never shut out.
+
+Rates are counts over the last `window` seconds, refreshed on every arrival and
+completion (the core never reads a clock): a band that stopped sending drops out of
+the reserve one window later. Sans-I/O: every step takes ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Final, final
+
+__all__ = ["DemandHeadroom"]
+
+#: Seconds of history behind the arrival and completion rates.
+DEFAULT_WINDOW: Final = 3.0
+#: Target chance that a higher-band arrival finds no free slot.
+DEFAULT_MISS: Final = 0.01
+#: Weight of the newest sample in a band's mean service time.
+_SERVICE_WEIGHT: Final = 0.1
+
+
+@final
+class DemandHeadroom:
+    """Per-band arrival and service accounting, and the reserve each band must leave."""
+
+    __slots__ = (
+        "_arrivals",
+        "_completions",
+        "_mean_service",
+        "_mu",
+        "_rates",
+        "_service",
+        "miss",
+        "reserves",
+        "window",
+    )
+
+    def __init__(self, window: float = DEFAULT_WINDOW, miss: float = DEFAULT_MISS) -> None:
+        self.window = window
+        self.miss = miss
+        self._arrivals: dict[int, deque[float]] = {}
+        self._completions: deque[float] = deque()
+        #: Mean seconds a request of the band holds its slot (dispatch to release).
+        self._service: dict[int, float] = {}
+        #: Arrivals per second by band, and completions per second, as of the last refresh.
+        self._rates: dict[int, float] = {}
+        self._mu = 0.0
+        #: (arrival rate, busy slots) of the bands above each band, since the last refresh.
+        self.reserves: dict[int, tuple[float, float]] = {}
+        #: Mean seconds any request holds its slot.
+        self._mean_service = 0.0
+
+    def arrived(self, priority: int, now: float) -> None:
+        """A request of band `priority` was submitted."""
+        times = self._arrivals.get(priority)
+        if times is None:
+            times = self._arrivals[priority] = deque()
+        times.append(now)
+        self.refresh(now)
+
+    def completed(self, priority: int, held_s: float, now: float) -> None:
+        """A request of band `priority` gave its slot back after holding it `held_s`."""
+        self._completions.append(now)
+        mean = self._mean_service
+        self._mean_service = held_s if mean <= 0.0 else mean + _SERVICE_WEIGHT * (held_s - mean)
+        old = self._service.get(priority)
+        self._service[priority] = held_s if old is None else old + _SERVICE_WEIGHT * (held_s - old)
+        self.refresh(now)
+
+    def allows(self, priority: int, free_slots: float, capacity: float) -> bool:
+        """Whether band `priority` may take one of `free_slots` (of `capacity` slots)."""
+        reserve = self.reserve_for(priority, busy_slots=capacity - free_slots)
+        if not reserve:
+            return True
+        return free_slots - 1 >= min(reserve, math.floor(capacity / 2))
+
+    def reserve_for(self, priority: int, busy_slots: float = 0.0) -> int:
+        """Slots band `priority` must leave free for the bands above it.
+
+        `busy_slots` (the slots in use now) bounds the completion rate from below by
+        Little's law (busy / mean service time): early on, when long requests have not
+        ended yet, the measured rate alone would make every arrival look unservable.
+        """
+        demand = self.reserves.get(priority)
+        if demand is None:
+            lam = busy = 0.0
+            for higher, rate in self._rates.items():
+                if higher > priority:
+                    lam += rate
+                    busy += rate * self._service.get(higher, 0.0)
+            demand = self.reserves[priority] = (lam, busy)
+        lam, busy = demand
+        if lam <= 0.0:
+            return 0
+        mu = self._mu
+        if self._mean_service > 0.0:
+            mu = max(mu, busy_slots / self._mean_service)
+        return _reserve(lam, mu, busy, self.miss)
+
+    def rate(self, priority: int) -> float:
+        """Arrivals per second of band `priority` over the window (as last refreshed)."""
+        return self._rates.get(priority, 0.0)
+
+    def refresh(self, now: float) -> None:
+        """Forget what left the window; reserves are recomputed when next asked."""
+        horizon = now - self.window
+        rates: dict[int, float] = {}
+        for priority in list(self._arrivals):
+            times = self._arrivals[priority]
+            while times and times[0] < horizon:
+                times.popleft()
+            if times:
+                rates[priority] = len(times) / self.window
+            else:
+                del self._arrivals[priority]
+        completions = self._completions
+        while completions and completions[0] < horizon:
+            completions.popleft()
+        self._mu = len(completions) / self.window
+        self._rates = rates
+        self.reserves.clear()
+
+    def __repr__(self) -> str:
+        return f"<DemandHeadroom rates={self._rates} mu={self._mu:.2f}>"
+
+
+def _reserve(lam: float, mu: float, busy: float, miss: float) -> int:
+    """Free slots that keep the chance of a higher arrival finding none below `miss`."""
+    if lam <= 0.0:
+        return 0
+    cap = math.ceil(busy + 3.0 * math.sqrt(busy) + 1.0)
+    if mu <= 0.0:
+        return cap
+    rho = lam / mu
+    if rho >= 1.0:
+        return cap
+    needed = math.ceil(math.log(miss / (1.0 - rho)) / math.log(rho)) if rho > 0 else 0
+    return max(1, min(needed, cap))
