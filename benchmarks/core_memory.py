@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import tracemalloc
@@ -61,10 +62,8 @@ def rejections(n: int = 100_000) -> Scheduler:
     core = Scheduler(config)
     gate = ManualDetector(saturated=True)
     for i in range(n):
-        try:
+        with contextlib.suppress(sg.QueueFullError):
             core.submit(sg.FlowKey(f"tenant-{i}"), 100, None, None, i * 1e-4, gate)
-        except sg.QueueFullError:
-            pass
     return core
 
 
