@@ -318,9 +318,9 @@ class FlowController:
             self._arm_collection()
 
     def _arm_collection(self) -> None:
-        # Idle-collection deadlines only ever come later than the armed one, so a
-        # release or rejection needs to arm a timer only when none is armed.
-        if self._timer is None and self._running:
+        # A flow that just went idle may be due before the armed timer (a short
+        # flow_idle_timeout behind a long TTL); `_arm_timer` moves it only if so.
+        if self._running:
             self._arm_timer()
 
     # -- band set and configuration ----------------------------------------------------
@@ -407,11 +407,15 @@ class FlowController:
         if not self._running:
             return
         has_endpoints = self._detector.has_endpoints()
+        lost: list[Ticket] = []
         if self._had_endpoints and not has_endpoints:
-            for ticket in self._core.endpoints_lost(self._now()):
+            lost = self._core.endpoints_lost(self._now())
+            for ticket in lost:
                 self._fail(ticket)
         self._had_endpoints = has_endpoints
         self._dispatch()
+        if lost:
+            self._arm_collection()  # their flows may be idle now
 
     def _dispatch(self) -> None:
         """Run dispatch passes until nothing changes; re-entrant calls fold in."""
@@ -459,11 +463,15 @@ class FlowController:
         self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
+        # The loop runs a timer up to its clock resolution early: expire what was due at
+        # `at`, or the re-armed timer would fire again at once, and spin until the clock
+        # passes `at` (forever on a virtual clock).
+        now = max(self._now(), self._timer_at)
         self._timer = None
         self._timer_at = math.inf
         if not self._running:
             return
-        for ticket in self._core.expire(self._now(), self._detector):
+        for ticket in self._core.expire(now, self._detector):
             self._fail(ticket)
         self._dispatch()
         self._arm_timer()

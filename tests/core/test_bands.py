@@ -251,3 +251,16 @@ def test_new_band_while_another_retires(make: Callable[..., Harness]) -> None:
     h.submit("a", 3)
     stats = h.core.statistics()
     assert stats.bands[3].queued_requests == 2 and stats.bands[11].queued_requests == 1
+
+
+def test_collection_at_the_exact_deadline_despite_float_rounding(
+    make: Callable[..., Harness],
+) -> None:
+    """At `next_deadline()` the flow is collected, even where now - since rounds below the
+    timeout (else the shell's timer re-arms for the same instant and spins)."""
+    h = make(sg.FlowControlConfig(flow_idle_timeout=3.0, band_idle_timeout=5.0), saturated=False)
+    h.release(h.submit("c", now=3.991458), now=3.991458)
+    due = h.core.next_deadline()
+    assert due is not None and due - 3.991458 < 3.0  # the rounding this is about
+    h.core.expire(due, h.gate)
+    assert not h.core.statistics().flows

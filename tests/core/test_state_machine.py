@@ -1,4 +1,10 @@
-"""Property-based test: the scheduler against a simple model, under random events."""
+"""Property-based test: the scheduler against a simple model, under random events.
+
+Events include nowait submissions, loads crossing band ceilings, cancellation,
+reconfiguration (policies change, static bands come and go), reconciliation and usage
+reports; besides the counters, every internal heap, ring and map must stay bounded by a
+constant times its live entries, and no flow or band may be left where nothing collects it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import sluicegate as sg
+from sluicegate._core._policies import GlobalStrict, RoundRobin, TokenFair
 from sluicegate._core._scheduler import Scheduler
 from sluicegate._core._ticket import State, Ticket
 
@@ -18,8 +25,10 @@ class LimitGate:
 
     def __init__(self) -> None:
         self.limit = 0
+        self.load = 0.0
         self.in_flight = 0
         self.endpoints = True
+        self.violations: list[str] = []
 
     def is_saturated(self) -> bool:
         return self.in_flight >= self.limit
@@ -28,9 +37,13 @@ class LimitGate:
         return self.endpoints
 
     def utilization(self) -> float:
-        return self.in_flight / self.limit if self.limit else 1.0
+        return max(self.load, self.in_flight / self.limit if self.limit else 1.0)
 
     def on_dispatch(self, ticket: Ticket) -> None:
+        assert ticket.band is not None
+        ceiling = ticket.band.config.max_utilization
+        if ceiling < 1 and not self.utilization() < ceiling:
+            self.violations.append(f"{ticket!r} dispatched above its band's ceiling")
         self.in_flight += 1
 
     def on_release(self, ticket: Ticket) -> None:
@@ -40,16 +53,38 @@ class LimitGate:
         pass
 
 
+SLACK = 64
+
 CONFIG = sg.FlowControlConfig(
     default_ttl=None,
     no_endpoint_ttl=4.0,
     max_requests=12,
     max_bytes=400,
     default_band=sg.BandConfig(max_requests=5, max_bytes=150),
-    negative_band=sg.BandConfig(ordering="edf", fairness="round-robin", max_requests=3),
+    negative_band=sg.BandConfig(
+        ordering="edf", fairness="round-robin", max_requests=3, max_utilization=0.5
+    ),
     bands={1: sg.BandConfig(ordering="slo-deadline", fairness="round-robin", max_requests=None)},
     flow_idle_timeout=3.0,
     band_idle_timeout=5.0,
+)
+#: The same limits (lowered ones would leave queues over them, by design), other
+#: policies and ceilings, one more static band, shorter idle timeouts.
+CONFIG2 = sg.FlowControlConfig(
+    default_ttl=None,
+    no_endpoint_ttl=4.0,
+    max_requests=12,
+    max_bytes=400,
+    default_band=sg.BandConfig(
+        fairness="token-fair", max_requests=5, max_bytes=150, max_utilization=0.75
+    ),
+    negative_band=sg.BandConfig(ordering="edf", fairness="global-strict", max_requests=3),
+    bands={
+        1: sg.BandConfig(ordering="slo-deadline", fairness="token-fair", max_requests=None),
+        3: sg.BandConfig(fairness="round-robin", max_requests=5, max_bytes=150),
+    },
+    flow_idle_timeout=2.0,
+    band_idle_timeout=2.0,
 )
 
 
@@ -80,9 +115,39 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         self.tickets.append(t)
 
-    @rule(limit=st.integers(0, 3))
-    def set_limit(self, limit: int) -> None:
+    @rule(fid=st.sampled_from("abc"), priority=st.sampled_from([-1, 0, 1, 3]))
+    def submit_nowait(self, fid: str, priority: int) -> None:
+        try:
+            t = self.core.submit(
+                sg.FlowKey(fid, priority), 10, None, None, self.now, self.gate, nowait=True
+            )
+        except sg.WouldBlock:
+            return
+        except sg.RejectedError:
+            self.rejections += 1
+            return
+        assert t.state is State.DISPATCHED, "nowait queued a request"
+        self.tickets.append(t)
+
+    @rule(limit=st.integers(0, 3), load=st.sampled_from([0.0, 0.6, 0.9]))
+    def set_limit(self, limit: int, load: float) -> None:
         self.gate.limit = limit
+        self.gate.load = load
+
+    @rule(second=st.booleans())
+    def reconfigure(self, second: bool) -> None:
+        self.core.reconfigure(CONFIG2 if second else CONFIG, self.now)
+
+    @rule(
+        data=st.data(),
+        tokens=st.none() | st.integers(0, 5000) | st.just(2**63 - 1),
+        final=st.booleans(),
+    )
+    def report_usage(self, data: st.DataObject, tokens: int | None, final: bool) -> None:
+        served = [t for t in self.tickets if t.state in (State.DISPATCHED, State.RELEASED)]
+        if served:
+            t = data.draw(st.sampled_from(served))
+            assert self.core.record_usage(t, tokens, tokens, self.now, final=final)
 
     @rule(endpoints=st.booleans())
     def set_endpoints(self, endpoints: bool) -> None:
@@ -180,8 +245,30 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def protected_bands_exist(self) -> None:
         bands = self.core.statistics().bands
-        assert 0 in bands and 1 in bands
+        assert 0 in bands and set(self.core.config.bands) <= set(bands)
         assert self.core.registry.desired <= set(bands)
+
+    @invariant()
+    def no_dispatch_above_a_ceiling(self) -> None:
+        assert not self.gate.violations, self.gate.violations
+
+    @invariant()
+    def internal_state_is_bounded_and_collectable(self) -> None:
+        core = self.core
+        registry = core.registry
+        assert len(core._timers) <= 4 * core.queued_requests + SLACK + 2
+        for band in registry.levels:
+            backlogged = sum(1 for f in band.flows.values() if len(f.queue))
+            fairness = band.fairness
+            if isinstance(fairness, GlobalStrict | TokenFair):
+                assert len(fairness._heap) <= 2 * backlogged + SLACK
+            elif isinstance(fairness, RoundRobin):
+                assert len(fairness._ring) <= 2 * backlogged + SLACK
+            for flow in band.flows.values():
+                assert flow.in_flight or len(flow.queue) or flow in registry._idle_flows
+                assert flow.fair_counter < 1e12
+            if not band.flows and not registry.protected(band):
+                assert band in registry._idle_bands or band.retiring
 
 
 TestScheduler = SchedulerMachine.TestCase

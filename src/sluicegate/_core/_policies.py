@@ -171,40 +171,59 @@ class GlobalStrict:
 
 @final
 class RoundRobin:
-    """One dispatch per backlogged flow per turn, in order of becoming backlogged."""
+    """One dispatch per backlogged flow per turn, in order of becoming backlogged.
+
+    A ring of (flow, turn) entries with lazy removal: an entry is live while it names
+    its flow's current turn (`_members`). A flow emptied by expiry or cancellation loses
+    its turn at once; the ring is rebuilt when dead entries outnumber live ones, so it
+    stays bounded while saturated, when no pass runs to skip them.
+    """
 
     name: ClassVar[str] = "round-robin"
-    __slots__ = ("_members", "_ring")
+    __slots__ = ("_members", "_ring", "_turns")
 
     def __init__(self) -> None:
-        self._ring: deque[Flow] = deque()
-        self._members: set[Flow] = set()
+        self._ring: deque[tuple[Flow, int]] = deque()
+        self._members: dict[Flow, int] = {}
+        self._turns = 0
+
+    def _enter(self, flow: Flow) -> None:
+        self._turns += 1
+        self._members[flow] = self._turns
+        ring = self._ring
+        if len(ring) >= 2 * len(self._members) + _HEAP_SLACK:
+            members = self._members
+            self._ring = ring = deque(e for e in ring if members.get(e[0]) == e[1])
+        ring.append((flow, self._turns))
 
     def head_changed(self, flow: Flow, /) -> None:
-        if flow not in self._members and len(flow.queue):
-            self._members.add(flow)
-            self._ring.append(flow)
+        if not len(flow.queue):
+            self._members.pop(flow, None)
+        elif flow not in self._members:
+            self._enter(flow)
 
     def dispatched(self, flow: Flow, ticket: Ticket, /) -> None:
         ring = self._ring
-        if ring and ring[0] is flow:
+        if ring and ring[0][0] is flow:
             ring.popleft()
             if len(flow.queue):
-                ring.append(flow)
+                self._enter(flow)
             else:
-                self._members.discard(flow)
+                self._members.pop(flow, None)
 
     def charge(self, flow: Flow, service: float, /) -> None:
         pass  # one turn per request, whatever it costs
 
     def select(self) -> Flow | None:
         ring = self._ring
+        members = self._members
         while ring:
-            flow = ring[0]
-            if len(flow.queue):
-                return flow
-            ring.popleft()  # emptied by eviction since its turn was queued
-            self._members.discard(flow)
+            flow, turn = ring[0]
+            if members.get(flow) == turn:
+                if len(flow.queue):
+                    return flow
+                del members[flow]  # emptied by an eviction we were not told of
+            ring.popleft()
         return None
 
 

@@ -261,7 +261,8 @@ class Registry:
         idle_flows = self._idle_flows
         while idle_flows:
             flow, since = next(iter(idle_flows.items()))
-            if now - since < flow_timeout:
+            # The same sum as `next_collection_at`: `now - since` may round below it.
+            if since + flow_timeout > now:
                 break
             idle_flows.popitem(last=False)
             band = flow.band
@@ -273,7 +274,7 @@ class Registry:
         idle_bands = self._idle_bands
         while idle_bands:
             band, since = next(iter(idle_bands.items()))
-            if now - since < band_timeout:
+            if since + band_timeout > now:
                 break
             idle_bands.popitem(last=False)
             if not band.flows and not self.protected(band):
