@@ -44,7 +44,13 @@ __all__ = ["GrpcError", "GrpcServer", "GrpcStream", "Method", "Status"]
 _log = logging.getLogger("sluicegate.epp")
 
 Message = Any  # generated protobuf classes carry no static types
-_CONFIG: Final = h2.config.H2Configuration(client_side=False, header_encoding=None)
+_CONFIG: Final = h2.config.H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    # Our own headers are constants: validating them per stream is wasted work.
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
 _HEADERS: Final = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 #: Receive window per stream and for the connection: a buffered-mode body arrives whole.
 _WINDOW: Final = 1 << 20
