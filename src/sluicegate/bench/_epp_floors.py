@@ -27,7 +27,7 @@ from ._overhead import cpu_seconds, free_port
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
-__all__ = ["FLOORS", "floor_main", "measure_floor"]
+__all__ = ["FLOORS", "floor_main", "measure_lean"]
 
 _PROCESS: Final = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
@@ -193,8 +193,11 @@ def floor_main() -> None:
     FLOORS[sys.argv[1]]()
 
 
-async def measure_floor(port: int, pid: int, seconds: float, concurrency: int) -> dict[str, float]:
-    """Closed loop of lean lifecycles; the server's lifecycles per CPU-second."""
+async def measure_lean(port: int, pid: int, seconds: float, concurrency: int) -> dict[str, float]:
+    """Closed loop of `LeanEnvoy` lifecycles on a picker or floor server (process `pid`).
+
+    Returns lifecycles per CPU-second of `pid`, per wall second, its CPU share, errors.
+    """
     from ._epp import _RESPONSE
     from ._epp_load import LeanEnvoy
     from ._upstream import BODY
@@ -221,6 +224,7 @@ async def measure_floor(port: int, pid: int, seconds: float, concurrency: int) -
         envoy.close()
     return {
         "per cpu-s": done / cpu if cpu > 0 else 0.0,
+        "lifecycles/s": done / wall,
         "cpu share": cpu / wall,
         "errors": envoy.errors,
     }
@@ -253,7 +257,7 @@ def main() -> None:  # pragma: no cover - a manual measurement
                 assert b"listening" in proc.stdout.readline()
                 import uvloop
 
-                r = uvloop.run(measure_floor(port, proc.pid, seconds, 64))
+                r = uvloop.run(measure_lean(port, proc.pid, seconds, 64))
             finally:
                 proc.terminate()
                 proc.wait()
