@@ -217,6 +217,45 @@ async def test_rst_stream_cancels_the_handler_and_frees_the_stream() -> None:
 
 
 @pytest.mark.asyncio
+async def test_open_streams_finish_after_a_graceful_goaway() -> None:
+    recorder = Recorder()
+    async with served(recorder) as (server, port):
+        client = await RawClient.connect(port)
+        sid = client.open()
+        client.send(sid, message(b"hold"))
+        await eventually(lambda: server._open > 0)
+        client.h2.close_connection(last_stream_id=sid)  # GOAWAY NO_ERROR, as Envoy drains
+        # h2 (client side too) closes its state on GOAWAY: frames go out by hand from here.
+        client.flush()
+        recorder.release.set()
+        await asyncio.sleep(0.01)
+        assert recorder.ended == []  # still open, still being served
+        payload = message(b"after")
+        raw = len(payload).to_bytes(3, "big") + bytes((0, 1)) + sid.to_bytes(4, "big") + payload
+        client.writer.write(raw)  # DATA with END_STREAM
+        received = b""
+        while chunk := await asyncio.wait_for(client.reader.read(65536), 10):
+            received += chunk  # until the server closes the connection
+        frames = _frames(received)
+        assert (0, sid) in frames  # the echo's DATA
+        assert b"after" in b"".join(p for (kind, _), p in frames.items() if kind == 0)
+        assert (1, sid) in frames  # the trailers
+        assert (7, 0) in frames  # GOAWAY, once the last stream ended
+        assert recorder.ended == ["ok"]
+        await client.close()
+
+
+def _frames(data: bytes) -> dict[tuple[int, int], bytes]:
+    """(type, stream id) -> payload of the last such frame, from raw HTTP/2 bytes."""
+    out: dict[tuple[int, int], bytes] = {}
+    while len(data) >= 9:
+        size = int.from_bytes(data[:3], "big")
+        out[data[3], int.from_bytes(data[5:9], "big")] = data[9 : 9 + size]
+        data = data[9 + size :]
+    return out
+
+
+@pytest.mark.asyncio
 async def test_a_lost_connection_cancels_its_handlers() -> None:
     recorder = Recorder()
     async with served(recorder) as (server, port):

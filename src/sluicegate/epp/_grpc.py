@@ -181,6 +181,8 @@ class _Connection(asyncio.Protocol):
         self._backlog: dict[int, bytes] = {}
         self._trailers: dict[int, list[tuple[bytes, bytes]]] = {}
         self._flush_soon = False
+        #: The peer sent a graceful GOAWAY: close once the open streams have ended.
+        self._peer_gone = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -235,7 +237,21 @@ class _Connection(asyncio.Protocol):
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._drain_backlog()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.close()  # the peer sent GOAWAY: h2 accepts nothing more on it
+            self._goaway(event)
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """The peer sent GOAWAY: no new streams; a graceful one lets open streams finish.
+
+        h2 closes its state machine on any GOAWAY (python-hyper/h2#1181), which would cut
+        the requests in flight when Envoy drains a connection. RFC 9113 6.8 lets them
+        complete, so after a NO_ERROR GOAWAY the state goes back to open until the last
+        stream ends (tests/epp/test_grpc.py checks this against the pinned h2).
+        """
+        if event.error_code != h2.errors.ErrorCodes.NO_ERROR or not self.streams:
+            self.close()
+            return
+        self._peer_gone = True
+        self._h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
@@ -248,6 +264,9 @@ class _Connection(asyncio.Protocol):
         if method is None:
             path = headers.get(b":path", b"").decode("latin-1")
             self._trailers_only(sid, Status.UNIMPLEMENTED, f"unknown method {path}")
+            return
+        if self._peer_gone:  # it promised no new streams (RFC 9113 6.8)
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         stream = self.streams[sid] = GrpcStream(self, sid, method)
         self._server.opened()
@@ -293,6 +312,8 @@ class _Connection(asyncio.Protocol):
             self._backlog.pop(sid, None)
             self._trailers.pop(sid, None)
             self._server.closed()
+            if self._peer_gone and not self.streams:
+                self._loop.call_soon(self.close)  # after this stream's trailers are out
 
     def _finish(self, sid: int, status: int, message: str) -> None:
         trailers = [(b"grpc-status", str(status).encode())]
