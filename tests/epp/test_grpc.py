@@ -256,6 +256,24 @@ def _frames(data: bytes) -> dict[tuple[int, int], bytes]:
 
 
 @pytest.mark.asyncio
+async def test_a_client_still_sending_after_the_trailers_is_not_reset() -> None:
+    # Envoy streams the body without waiting; a rejection ends the call mid-body. A
+    # RST_STREAM then would fail the client's next write (grpcio reports INTERNAL).
+    async with served(Recorder()) as (_, port):
+        client = await RawClient.connect(port)
+        sid = client.open()
+        client.send(sid, message(b"fail"))
+        assert (await client.trailers(sid))[b"grpc-status"] == str(Status.NOT_FOUND).encode()
+        client.send(sid, message(b"more"))
+        client.send(sid, message(b"last"), end=True)
+        again = client.open()
+        client.send(again, message(b"next"), end=True)
+        assert (await client.trailers(again))[b"grpc-status"] == b"0"
+        assert not any(isinstance(e, h2.events.StreamReset) for e in client.events)
+        await client.close()
+
+
+@pytest.mark.asyncio
 async def test_a_lost_connection_cancels_its_handlers() -> None:
     recorder = Recorder()
     async with served(recorder) as (server, port):

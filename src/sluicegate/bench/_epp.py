@@ -41,6 +41,7 @@ import aiohttp
 import orjson
 
 from ._epp_floors import measure_lean
+from ._epp_load import RESPONSE as _RESPONSE
 from ._figures import Figure, PartResult, Target
 from ._overhead import OverheadOptions, _can_pin, _pinned, cpu_seconds, free_port, running
 from ._stats import percentile
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["EppOptions", "run_epp"]
 
 _CHAT: Final = "/v1/chat/completions"
-_RESPONSE: Final = (b'{"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}',)
 _FLOOR: Final = "from sluicegate.bench._epp_floors import floor_main; floor_main()"
 #: The floors measured in this part (see `_epp_floors` for the whole matrix).
 _FLOORS: Final = ("aio-uvloop", "sluicegate-h2")

@@ -198,11 +198,10 @@ async def measure_lean(port: int, pid: int, seconds: float, concurrency: int) ->
 
     Returns lifecycles per CPU-second of `pid`, per wall second, its CPU share, errors.
     """
-    from ._epp import _RESPONSE
-    from ._epp_load import LeanEnvoy
+    from ._epp_load import RESPONSE, LeanEnvoy
     from ._upstream import BODY
 
-    envoy = await LeanEnvoy.connect("127.0.0.1", port, BODY, _RESPONSE)
+    envoy = await LeanEnvoy.connect("127.0.0.1", port, BODY, RESPONSE)
     try:
         for _ in range(300):
             await envoy.lifecycle()

@@ -29,7 +29,10 @@ from sluicegate.epp._grpc import frame
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["LeanEnvoy"]
+__all__ = ["RESPONSE", "LeanEnvoy"]
+
+#: The upstream's answer in the response phase: a short JSON body with ``usage``.
+RESPONSE: Final = (b'{"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}',)
 
 _PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _MAX_WINDOW: Final = (1 << 31) - 1

@@ -326,10 +326,10 @@ class _Connection(asyncio.Protocol):
 
     def _end_stream(self, sid: int, trailers: list[tuple[bytes, bytes]]) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError):
+            # No RST_STREAM after the trailers, even if the client is still sending (Envoy
+            # streams the body without waiting): grpcio's client fails a write that meets
+            # one. What still arrives is acknowledged for flow control and dropped.
             self._h2.send_headers(sid, trailers, end_stream=True)
-            if self.streams.get(sid) is not None and not self.streams[sid].ended:
-                # The client is still sending: tell it to stop (RFC 9113, 8.1).
-                self._h2.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
         self._forget(sid)
         self._schedule_flush()
 
@@ -340,7 +340,6 @@ class _Connection(asyncio.Protocol):
         block += [(b"grpc-status", str(status).encode()), (b"grpc-message", _percent(message))]
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self._h2.send_headers(sid, block, end_stream=True)
-            self._h2.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
         self._schedule_flush()
 
     # -- sending ------------------------------------------------------------------------
