@@ -274,6 +274,21 @@ async def test_a_client_still_sending_after_the_trailers_is_not_reset() -> None:
 
 
 @pytest.mark.asyncio
+async def test_messages_split_across_frames_and_sharing_frames_are_parsed() -> None:
+    async with served(Recorder()) as (_, port):
+        client = await RawClient.connect(port)
+        sid = client.open()
+        big = message(b"y" * 4000)
+        data = message(b"a") + big + message(b"b")
+        for at in range(0, len(data), 7):  # headers and payloads cut anywhere
+            client.send(sid, data[at : at + 7])
+        client.send(sid, b"", end=True)
+        assert (await client.trailers(sid))[b"grpc-status"] == b"0"
+        assert client.data(sid) == data  # each echoed whole, in order
+        await client.close()
+
+
+@pytest.mark.asyncio
 async def test_a_lost_connection_cancels_its_handlers() -> None:
     recorder = Recorder()
     async with served(recorder) as (server, port):

@@ -109,7 +109,7 @@ class GrpcStream:
         self.method = method
         self.id = stream_id
         self._inbox: deque[Message] = deque()
-        self._unparsed = b""
+        self._unparsed = bytearray()
         self.ended = False
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -136,25 +136,38 @@ class GrpcStream:
 
     def feed(self, data: bytes, limit: int) -> None:
         """Parse the messages completed by `data` (raises GrpcError on bad framing)."""
-        buf = self._unparsed + data if self._unparsed else data
+        if self._unparsed:
+            # A message spread over frames (a large body): grow one buffer, not copies.
+            self._unparsed += data
+            data = bytes(self._unparsed) if self._complete(self._unparsed, limit) else b""
+            if not data:
+                return
         at = 0
-        while len(buf) - at >= 5:
-            if buf[at] != 0:
-                raise GrpcError(Status.UNIMPLEMENTED, "compressed messages are not accepted")
-            size = int.from_bytes(buf[at + 1 : at + 5], "big")
-            if size > limit:
-                raise GrpcError(
-                    Status.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds {limit}"
-                )
-            if len(buf) - at - 5 < size:
+        while len(data) - at >= 5:
+            size = self._size(data, at, limit)
+            if len(data) - at - 5 < size:
                 break
             try:
-                self._inbox.append(self.method.request.FromString(buf[at + 5 : at + 5 + size]))
+                self._inbox.append(self.method.request.FromString(data[at + 5 : at + 5 + size]))
             except Exception as exc:  # protobuf's DecodeError
                 raise GrpcError(Status.INTERNAL, f"cannot parse the request: {exc}") from None
             at += 5 + size
-        self._unparsed = buf[at:]
+        self._unparsed = bytearray(data[at:]) if at < len(data) else bytearray()
         self._wake()
+
+    @staticmethod
+    def _size(buf: bytes | bytearray, at: int, limit: int) -> int:
+        """The length of the message framed at `at` (raises GrpcError if refused)."""
+        if buf[at] != 0:
+            raise GrpcError(Status.UNIMPLEMENTED, "compressed messages are not accepted")
+        size = int.from_bytes(buf[at + 1 : at + 5], "big")
+        if size > limit:
+            raise GrpcError(Status.RESOURCE_EXHAUSTED, f"message of {size} bytes exceeds {limit}")
+        return size
+
+    def _complete(self, buf: bytearray, limit: int) -> bool:
+        """Whether `buf` holds at least its first whole message."""
+        return len(buf) >= 5 and len(buf) - 5 >= self._size(buf, 0, limit)
 
     def end(self) -> None:
         """The client half-closed: `read` returns None once the inbox is empty."""
@@ -178,7 +191,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.streams: dict[int, GrpcStream] = {}
         #: Data not yet allowed by the peer's windows, and trailers waiting behind it.
-        self._backlog: dict[int, bytes] = {}
+        self._backlog: dict[int, bytearray] = {}
         self._trailers: dict[int, list[tuple[bytes, bytes]]] = {}
         self._flush_soon = False
         #: The peer sent a graceful GOAWAY: close once the open streams have ended.
@@ -350,23 +363,29 @@ class _Connection(asyncio.Protocol):
             return  # reset or finished meanwhile: nobody reads it
         pending = self._backlog.get(sid)
         if pending is not None:
-            self._backlog[sid] = pending + data
+            pending += data
         else:
             rest = self._push(sid, data)
             if rest:
                 self._backlog[sid] = rest
         self._schedule_flush()
 
-    def _push(self, sid: int, data: bytes) -> bytes:
-        """Send what the windows allow; returns the rest."""
+    def _push(self, sid: int, data: bytes | bytearray) -> bytearray | None:
+        """Send what the windows allow; returns the rest (None when all went)."""
         h2c = self._h2
-        while data:
+        room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+        if len(data) <= room:  # the usual case: one small reply
+            h2c.send_data(sid, bytes(data))
+            return None
+        view = memoryview(data)
+        at = 0
+        while at < len(view):
             room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if room <= 0:
-                return data
-            h2c.send_data(sid, data[:room])
-            data = data[room:]
-        return b""
+                return bytearray(view[at:])
+            h2c.send_data(sid, bytes(view[at : at + room]))
+            at += room
+        return None
 
     def _drain_backlog(self) -> None:
         for sid in list(self._backlog):

@@ -63,7 +63,13 @@ def _processor(picker: EndpointPicker) -> Method:
                 if life.decided:
                     life.observe()
                 if life.done:
-                    return
+                    break
+            # An immediate response went out (a rejection). Envoy stops sending and
+            # half-closes or resets the stream; what it sent meanwhile is dropped here.
+            # Ending the call first would race a client still streaming the body:
+            # grpcio's client then fails its next write (INTERNAL) instead of reading.
+            while await stream.read() is not None:
+                pass
         finally:
             # Stream ended, failed or was reset (Envoy or the client gone): the slot
             # comes back here if the response's end_of_stream did not bring it back.
