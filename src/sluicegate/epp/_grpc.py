@@ -411,14 +411,16 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def close(self) -> None:
-        """GOAWAY (if not sent yet), then close; open streams' handlers are cancelled."""
+        """GOAWAY, then close; open streams' handlers are cancelled. Idempotent."""
+        transport, self._transport = self._transport, None
         for stream in list(self.streams.values()):
             self._cancel(stream)
+        if transport is None or transport.is_closing():
+            return
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self._h2.close_connection()
-        self._flush()
-        if self._transport is not None:
-            self._transport.close()
+        transport.write(self._h2.data_to_send())
+        transport.close()
 
 
 def _percent(message: str) -> bytes:
