@@ -16,6 +16,8 @@ server, what the picker used before) and ``sluicegate-h2`` (the picker's server)
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -106,8 +108,9 @@ def _sync_threads() -> None:
 
 
 def _grpclib() -> None:
-    import grpclib.const
-    import grpclib.server
+    # Imported by name: grpclib is not a dependency (nor typed for mypy where absent).
+    const = importlib.import_module("grpclib.const")
+    grpclib_server = importlib.import_module("grpclib.server")
     from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
     reply = _reply()
@@ -119,16 +122,16 @@ def _grpclib() -> None:
 
         def __mapping__(self) -> dict[str, Any]:
             return {
-                _PROCESS: grpclib.const.Handler(
+                _PROCESS: const.Handler(
                     self.process,
-                    grpclib.const.Cardinality.STREAM_STREAM,
+                    const.Cardinality.STREAM_STREAM,
                     ext.ProcessingRequest,
                     ext.ProcessingResponse,
                 )
             }
 
     async def main() -> None:
-        server = grpclib.server.Server([Floor()])
+        server = grpclib_server.Server([Floor()])
         await server.start("127.0.0.1", int(sys.argv[2]))
         print("listening", flush=True)  # noqa: T201
         await server.wait_closed()
@@ -232,11 +235,7 @@ async def measure_lean(port: int, pid: int, seconds: float, concurrency: int) ->
 def _available(name: str) -> bool:
     if name != "grpclib":
         return True
-    try:
-        import grpclib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("grpclib") is not None
 
 
 def main() -> None:  # pragma: no cover - a manual measurement
