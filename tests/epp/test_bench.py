@@ -15,12 +15,15 @@ def test_epp_part_measures_picker_floor_and_gateway() -> None:
     for key in (
         "epp decision p99 ms",
         "epp lifecycles per cpu-s",
-        "grpc floor streams per cpu-s",
+        "floor aio-uvloop per cpu-s",
+        "floor sluicegate-h2 per cpu-s",
+        "emulator-driven lifecycles per cpu-s",
         "gateway req per cpu-s",
         "gateway added p99 ms",
     ):
         assert key in results, key
     assert results["epp lifecycles per cpu-s"] > 0
     assert results["epp decision p99 ms"] > 0
-    assert [f.unit for f in result.figures] == ["req/s", "req/s", "ms", "ms"]
+    assert results["epp lean errors"] == 0
+    assert [f.unit for f in result.figures] == ["req/s", "req/s", "req/s", "ms", "ms"]
     assert result.figures[0].baseline == results["gateway req per cpu-s"]

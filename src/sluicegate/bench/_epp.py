@@ -12,11 +12,16 @@ headers, body, the pick, response headers, a response body with ``usage``, end.
   time (``/proc/<pid>``) over the phase gives lifecycles per CPU-second, which is the
   rate one fully used core sustains whether or not the load generator kept it busy.
 
+  The load is `LeanEnvoy` (Envoy's message sequence from pre-encoded HTTP/2 bytes),
+  which keeps the picker's core busy; the grpcio `EnvoyEmulator` cannot (it costs its
+  core as much as the picker costs its own), and its figure is kept beside for reference.
+
 In the same run, the HTTP gateway (`sluicegate serve`, also alone on the gateway core)
 relays to a raw-protocol upstream: its added latency and its requests per CPU-second
-are the baseline, measured the same way. A do-nothing ext_proc server (one empty reply
-per message, the same four message pairs per stream) gives gRPC's own floor: the most
-lifecycles per CPU-second any picker built on grpcio could reach here.
+are the baseline, measured the same way. Two do-nothing ext_proc servers (one empty
+reply per message, the same four message pairs per lifecycle, see `_epp_floors`) give
+the floors: grpcio's (the most any picker built on grpc.aio could reach here) and the
+picker's own h2 server's.
 """
 
 from __future__ import annotations
@@ -30,24 +35,27 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 import orjson
 
+from ._epp_floors import measure_lean
+from ._epp_load import RESPONSE as _RESPONSE
 from ._figures import Figure, PartResult, Target
 from ._overhead import OverheadOptions, _can_pin, _pinned, cpu_seconds, free_port, running
 from ._stats import percentile
 from ._upstream import BODY
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
 
 __all__ = ["EppOptions", "run_epp"]
 
 _CHAT: Final = "/v1/chat/completions"
-_RESPONSE: Final = (b'{"id":"x","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":4}}',)
-_FLOOR: Final = "from sluicegate.bench._epp import floor_main; floor_main()"
+_FLOOR: Final = "from sluicegate.bench._epp_floors import floor_main; floor_main()"
+#: The floors measured in this part (see `_epp_floors` for the whole matrix).
+_FLOORS: Final = ("aio-uvloop", "sluicegate-h2")
 _CONFIG: Final = """\
 server: {host: 127.0.0.1}
 pools:
@@ -81,31 +89,6 @@ class _Picker:
     pinned: bool
 
 
-def floor_main() -> None:
-    """A do-nothing ext_proc server: one empty reply per message (gRPC's own cost)."""
-    import grpc
-    import uvloop
-    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
-    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
-
-    reply = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
-
-    class Floor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-        async def Process(self, requests: Any, context: Any) -> AsyncIterator[Any]:
-            async for _ in requests:
-                yield reply
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        ext_grpc.add_ExternalProcessorServicer_to_server(Floor(), server)
-        server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
-        await server.start()
-        print("listening", flush=True)  # noqa: T201
-        await server.wait_for_termination()
-
-    uvloop.run(main())
-
-
 @contextlib.contextmanager
 def _process(args: list[str], options: EppOptions) -> Iterator[tuple[int, bool]]:
     """Start `args` pinned to the gateway core (this process to the load core)."""
@@ -131,47 +114,6 @@ def _process(args: list[str], options: EppOptions) -> Iterator[tuple[int, bool]]
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-async def _measure_floor(target: str, pid: int, options: EppOptions) -> dict[str, float]:
-    """Closed loop of streams of 4 message pairs (a lifecycle's count) on the floor server."""
-    import grpc
-    from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
-    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
-
-    message = ext.ProcessingRequest(request_body=ext.HttpBody(body=BODY, end_of_stream=True))
-    done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = ext_grpc.ExternalProcessorStub(channel)
-
-        async def stream() -> None:
-            call = stub.Process()
-            for _ in range(4):
-                await call.write(message)
-                await call.read()
-            await call.done_writing()
-            await call.read()
-
-        for _ in range(options.warmup):
-            await stream()
-        stop_at = time.perf_counter() + options.throughput_s
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                await stream()
-                done += 1
-
-        cpu = cpu_seconds(pid)
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(options.concurrency)))
-        wall = time.perf_counter() - began
-        cpu = cpu_seconds(pid) - cpu
-    return {
-        "grpc floor streams/s": done / wall,
-        "grpc floor streams per cpu-s": done / cpu if cpu > 0 else 0.0,
-        "grpc floor cpu share": cpu / wall,
-    }
 
 
 @contextlib.contextmanager
@@ -226,9 +168,26 @@ async def _measure_picker(picker: _Picker, options: EppOptions) -> dict[str, flo
         await asyncio.gather(*(worker() for _ in range(options.concurrency)))
         wall = time.perf_counter() - began
         cpu = cpu_seconds(picker.pid) - cpu
-    results["epp lifecycles/s"] = done / wall
-    results["epp lifecycles per cpu-s"] = done / cpu if cpu > 0 else 0.0
-    results["epp cpu share"] = cpu / wall
+    results["emulator-driven lifecycles per cpu-s"] = done / cpu if cpu > 0 else 0.0
+    results["emulator-driven cpu share"] = cpu / wall
+    port = int(picker.target.rsplit(":", 1)[1])
+    lean = await measure_lean(port, picker.pid, options.throughput_s, options.concurrency)
+    results["epp lifecycles/s"] = lean["lifecycles/s"]
+    results["epp lifecycles per cpu-s"] = lean["per cpu-s"]
+    results["epp cpu share"] = lean["cpu share"]
+    results["epp lean errors"] = lean["errors"]
+    return results
+
+
+async def _measure_leans(options: EppOptions) -> dict[str, float]:
+    results: dict[str, float] = {}
+    for name in _FLOORS:
+        port = free_port()
+        # Not `-m`: runpy warns when it runs a module the package already imported.
+        with _process([sys.executable, "-c", _FLOOR, name, str(port)], options) as (pid, _):
+            floor = await measure_lean(port, pid, options.throughput_s, options.concurrency)
+        results[f"floor {name} per cpu-s"] = floor["per cpu-s"]
+        results[f"floor {name} cpu share"] = floor["cpu share"]
     return results
 
 
@@ -287,15 +246,26 @@ def _figures(r: dict[str, float], pinned: bool) -> list[Figure]:
             r["gateway req per cpu-s"],
             "HTTP gateway requests per CPU-second, same run",
             Target(">=", 2000, ">= 2,000 per core"),
-            note=f"wall rate {r['epp lifecycles/s']:,.0f}/s at {r['epp cpu share']:.0%} of a core",
+            note=f"lean Envoy load: {r['epp lifecycles/s']:,.0f}/s at {r['epp cpu share']:.0%} "
+            f"of a core; driven by the grpcio emulator instead: "
+            f"{r['emulator-driven lifecycles per cpu-s']:,.0f} per CPU-s at "
+            f"{r['emulator-driven cpu share']:.0%}",
         ),
         Figure(
-            "epp: lifecycles per CPU-second, beside gRPC's own floor",
+            "epp: lifecycles per CPU-second, beside grpcio's floor",
             r["epp lifecycles per cpu-s"],
             "req/s",
-            r["grpc floor streams per cpu-s"],
-            "do-nothing ext_proc server, same 4 message pairs per stream, same run",
-            note="the floor is grpcio's cost alone: the ceiling of any grpcio picker",
+            r["floor aio-uvloop per cpu-s"],
+            "do-nothing grpc.aio ext_proc server, 4 message pairs per lifecycle, same run",
+            note="the most any picker on grpc.aio could reach (before its own work)",
+        ),
+        Figure(
+            "epp: lifecycles per CPU-second, beside its own server's floor",
+            r["epp lifecycles per cpu-s"],
+            "req/s",
+            r["floor sluicegate-h2 per cpu-s"],
+            "do-nothing ext_proc server on the picker's asyncio+h2 server, same run",
+            note="the gap is the picker's own work: parsing, flow control, replies, accounting",
         ),
         Figure(
             "epp: decision latency p50 (body received -> pick sent)",
@@ -333,11 +303,7 @@ def run_epp(options: EppOptions, *, command: str) -> PartResult:
         )
     with _picker(options) as picker:
         results = asyncio.run(_measure_picker(picker, options))
-    port = free_port()
-    # Not `-m`: runpy warns when it runs a module the package already imported.
-    floor = [sys.executable, "-c", _FLOOR, str(port)]
-    with _process(floor, options) as (pid, _):
-        results.update(asyncio.run(_measure_floor(f"127.0.0.1:{port}", pid, options)))
+    results.update(asyncio.run(_measure_leans(options)))
     http = OverheadOptions(gateway_core=options.gateway_core, load_core=options.load_core)
     with running(http) as ep:
         results.update(
@@ -352,7 +318,9 @@ def run_epp(options: EppOptions, *, command: str) -> PartResult:
         method=(
             f"`sluicegate epp` (concurrency pool, limit never reached) driven by the Envoy "
             f"emulator: {options.latency_requests} sequential lifecycles for decision latency, "
-            f"then {options.throughput_s:g} s closed loop at concurrency {options.concurrency}; "
+            f"then {options.throughput_s:g} s closed loop at concurrency {options.concurrency}, "
+            f"with the emulator and then with the lean pre-encoded HTTP/2 load (the figure); "
+            f"the same lean load on two do-nothing servers (grpc.aio, the picker's h2 server); "
             f"the same phases through `sluicegate serve` and a raw upstream for the baseline. "
             + (
                 "Picker and gateway pinned to one core, load to the other."

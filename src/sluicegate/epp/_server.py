@@ -19,13 +19,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
-import grpc
 import orjson
 from aiohttp import web
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from grpc_health.v1 import health_pb2
 
+from ._grpc import GrpcError, GrpcServer, GrpcStream, Method, Status
 from ._picker import EndpointPicker
 from ._protocol import FULL_DUPLEX
 from ._stream import Lifecycle
@@ -48,33 +47,62 @@ _log = logging.getLogger("sluicegate.epp")
 DEFAULT_GRPC_PORT: Final = 9002
 DEFAULT_METRICS_PORT: Final = 9090
 EXT_PROC_SERVICE: Final = "envoy.service.ext_proc.v3.ExternalProcessor"
+HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 
 
-@final
-class _Processor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """The ext_proc service: one `Lifecycle` per stream, released whatever happens."""
+def _processor(picker: EndpointPicker) -> Method:
+    """The ext_proc method: one `Lifecycle` per stream, released whatever happens."""
 
-    def __init__(self, picker: EndpointPicker) -> None:
-        self._picker = picker
-
-    async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        picker = self._picker
+    async def process(stream: GrpcStream) -> None:
         life = Lifecycle(picker)
         picker.streams += 1
         try:
-            async for request in requests:
-                replies = await life.handle(request)
-                for reply in replies:
-                    yield reply
+            while (request := await stream.read()) is not None:
+                for reply in await life.handle(request):
+                    stream.send(reply)
                 if life.decided:
                     life.observe()
                 if life.done:
-                    return
+                    break
+            # An immediate response went out (a rejection). Envoy stops sending and
+            # half-closes or resets the stream; what it sent meanwhile is dropped here.
+            # Ending the call first would race a client still streaming the body:
+            # grpcio's client then fails its next write (INTERNAL) instead of reading.
+            while await stream.read() is not None:
+                pass
         finally:
-            # Stream ended, failed or was cancelled (Envoy or the client gone): the slot
+            # Stream ended, failed or was reset (Envoy or the client gone): the slot
             # comes back here if the response's end_of_stream did not bring it back.
             picker.streams -= 1
             life.close()
+
+    return Method(process, ext.ProcessingRequest)
+
+
+@final
+class Health:
+    """``grpc.health.v1.Health/Check`` (what Envoy's and Kubernetes' gRPC probes call).
+
+    ``Watch`` is not served (UNIMPLEMENTED): neither prober uses it.
+    """
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, int] = {}
+
+    def set(self, service: str, status: int) -> None:
+        self.statuses[service] = status
+
+    async def check(self, stream: GrpcStream) -> None:
+        request = await stream.read()
+        if request is None:
+            raise GrpcError(Status.INVALID_ARGUMENT, "no HealthCheckRequest")
+        status = self.statuses.get(request.service)
+        if status is None:
+            raise GrpcError(Status.NOT_FOUND, f"unknown service {request.service!r}")
+        stream.send(health_pb2.HealthCheckResponse(status=status))
+
+    def method(self) -> Method:
+        return Method(self.check, health_pb2.HealthCheckRequest)
 
 
 @final
@@ -82,7 +110,7 @@ class RunningPicker:
     """A served picker: its gRPC address and its HTTP (metrics) base URL."""
 
     def __init__(
-        self, picker: EndpointPicker, grpc_target: str, metrics_url: str, health: Any
+        self, picker: EndpointPicker, grpc_target: str, metrics_url: str, health: Health
     ) -> None:
         self.picker = picker
         self.grpc_target = grpc_target
@@ -91,7 +119,7 @@ class RunningPicker:
 
     async def drain(self) -> None:
         """Health NOT_SERVING, then every queued request answered 503; open streams go on."""
-        await _set_health(self.health, False)
+        _set_health(self.health, False)
         await self.picker.drain()
 
 
@@ -135,14 +163,14 @@ def _ops_app(picker: EndpointPicker) -> web.Application:
     return app
 
 
-async def _set_health(health: Any, serving: bool) -> None:
+def _set_health(health: Health, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     for service in ("", EXT_PROC_SERVICE):
-        await health.set(service, status)
+        health.set(service, status)
 
 
 @contextlib.asynccontextmanager
@@ -165,27 +193,26 @@ async def serve_in_background(
         # Buffered mode sends a whole body in one message: allow max_body_bytes (gRPC's
         # default limit is 4 MiB), plus room for the headers; larger bodies get our 413.
         limit = config.server.max_body_bytes + 1024 * 1024
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limit)]
-        )
-        ext_grpc.add_ExternalProcessorServicer_to_server(_Processor(picker), server)
-        health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        port = server.add_insecure_port(f"{_bracket(host)}:{grpc_port}")
-        await server.start()
+        health = Health()
+        methods = {
+            f"/{EXT_PROC_SERVICE}/Process": _processor(picker),
+            f"/{HEALTH_SERVICE}/Check": health.method(),
+        }
+        server = GrpcServer(methods, max_message_bytes=limit)
+        port = await server.start(host, grpc_port)
         runner = web.AppRunner(_ops_app(picker), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, metrics_port)
         try:
             await site.start()
             bound = runner.addresses[0][1]
-            await _set_health(health, True)
+            _set_health(health, True)
             running = RunningPicker(
                 picker, f"{_bracket(host)}:{port}", f"http://{_bracket(host)}:{bound}", health
             )
             yield running
         finally:
-            await _set_health(health, False)
+            _set_health(health, False)
             await picker.drain()
             # Open streams (requests in flight) get up to drain_grace to end.
             await server.stop(config.server.drain_grace)

@@ -27,11 +27,11 @@ import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 import sluicegate as sg
+import sluicegate.epp._protocol as proto
 from sluicegate.gateway import GatewayError
 from sluicegate.gateway._errors import error_reply
 from sluicegate.gateway._tokens import UsageMeter
 
-from . import _protocol as proto
 from ._picker import Refusal
 
 if TYPE_CHECKING:
