@@ -283,6 +283,7 @@ class Auth:
         self.tenants: dict[str, sg.TenantLimits] = {}
         self.weights: dict[str, float] = {}
         self._budgets: dict[str, TokenBudget] = {}
+        self._classes: dict[tuple[_Identity, str | None], Classification] = {}
         self._pool_auth = {
             name: None if key is None else (b"authorization", b"Bearer " + key.encode())
             for name, key in pool_keys.items()
@@ -393,8 +394,17 @@ class Auth:
                 code="tokens_per_minute_exceeded",
                 retry_after=wait,
             )
+        if claimed.ttl is None and claimed.slo is None:
+            # The common case is one of few values per key: built once (bounded by keys
+            # x configured objectives; an unknown objective name is not cached).
+            known = self._classes.get((who, objective))
+            if known is not None:
+                return known
         priority = objectives.get(objective, 0) if objective is not None else 0
-        return Classification(who.tenant, priority, objective, claimed.ttl, claimed.slo)
+        cls = Classification(who.tenant, priority, objective, claimed.ttl, claimed.slo)
+        if cls.ttl is None and cls.slo is None and (objective is None or objective in objectives):
+            self._classes[who, objective] = cls
+        return cls
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]]) -> _Identity:
         """The identity of the request's bearer key (mode keys only).
