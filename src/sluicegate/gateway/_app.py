@@ -214,6 +214,9 @@ class Gateway:
         objectives = {o.name: o.priority for o in config.objectives}
         try:
             now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = 0.0  # outside a loop; new budgets start full, so any start time will do
+        try:
             return Auth(config.auth, objectives, config.pool_keys(), previous=previous, now=now)
         except sg.ConfigError as exc:
             raise GatewayConfigError(f"auth: {exc}") from None
