@@ -8,7 +8,7 @@ simulator and the CLI live in subpackages on top of it.
 
 from __future__ import annotations
 
-from ._config import BandConfig, FlowControlConfig
+from ._config import BandConfig, FlowControlConfig, TenantLimits
 from ._controller import FlowController
 from ._core._policies import (
     FAIRNESS_POLICIES,
@@ -81,6 +81,7 @@ __all__ = [
     "SaturationDetector",
     "SloDeadline",
     "TTLExpiredError",
+    "TenantLimits",
     "Ticket",
     "TokenFair",
     "UnknownPluginError",

@@ -17,7 +17,7 @@ from ._core._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
 from ._core._queues import QUEUES
 from ._errors import ConfigError, IncompatiblePolicyError, UnknownPluginError
 
-__all__ = ["BandConfig", "FlowControlConfig"]
+__all__ = ["BandConfig", "FlowControlConfig", "TenantLimits"]
 
 
 def _check_name(field_name: str, value: str, table: Mapping[str, object]) -> None:
@@ -109,6 +109,39 @@ class BandConfig:
         return "heap" if ORDERING_POLICIES[self.ordering]().requires else "fifo"
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """Ceilings of one tenant (a fairness id), across all bands.
+
+    Args:
+        max_in_flight: most of its requests dispatched at once; None = unlimited. At
+            the ceiling its requests wait in their queues while other flows are served.
+        max_queued: most of its requests waiting at once; None = unlimited. Over it a
+            request is refused with `QueueFullError`.
+    """
+
+    max_in_flight: int | None = None
+    max_queued: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_limit("max_queued", self.max_queued)
+        _check_limit("max_in_flight", self.max_in_flight)
+        if self.max_in_flight == 0:
+            raise ConfigError("max_in_flight must be >= 1 or None, got 0")
+
+
+def _frozen_tenants(tenants: Mapping[str, TenantLimits]) -> Mapping[str, TenantLimits]:
+    if not isinstance(tenants, Mapping):
+        raise ConfigError(f"tenants must be a mapping of id to TenantLimits, got {tenants!r}")
+    for tenant_id, limits in tenants.items():
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise ConfigError(f"tenants: keys must be non-empty strings, got {tenant_id!r}")
+        if not isinstance(limits, TenantLimits):
+            raise ConfigError(f"tenants[{tenant_id!r}] must be a TenantLimits, got {limits!r}")
+    return MappingProxyType(dict(tenants))
+
+
 def _frozen_bands(bands: Mapping[int, BandConfig]) -> Mapping[int, BandConfig]:
     out: dict[int, BandConfig] = {}
     for priority, band in bands.items():
@@ -166,6 +199,8 @@ class FlowControlConfig:
         demand_headroom: keep free slots for higher bands, as many as their recent
             demand needs (none when they send nothing); needs a detector with
             ``slots()`` (see `sluicegate.SaturationDetector`).
+        tenants: per-tenant ceilings by exact fairness id (`TenantLimits`), enforced
+            across all bands; ids not listed are unlimited.
     """
 
     default_ttl: float | None = 30.0
@@ -181,6 +216,7 @@ class FlowControlConfig:
     flow_weights: Mapping[str, float] = field(default_factory=dict)
     fairness_window: float = 10.0
     demand_headroom: bool = True
+    tenants: Mapping[str, TenantLimits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -211,6 +247,7 @@ class FlowControlConfig:
         object.__setattr__(self, "flow_weights", _frozen_weights(self.flow_weights))
         if not isinstance(self.demand_headroom, bool):
             raise ConfigError(f"demand_headroom must be a bool, got {self.demand_headroom!r}")
+        object.__setattr__(self, "tenants", _frozen_tenants(self.tenants))
 
     def weight_for(self, flow_id: str) -> float:
         """The fairness weight of `flow_id`: exact match, else first glob, else 1."""

@@ -39,3 +39,13 @@ def test_without_the_server_extras_the_command_says_what_to_install() -> None:
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert "pip install 'sluicegate[server]'" in done.stderr
+
+
+def test_serve_on_a_public_address_without_a_token_refuses_to_start() -> None:
+    """/metrics and /debug would be open to the network: one line, nothing bound."""
+    done = run("serve", "--backend", "http://127.0.0.1:9", "--host", "0.0.0.0", "--port", "0")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "server.auth_token" in lines[0] and "0.0.0.0" in lines[0]

@@ -134,3 +134,44 @@ async def test_sighup_and_file_changes_reload_and_bad_files_are_refused(tmp_path
             await _until(client, has_band(30))  # no signal: the file watch reloads
             proc.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
+
+
+async def test_a_changed_keys_file_is_reloaded_without_a_signal(tmp_path: Path) -> None:
+    """auth.keys_file is watched like the config: a new key works, a removed one gets 401."""
+    import hashlib
+
+    def keys(*names: str) -> None:
+        entries = [
+            {"key_sha256": hashlib.sha256(n.encode()).hexdigest(), "tenant": f"t-{n}"}
+            for n in names
+        ]
+        tmp = keys_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"keys": entries}))
+        tmp.replace(keys_file)
+
+    async def status(client: aiohttp.ClientSession, key: str) -> int:
+        headers = {"authorization": f"Bearer {key}"}
+        async with client.post(CHAT, data=b'{"model": "m"}', headers=headers) as r:
+            return r.status
+
+    fake = FakeUpstream()
+    config, log = tmp_path / "gw.yaml", tmp_path / "gw.log"
+    keys_file = tmp_path / "keys.yaml"
+    keys("old")
+    async with serve_app(fake) as upstream:
+        write_config(config, upstream, auth={"mode": "keys", "keys_file": str(keys_file)})
+        async with (
+            gateway_process(config, log) as (proc, url),
+            aiohttp.ClientSession(base_url=url) as client,
+        ):
+            assert await status(client, "old") == 200
+            assert await status(client, "new") == 401
+            keys("new")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_S
+            while await status(client, "new") != 200:
+                assert loop.time() < deadline, "keys file never reloaded"
+                await asyncio.sleep(0.05)
+            assert await status(client, "old") == 401
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0

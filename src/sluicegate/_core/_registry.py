@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, final
 from .._types import FlowKey
 from ._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
 from ._queues import QUEUES
+from ._tenants import waiting
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -98,6 +99,7 @@ class Band:
         "fairness",
         "fallback_requests",
         "flows",
+        "held_requests",
         "in_flight",
         "ordering",
         "output_average",
@@ -116,6 +118,8 @@ class Band:
         self.flows: dict[str, Flow] = {}
         self.queued_requests = 0
         self.queued_bytes = 0
+        #: Queued requests of tenants at their in-flight ceiling (see `_tenants`).
+        self.held_requests = 0
         self.in_flight = 0
         self.fallback_requests = 0
         #: Moving average of actual outputs in the band: the prior for a new flow.
@@ -233,7 +237,7 @@ class Registry:
 
     def settle(self, flow: Flow, now: float) -> None:
         """Called after `flow` lost a queued or in-flight request."""
-        if flow.in_flight or len(flow.queue):
+        if flow.in_flight or waiting(flow):
             return
         band = flow.band
         if band.retiring and band.drained:

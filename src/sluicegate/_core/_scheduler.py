@@ -35,6 +35,7 @@ from .._types import (
 from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._statistics import snapshot
+from ._tenants import Tenants
 from ._ticket import State, Ticket
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ class Scheduler:
 
     def __init__(self, config: FlowControlConfig) -> None:
         self.registry = Registry(config)
+        #: Per-tenant ceilings (`_tenants`); empty when none are configured.
+        self.tenants = Tenants(config.tenants)
         self.submitted = 0
         self.queued_requests = 0
         self.queued_bytes = 0
@@ -142,7 +145,7 @@ class Scheduler:
             raise self.reject_closed()
         registry = self.registry
         band, fallback = registry.band_for(key.priority)
-        immediate = self._may_start(band, gate)
+        immediate = self._may_start(band, gate, key.id)
         if nowait and not immediate:
             registry.forget_if_unused(band)
             raise WouldBlock(f"{key} cannot be dispatched without waiting")
@@ -197,13 +200,16 @@ class Scheduler:
         ticket.output_tokens = min(output_tokens, MAX_REQUEST_TOKENS)
         return ticket
 
-    def _may_start(self, band: Band, gate: SaturationDetector) -> bool:
-        """True when a request for `band` may be dispatched on arrival: nothing waits in
-        its band or above (work parked lower down does not hold it back) and the gate
-        lets this band dispatch."""
+    def _may_start(self, band: Band, gate: SaturationDetector, flow_id: str) -> bool:
+        """True when a request for `band` may be dispatched on arrival: its tenant is
+        below its ceiling, nothing dispatchable waits in its band or above (work parked
+        lower down, or held by tenants at their ceiling, does not hold it back) and the
+        gate lets this band dispatch."""
+        if self.tenants and (tenant := self.tenants.get(flow_id)) is not None and tenant.full:
+            return False
         if self.queued_requests:
             for level in self.registry.levels:
-                if level.queued_requests:
+                if level.queued_requests > level.held_requests:
                     return False
                 if level is band:
                     break
@@ -212,8 +218,15 @@ class Scheduler:
     def _check_admission(self, ticket: Ticket, band: Band, gate: SaturationDetector) -> None:
         config = self.registry.config
         error: Exception | None = None
+        tenant = self.tenants.get(ticket.key.id) if self.tenants else None
         if config.no_endpoint_ttl == 0 and not _has_endpoints(gate):
             error = NoEndpointsError(f"no backend is available for {ticket.key}")
+        elif (
+            tenant is not None
+            and (limit := tenant.max_queued) is not None
+            and tenant.queued >= limit
+        ):
+            error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
         elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
             error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
         elif (
@@ -246,6 +259,8 @@ class Scheduler:
         band.queued_bytes += size
         flow.queued_bytes += size
         flow.last_backlogged = now
+        if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
+            tenant.queued += 1
         if flow.queue.push(ticket):
             band.fairness.head_changed(flow)
         self._arm_timers(ticket, now)
@@ -286,8 +301,9 @@ class Scheduler:
         self.blocked = self.full = False
         if not self.queued_requests:
             return out
+        tenants = self.tenants
         for band in self.registry.levels:
-            while band.queued_requests:
+            while band.queued_requests > band.held_requests:
                 if not self.can_dispatch(gate, band):
                     self.blocked = True
                     self.full = not self.can_dispatch(gate)
@@ -300,6 +316,9 @@ class Scheduler:
                 if flow is None:
                     _log.error("fairness policy of band %d found no flow", band.priority)
                     break
+                if tenants and (tenant := tenants.get(flow.key.id)) is not None and tenant.full:
+                    tenants.park(tenant, flow)  # others go on; back when it has room
+                    continue
                 ticket = flow.queue.pop()
                 self._unqueue(ticket, band, flow, now)
                 waiter = ticket.waiter
@@ -346,6 +365,8 @@ class Scheduler:
         flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
         flow.band.in_flight += 1
         flow.in_flight += 1
+        if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
+            tenant.in_flight += 1
         self._charge(flow, ticket.input_tokens, ticket.output_tokens, now)
         try:
             gate.on_dispatch(ticket)
@@ -414,6 +435,8 @@ class Scheduler:
         band.queued_requests -= 1
         band.queued_bytes -= size
         flow.queued_bytes -= size
+        if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
+            tenant.queued -= 1
 
     def _finish(self, ticket: Ticket, outcome: Outcome) -> None:
         ticket.state = State.FINISHED
@@ -439,6 +462,10 @@ class Scheduler:
         flow.in_flight -= 1
         held = now - ticket.dispatched_at if ticket.dispatched_at is not None else 0.0
         self.headroom.completed(flow.band.priority, held, now)
+        if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
+            tenant.in_flight -= 1
+            if tenant.parked and not tenant.full:
+                self.tenants.unpark(tenant)
         try:
             gate.on_release(ticket)
         except Exception:
@@ -477,6 +504,10 @@ class Scheduler:
         self.in_flight -= 1
         band.in_flight -= 1
         flow.in_flight -= 1
+        tenant = self.tenants.get(flow.key.id) if self.tenants else None
+        if tenant is not None:
+            tenant.in_flight -= 1
+            tenant.queued += 1
         try:
             gate.on_release(ticket)
         except Exception:
@@ -502,6 +533,8 @@ class Scheduler:
         flow.last_backlogged = now
         if flow.queue.push_front(ticket):
             band.fairness.head_changed(flow)
+        if tenant is not None and tenant.parked and not tenant.full:
+            self.tenants.unpark(tenant)
         if ticket.expires_at is not None:
             ticket.expires_at = now + ticket.ttl
         self._arm_timers(ticket, now)
@@ -609,7 +642,9 @@ class Scheduler:
         band no longer static becomes dynamic: collected once idle (from `now` if it
         has no flow).
         """
-        for band in self.registry.reconfigure(config, now):
+        changed = self.registry.reconfigure(config, now)
+        self.tenants.reconfigure(config.tenants, self.registry.levels)
+        for band in changed:
             self._rebuild(band)
 
     def _rebuild(self, band: Band) -> None:

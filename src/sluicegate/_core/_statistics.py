@@ -6,6 +6,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from .._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics
+from ._tenants import waiting
 
 if TYPE_CHECKING:
     from ._registry import Band, Flow
@@ -80,7 +81,7 @@ def _fairness(
         if start >= horizon:  # whole buckets: the window is exact to a bucket's width
             for flow, service in bucket.items():
                 served[flow] = served.get(flow, 0.0) + service
-    candidates = [f for f in band.flows.values() if len(f.queue) or f.last_backlogged >= horizon]
+    candidates = [f for f in band.flows.values() if waiting(f) or f.last_backlogged >= horizon]
     if len(candidates) < 2:
         return None, None
     xs = [served.get(f, 0.0) for f in candidates]
@@ -97,13 +98,13 @@ def flow_snapshot(scheduler: Scheduler, priority: int, flow_id: str) -> FlowStat
 
 
 def _size(flow: Flow) -> tuple[int, int]:
-    return len(flow.queue), flow.in_flight
+    return waiting(flow), flow.in_flight
 
 
 def _flow_statistics(flow: Flow) -> FlowStatistics:
     return FlowStatistics(
         key=flow.key,
-        queued_requests=len(flow.queue),
+        queued_requests=waiting(flow),
         queued_bytes=flow.queued_bytes,
         in_flight=flow.in_flight,
         oldest_arrival=min((t.arrival for t in flow.queue.live()), default=None),

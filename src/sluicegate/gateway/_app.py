@@ -23,7 +23,7 @@ import orjson
 
 import sluicegate as sg
 
-from ._classify import classify
+from ._auth import Auth
 from ._config import GatewayConfigError, UtilizationSettings, load_config
 from ._errors import GatewayError
 from ._health import relay_with_retry
@@ -74,6 +74,7 @@ class _State:
     config: GatewayConfig
     router: Router
     objectives: Mapping[str, int]
+    auth: Auth
 
 
 def _parse(body: bytes | bytearray) -> dict[str, Any]:
@@ -162,7 +163,8 @@ class Gateway:
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
             stack.push_async_callback(session.close)
-            fc = self._config.flow_control.build()
+            auth = self._auth(self._config, None)
+            fc = auth.flow_control(self._config.flow_control.build())
             for settings in self._config.pools:
                 pool = Pool(settings, fc, loop.time)
                 self._pools[pool.name] = pool
@@ -171,7 +173,7 @@ class Gateway:
                 pool.start_scraping(session)
                 stack.push_async_callback(pool.stop_scraping)
             self._session = session
-            self._state = self._new_state(self._config)
+            self._state = self._new_state(self._config, auth)
             _warn_about(self._config)
             self._stack = stack.pop_all()
         return self
@@ -199,10 +201,26 @@ class Gateway:
         for pool in self._pools.values():
             await pool.controller.aclose()
 
-    def _new_state(self, config: GatewayConfig) -> _State:
+    def _new_state(self, config: GatewayConfig, auth: Auth) -> _State:
         pools = [self._pools[p.name] for p in config.pools]
         objectives = {o.name: o.priority for o in config.objectives}
-        return _State(config, Router(pools), objectives)
+        return _State(config, Router(pools), objectives, auth)
+
+    def _auth(self, config: GatewayConfig, previous: Auth | None) -> Auth:
+        """The auth state of `config` (keys file and env vars read now).
+
+        Raises:
+            GatewayConfigError: a key file, env var or objective is wrong.
+        """
+        objectives = {o.name: o.priority for o in config.objectives}
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = 0.0  # outside a loop; new budgets start full, so any start time will do
+        try:
+            return Auth(config.auth, objectives, config.pool_keys(), previous=previous, now=now)
+        except sg.ConfigError as exc:
+            raise GatewayConfigError(f"auth: {exc}") from None
 
     # -- reload ---------------------------------------------------------------------------
 
@@ -224,7 +242,8 @@ class Gateway:
             )
         for settings in config.pools:
             self._pools[settings.name].check(settings)
-        fc = config.flow_control.build()
+        auth = self._auth(config, None if self._state is None else self._state.auth)
+        fc = auth.flow_control(config.flow_control.build())
         for settings in config.pools:
             self._pools[settings.name].apply(settings, fc, config.priorities)
         old = self._config
@@ -235,7 +254,7 @@ class Gateway:
         if old.metrics != config.metrics:
             _log.warning("config reload: the metrics section changes only on restart")
         self._config = config
-        self._state = self._new_state(config)
+        self._state = self._new_state(config, auth)
         _warn_about(config)
 
     def reload_from_file(self) -> bool:
@@ -346,11 +365,15 @@ class Gateway:
         return self._session
 
     async def _inference(self, ex: Exchange, state: _State) -> None:
+        auth = state.auth  # credentials are checked before the body is read
+        now = asyncio.get_running_loop().time()
+        cls = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl, now)
         body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         doc = _parse(body)
         ex.pool = pool = state.router.route(doc.get("model"))
-        cls = classify(ex.scope["headers"], state.objectives, state.config.server.max_ttl)
         ex.classification = cls
+        if auth.rewrites:
+            ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
         key = sg.FlowKey(cls.fairness_id, cls.priority)
         ctl = pool.controller
         ex.watch_disconnect()
@@ -376,6 +399,8 @@ class Gateway:
         )
         ex.queued = False
         meter = UsageMeter(ticket, pool.observe(ticket))
+        charged = ticket.input_tokens + ticket.output_tokens
+        auth.spend(cls.fairness_id, charged, now)
         try:
             ex.queue_s = ticket.queue_time or 0.0
             ex.outcome = _DISPATCHED
@@ -410,6 +435,8 @@ class Gateway:
         finally:
             # Usage first, so the release teaches the flow's output average the truth.
             meter.close()
+            correction = ticket.input_tokens + ticket.output_tokens - charged
+            auth.spend(cls.fairness_id, correction, asyncio.get_running_loop().time())
             began = time.perf_counter()
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)
@@ -442,6 +469,9 @@ class Gateway:
     async def _passthrough(self, ex: Exchange, state: _State) -> None:
         """Utility routes (`PASSTHROUGH_ROUTES`): relayed to the least-loaded backend of
         the request's pool, without flow control."""
+        auth = state.auth
+        if auth.mode == "keys":
+            auth.authenticate(ex.scope["headers"])
         body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         model: object = None
         stream = False
@@ -462,6 +492,8 @@ class Gateway:
         if backend is None:
             raise sg.NoEndpointsError(f"pool {pool.name} has no reachable backend")
         ex.pool = pool
+        if auth.rewrites:
+            ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
         ex.watch_disconnect()
         await relay(self._require_session(), ex, backend.url, body, stream=stream)
 

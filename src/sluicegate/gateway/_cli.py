@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+import sluicegate as sg
+
 from ._config import GatewayConfig, GatewayConfigError, load_config
 from ._server import run
 
@@ -69,6 +71,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
     try:
         run(config, config_path=config_path)
+    except sg.ConfigError as exc:  # e.g. a public address without server.auth_token
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the listening port is taken or not ours to bind
         raise click.ClickException(
             f"{exc.strerror or exc}. Pick another --port or server.port."

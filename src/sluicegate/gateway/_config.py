@@ -8,6 +8,7 @@ validating, so a config that loads is a config the controllers accept.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,8 @@ from pydantic import (
 )
 
 import sluicegate as sg
+
+from ._auth import AuthSettings
 
 __all__ = [
     "AdaptiveSettings",
@@ -275,6 +278,10 @@ class PoolSettings(_Model):
     forward_priority: bool = False
     #: How often one request may be taken back; then it keeps its slot.
     max_requeues: Annotated[int, Field(ge=0)] = 1
+    #: Key sent to this pool's backends as ``Authorization: Bearer`` (vLLM ``--api-key``)
+    #: instead of the client's; or the name of an environment variable holding it.
+    api_key: str | None = None
+    api_key_env: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -373,6 +380,8 @@ class GatewayConfig(_Model):
     pools: list[PoolSettings]
     flow_control: FlowControlSettings = Field(default_factory=FlowControlSettings)
     objectives: list[ObjectiveSettings] = Field(default_factory=list)
+    #: Who may claim which fairness id and objective (see `_auth`).
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _check(self) -> GatewayConfig:
@@ -387,7 +396,35 @@ class GatewayConfig(_Model):
         objectives = [o.name for o in self.objectives]
         if len(set(objectives)) != len(objectives):
             raise ValueError(f"objectives: names must be unique, got {objectives!r}")
+        for key in self.auth.keys:
+            named = [*(key.objectives or ()), *filter(None, [key.default_objective])]
+            unknown = sorted(set(named) - set(objectives))
+            if unknown:
+                raise ValueError(
+                    f"auth.keys: tenant {key.tenant} names unknown objectives {unknown}"
+                )
+        both = [p.name for p in self.pools if p.api_key is not None and p.api_key_env is not None]
+        if both:
+            raise ValueError(f"pools {both}: give api_key or api_key_env, not both")
         return self
+
+    def pool_keys(self) -> dict[str, str | None]:
+        """Pool name -> the key its backends get (env vars read now).
+
+        Raises:
+            sluicegate.ConfigError: an `api_key_env` variable is unset.
+        """
+        out: dict[str, str | None] = {}
+        for pool in self.pools:
+            key = pool.api_key
+            if pool.api_key_env is not None:
+                key = os.environ.get(pool.api_key_env) or None
+                if key is None:
+                    raise sg.ConfigError(
+                        f"pools[{pool.name}].api_key_env: {pool.api_key_env} is not set"
+                    )
+            out[pool.name] = key
+        return out
 
     @property
     def priorities(self) -> frozenset[int]:

@@ -35,6 +35,7 @@ class GatewayError(Exception):
         code: a stable machine-readable code.
         param: the header or field at fault, if any.
         outcome: the `x-sluicegate-outcome` value.
+        retry_after: seconds for `Retry-After` (429 only).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class GatewayError(Exception):
         code: str,
         param: str | None = None,
         outcome: str = OUTCOME_INVALID,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -54,6 +56,7 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.outcome = outcome
+        self.retry_after = retry_after
 
 
 def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
@@ -85,6 +88,8 @@ def error_reply(
         status, type_, code, outcome = exc.status, exc.type, exc.code, exc.outcome
         param = exc.param
         message = exc.message
+        if retry_after is None:
+            retry_after = exc.retry_after
     elif isinstance(exc, sg.FlowControlError):
         status, type_, code = _flow_control(exc)
         outcome = exc.outcome.value

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ._app import Gateway
+from ._auth import check_exposure
 from ._protocol import guarded_protocol
 
 if TYPE_CHECKING:
@@ -121,7 +122,9 @@ async def serve_in_background(
         host: overrides ``server.host``.
         port: overrides ``server.port`` (0 picks a free port).
     """
-    sock = _listen(host or config.server.host, config.server.port if port is None else port)
+    host = host or config.server.host
+    check_exposure(host, config.server.auth_token)
+    sock = _listen(host, config.server.port if port is None else port)
     async with Gateway(config) as gateway:
         gateway.url = _url(sock)
         server = _uvicorn(gateway)
@@ -190,6 +193,7 @@ async def serve(
     """Serve until SIGTERM or SIGINT, then drain. Meant for a process's main coroutine."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    check_exposure(config.server.host, config.server.auth_token)
     sock = _listen(config.server.host, config.server.port)
     async with Gateway(config, config_path=config_path) as gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -197,9 +201,12 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_from_file)
         server = _uvicorn(gateway)
         await server.startup(sockets=[sock])
-        watcher = None
+        watchers: list[asyncio.Task[None]] = []
         if config_path is not None and watch:
-            watcher = loop.create_task(_watch_file(gateway, config_path))
+            watchers.append(loop.create_task(_watch_file(gateway, config_path)))
+            if config.auth.keys_file is not None:
+                keys = Path(config.auth.keys_file)
+                watchers.append(loop.create_task(_watch_file(gateway, keys)))
         gateway.url = _url(sock)
         print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
         try:
@@ -208,9 +215,10 @@ async def serve(
             await gateway.drain()
             await server.shutdown(sockets=[sock])
         finally:
-            if watcher is not None:
+            for watcher in watchers:
                 watcher.cancel()
-                await asyncio.wait({watcher})
+            if watchers:
+                await asyncio.wait(watchers)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
