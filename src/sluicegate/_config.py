@@ -166,6 +166,16 @@ class FlowControlConfig:
         demand_headroom: keep free slots for higher bands, as many as their recent
             demand needs (none when they send nothing); needs a detector with
             ``slots()`` (see `sluicegate.SaturationDetector`).
+        displacement: when a global limit (`max_requests`, `max_bytes`) would refuse
+            an arrival, evict queued requests of strictly lower priority (lowest band
+            first, newest first inside it; `EvictedDisplaced`) to make room. Band
+            limits are never met by displacement: a band holds only its own priority.
+        early_reject: refuse at once (`RejectedDeadline`) a request whose deadline (its
+            SLO when given, else its TTL) cannot be met given the work queued ahead of
+            it, once the pool's drain rate is known.
+        early_reject_margin: how far beyond its deadline the estimated wait must be
+            before an early rejection: reject when wait > deadline x (1 + margin).
+            Larger = fewer false rejects, more doomed requests queued.
     """
 
     default_ttl: float | None = 30.0
@@ -181,6 +191,9 @@ class FlowControlConfig:
     flow_weights: Mapping[str, float] = field(default_factory=dict)
     fairness_window: float = 10.0
     demand_headroom: bool = True
+    displacement: bool = True
+    early_reject: bool = True
+    early_reject_margin: float = 0.25
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -211,6 +224,16 @@ class FlowControlConfig:
         object.__setattr__(self, "flow_weights", _frozen_weights(self.flow_weights))
         if not isinstance(self.demand_headroom, bool):
             raise ConfigError(f"demand_headroom must be a bool, got {self.demand_headroom!r}")
+        for name in ("displacement", "early_reject"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        margin = self.early_reject_margin
+        if (
+            not isinstance(margin, int | float)
+            or isinstance(margin, bool)
+            or not 0 <= margin < math.inf
+        ):
+            raise ConfigError(f"early_reject_margin must be a number >= 0, got {margin!r}")
 
     def weight_for(self, flow_id: str) -> float:
         """The fairness weight of `flow_id`: exact match, else first glob, else 1."""

@@ -20,6 +20,7 @@ from ._core._statistics import flow_snapshot, snapshot
 from ._core._ticket import State, Ticket
 from ._errors import (
     ControllerClosedEvictedError,
+    DisplacedError,
     EvictedError,
     NoEndpointsEvictedError,
     RejectedError,
@@ -142,6 +143,8 @@ class FlowController:
 
         Raises:
             QueueFullError: a capacity limit is reached (429).
+            DeadlineUnreachableError: its deadline cannot be met (early rejection, 429).
+            DisplacedError: it made room for a higher-priority request (429).
             NoEndpointsError: the pool has no backend and may not wait for one (503).
             ControllerClosedError: the controller is not running (503).
             TTLExpiredError: it waited its whole TTL (503).
@@ -305,6 +308,11 @@ class FlowController:
             self._arm_collection()
             raise
         ticket._owner = self
+        displaced = self._core.take_displaced()
+        if displaced:
+            for victim in displaced:
+                self._fail(victim)
+            self._arm_collection()
         return ticket
 
     def _record_usage(
@@ -490,4 +498,6 @@ def _error_for(ticket: Ticket) -> EvictedError:
         return TTLExpiredError(f"{waited} its whole TTL ({ttl:.3f} s) without capacity")
     if ticket.outcome is Outcome.EVICTED_NO_ENDPOINTS:
         return NoEndpointsEvictedError(f"{waited} its no-endpoint TTL with no backend available")
+    if ticket.outcome is Outcome.EVICTED_DISPLACED:
+        return DisplacedError(f"{waited}, then made room for a higher-priority request")
     return ControllerClosedEvictedError(f"{waited}, then the flow controller closed")

@@ -77,8 +77,22 @@ class SchedulerMachine(RuleBasedStateMachine):
             t = self.core.submit(sg.FlowKey(fid, priority), size, ttl, slo, self.now, self.gate)
         except sg.RejectedError:
             self.rejections += 1
+            assert not self.core.take_displaced(), "evicted for an arrival that was refused"
             return
         self.tickets.append(t)
+        self._check_displaced(self.core.take_displaced(), priority)
+
+    def _check_displaced(self, displaced: list[Ticket], priority: int) -> None:
+        """Victims are strictly lower, and the lowest band's newest go first."""
+        for victim in displaced:
+            assert victim.priority < priority, "displaced by a request of lower priority"
+            assert victim.outcome is sg.Outcome.EVICTED_DISPLACED
+            assert victim.state is State.FINISHED
+        if displaced:
+            worst = max((v.priority, -v.seq) for v in displaced)
+            for t in self.tickets:
+                if t.state is State.QUEUED and t.priority < priority:
+                    assert (t.priority, -t.seq) > worst, "a better victim was kept"
 
     @rule(limit=st.integers(0, 3))
     def set_limit(self, limit: int) -> None:

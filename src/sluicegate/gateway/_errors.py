@@ -60,6 +60,10 @@ def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
     """Status, OpenAI type and code of a flow-control outcome."""
     if isinstance(exc, sg.QueueFullError | sg.WouldBlock):
         return 429, "rate_limit_error", "queue_full"
+    if isinstance(exc, sg.DeadlineUnreachableError):
+        return 429, "rate_limit_error", "deadline_unreachable"
+    if isinstance(exc, sg.DisplacedError):
+        return 429, "rate_limit_error", "displaced"
     if isinstance(exc, sg.TTLExpiredError):
         return 503, "service_unavailable", "queue_timeout"
     if isinstance(exc, sg.NoEndpointsError | sg.NoEndpointsEvictedError):
