@@ -375,6 +375,15 @@ class FlowController:
         band = core.registry.bands.get(priority)
         return 0 if band is None else band.queued_requests
 
+    def estimate_wait(self, priority: int) -> tuple[float | None, int]:
+        """(estimated seconds a new request at `priority` would wait, its queue position).
+
+        From the pool's drain rate and the work queued in its band and above (see
+        `FlowControlConfig.early_reject`); the wait is None until the drain rate is
+        known. O(bands): cheap enough for every rejection (Retry-After).
+        """
+        return self._core.estimate_wait(priority)
+
     def statistics(self) -> ControllerStatistics:
         """A frozen, exact snapshot of bands, flows, counters and outcomes."""
         return self._core.statistics(self._now() if self._loop is not None else None)

@@ -156,7 +156,7 @@ def test_only_work_ahead_counts(make: Callable[..., Harness]) -> None:
         h.submit("q", 0, now=1.0)
     assert h.submit("vip", 5, ttl=1.0, now=1.0).state is State.QUEUED
     # The next one at priority 5 has only "vip" ahead of it.
-    wait, position = h.core.estimate_wait(h.core.registry.bands[5])
+    wait, position = h.core.estimate_wait(5)
     assert wait == pytest.approx(0.6) and position == 2
 
 

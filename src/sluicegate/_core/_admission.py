@@ -40,17 +40,18 @@ __all__ = ["deadline_budget", "displacement_victims", "estimate_wait", "shortfal
 
 
 def estimate_wait(
-    levels: Sequence[Band], band: Band, headroom: DemandHeadroom, in_flight: int
+    levels: Sequence[Band], priority: int, headroom: DemandHeadroom, in_flight: int
 ) -> tuple[float | None, int]:
-    """(estimated seconds until a new request in `band` is dispatched, its position).
+    """(estimated seconds until a new request at `priority` is dispatched, its position
+    in the queue: everything waiting at its priority or above, plus one).
 
     The wait is None while the drain rate is unknown.
     """
     position = 1
     for level in levels:
-        position += level.queued_requests
-        if level is band:
+        if level.priority < priority:
             break
+        position += level.queued_requests
     rate = headroom.drain_rate(in_flight)
     return (None if rate is None else position / rate), position
 

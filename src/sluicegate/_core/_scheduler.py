@@ -246,22 +246,21 @@ class Scheduler:
             self.registry.forget_if_unused(band)
             raise error
 
-    def estimate_wait(self, band: Band) -> tuple[float | None, int]:
-        """(estimated queue wait of a new request in `band`, its queue position)."""
-        return estimate_wait(self.registry.levels, band, self.headroom, self.in_flight)
+    def estimate_wait(self, priority: int) -> tuple[float | None, int]:
+        """(estimated queue wait of a new request at `priority`, its queue position)."""
+        return estimate_wait(self.registry.levels, priority, self.headroom, self.in_flight)
 
     def _check_deadline(
         self, ticket: Ticket, band: Band, now: float
     ) -> DeadlineUnreachableError | None:
         """Early rejection: the deadline cannot be met given the work ahead."""
         config = self.registry.config
-        if not config.early_reject:
-            return None
+        wait, position = self.estimate_wait(band.priority)
+        ticket.eta = wait
         budget = deadline_budget(ticket, now)
-        if budget is None:
+        if not config.early_reject or wait is None or budget is None:
             return None
-        wait, position = self.estimate_wait(band)
-        if wait is None or wait <= budget * (1.0 + config.early_reject_margin):
+        if wait <= budget * (1.0 + config.early_reject_margin):
             return None
         which = "SLO" if ticket.slo_at is not None else "TTL"
         return DeadlineUnreachableError(

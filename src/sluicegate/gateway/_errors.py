@@ -75,7 +75,11 @@ def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
 
 
 def error_reply(
-    exc: Exception, *, queue_ms: float, retry_after: int | None = None
+    exc: Exception,
+    *,
+    queue_ms: float,
+    retry_after: int | None = None,
+    queue: tuple[float | None, int] | None = None,
 ) -> tuple[int, bytes, Headers]:
     """Map any error to (status, OpenAI JSON body, response headers).
 
@@ -83,6 +87,9 @@ def error_reply(
         exc: a `GatewayError`, a `sluicegate.FlowControlError`, or anything else (500).
         queue_ms: milliseconds the request waited in flow control.
         retry_after: seconds for `Retry-After`; only sent with 429.
+        queue: (estimated wait in seconds or None, queue position) of a request of the
+            same priority now, sent as `x-sluicegate-queue-eta-ms` and
+            `x-sluicegate-queue-position` (an early rejection sends its own).
     """
     param: str | None = None
     if isinstance(exc, GatewayError):
@@ -107,4 +114,11 @@ def error_reply(
     ]
     if status == 429 and retry_after is not None:
         headers.append((b"retry-after", str(max(1, retry_after)).encode()))
+    if isinstance(exc, sg.DeadlineUnreachableError):
+        queue = (exc.wait_s, exc.position)
+    if queue is not None:
+        eta_s, position = queue
+        headers.append((b"x-sluicegate-queue-position", str(position).encode()))
+        if eta_s is not None:
+            headers.append((b"x-sluicegate-queue-eta-ms", f"{eta_s * 1000.0:.0f}".encode()))
     return status, body, headers
