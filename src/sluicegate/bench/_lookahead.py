@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, final
@@ -48,6 +49,8 @@ __all__ = ["LookaheadOptions", "run_lookahead"]
 _HOST: Final = "127.0.0.1"
 #: The gateway's default `early_reject_margin`.
 _MARGIN: Final = 0.25
+#: Smallest share of its objective's TTFT goal a client asks for.
+_SLO_MIN_FACTOR: Final = 0.05
 
 
 @final
@@ -62,6 +65,9 @@ class LookaheadOptions:
     tenants: int = 4
     seed: int = 0
     sim: SimConfig = DEMO_SIM
+    #: Also run closed loop (load x batch slots users, each waiting for its answer,
+    #: and for Retry-After before its retry), early rejection off and on.
+    closed_loop: bool = True
 
 
 @dataclass(slots=True)
@@ -90,8 +96,16 @@ class Sent:
 class LookaheadRun:
     label: str
     early_reject: bool
+    closed: bool = False
     started_at: float = 0.0
     sent: list[Sent] = field(default_factory=list)
+
+
+def _slo_ms(planned: PlannedRequest, seed: int) -> float:
+    """The request's `x-slo-ttft-ms`: its objective's TTFT goal times a seeded factor in
+    [`_SLO_MIN_FACTOR`, 1], so some deadlines are tight enough to be refused."""
+    factor = random.Random(seed * 1_000_003 + planned.index).uniform(_SLO_MIN_FACTOR, 1.0)
+    return DEFAULT_SLOS[planned.objective].ttft_s * 1000.0 * factor
 
 
 def _number(value: str | None) -> float | None:
@@ -102,9 +116,14 @@ def _number(value: str | None) -> float | None:
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    attempt: Attempt,
 ) -> Attempt:
-    attempt = Attempt(asyncio.get_running_loop().time())
+    """Send once and fill in `attempt` as the answer comes (a cut-off one keeps what
+    arrived: its headers, if any)."""
     try:
         async with session.post(url, data=body, headers=headers) as resp:
             attempt.status = resp.status
@@ -131,12 +150,14 @@ async def _client(
         "x-gateway-inference-objective": planned.objective,
         "x-slo-ttft-ms": f"{sent.slo_ms:.0f}",
     }
-    sent.first = first = await _attempt(session, url, body, headers)
+    loop = asyncio.get_running_loop()
+    sent.first = first = Attempt(loop.time())
+    await _attempt(session, url, body, headers, first)
     if first.status == 429 and first.retry_after is not None:
-        loop = asyncio.get_running_loop()
         if loop.time() + first.retry_after <= until:
             await asyncio.sleep(first.retry_after)
-            sent.retry = await _attempt(session, url, body, headers)
+            sent.retry = Attempt(loop.time())
+            await _attempt(session, url, body, headers, sent.retry)
 
 
 @contextlib.asynccontextmanager
@@ -167,12 +188,14 @@ async def _measure(
         endpoint = url + "/v1/chat/completions"
         start = run.started_at = loop.time()
         until = start + options.duration
+        if run.closed:
+            await _closed_loop(session, endpoint, run, plan, options, until)
+            return
         tasks: list[asyncio.Task[None]] = []
         try:
             for planned in plan:
                 await asyncio.sleep(max(0.0, start + planned.at - loop.time()))
-                slo_ms = DEFAULT_SLOS[planned.objective].ttft_s * 1000.0
-                sent = Sent(planned, slo_ms)
+                sent = Sent(planned, _slo_ms(planned, options.seed))
                 run.sent.append(sent)
                 tasks.append(
                     asyncio.create_task(_client(session, endpoint, options.sim.model, sent, until))
@@ -186,13 +209,55 @@ async def _measure(
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _closed_loop(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    run: LookaheadRun,
+    plan: Sequence[PlannedRequest],
+    options: LookaheadOptions,
+    until: float,
+) -> None:
+    """`load x batch slots` users, each sending its next request once the last one ended
+    (after its one retry, if refused); the plan is a source of request shapes."""
+    loop = asyncio.get_running_loop()
+    source = iter(plan)
+
+    async def user() -> None:
+        for planned in source:
+            if loop.time() >= until:
+                return
+            sent = Sent(planned, _slo_ms(planned, options.seed))
+            run.sent.append(sent)
+            await _client(session, endpoint, options.sim.model, sent, until)
+
+    users = round(options.load * options.backends * options.sim.max_num_seqs)
+    tasks = [asyncio.create_task(user()) for _ in range(users)]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until + options.grace_s):
+                await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
     workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
     rate = options.load * estimate_capacity(workload, options.sim, options.backends)
     plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
-    runs = [LookaheadRun("early rejection off (shadow)", False), LookaheadRun("on", True)]
+    runs = [LookaheadRun("open loop, early rejection off", False), LookaheadRun("open loop", True)]
+    if options.closed_loop:
+        runs += [
+            LookaheadRun("closed loop, early rejection off", False, closed=True),
+            LookaheadRun("closed loop", True, closed=True),
+        ]
+    # Closed loop: the plan is only a source of shapes; make it long enough (as part 4).
+    shapes = plan_equal_tenants(
+        workload, rate=4 * rate, duration=options.duration, seed=options.seed
+    )
     for run in runs:
-        await _measure(run, plan, options)
+        await _measure(run, shapes if run.closed else plan, options)
     return runs
 
 
@@ -243,41 +308,44 @@ def retries(run: LookaheadRun) -> dict[str, Any]:
     }
 
 
-def _figures(shadow: LookaheadRun, on: LookaheadRun) -> tuple[list[Figure], dict[str, Any]]:
-    cal, cal_on = calibration(shadow), calibration(on)
+def _figures(shadow: LookaheadRun, on: LookaheadRun, arrivals: str) -> list[Figure]:
+    """The headline figures of one pair of runs (early rejection off, then on)."""
+    cal = calibration(shadow)
     ret_shadow, ret_on = retries(shadow), retries(on)
     early = ret_on["first_outcomes"].get("RejectedDeadline", 0)
-    figures = [
+    actual = "median actual queue wait, same run"
+    return [
         Figure(
-            "predicted vs actual queue wait, median |error| (shadow run)",
+            f"{arrivals}: predicted vs actual queue wait, median |error|",
             cal["abs_error_p50_ms"],
             "ms",
             cal["actual_wait_p50_ms"],
-            "median actual queue wait, same run",
+            actual,
+            note=f"signed median {cal['signed_error_p50_ms']:+.0f} ms; {cal['predicted']} waits",
         ),
         Figure(
-            "predicted vs actual queue wait, p90 |error| (shadow run)",
+            f"{arrivals}: predicted vs actual queue wait, p90 |error|",
             cal["abs_error_p90_ms"],
             "ms",
             cal["actual_wait_p50_ms"],
-            "median actual queue wait, same run",
+            actual,
         ),
         Figure(
-            "false rejects: would-be early rejects that started within their SLO",
+            f"{arrivals}: false rejects (would-be early rejects that started within their SLO)",
             cal["false_reject_share"] * 100.0,
             "%",
-            note=f"{cal['false_rejects']} of {cal['would_reject']} (shadow run)",
-            target=Target("<=", 5.0, "<= 5 %"),
+            note=f"{cal['false_rejects']} of {cal['would_reject']} (early rejection off)",
+            target=Target("<=", 5.0, "<= 5 %") if cal["would_reject"] else None,
         ),
         Figure(
-            "early rejects (early rejection on)",
+            f"{arrivals}: early rejects",
             float(early),
             "requests",
             float(len(on.sent)),
             "requests sent",
         ),
         Figure(
-            "first retry after Retry-After gets in (early rejection on)",
+            f"{arrivals}: first retry after Retry-After gets in",
             ret_on["share"] * 100.0,
             "%",
             ret_shadow["share"] * 100.0,
@@ -286,13 +354,15 @@ def _figures(shadow: LookaheadRun, on: LookaheadRun) -> tuple[list[Figure], dict
             note=f"{ret_on['got_in']} of {ret_on['retries']} retries",
         ),
     ]
-    raw = {
-        "calibration_shadow": cal,
-        "calibration_on": cal_on,
-        "retries_shadow": ret_shadow,
-        "retries_on": ret_on,
+
+
+def _raw(run: LookaheadRun) -> dict[str, Any]:
+    return {
+        "label": run.label,
+        "sent": len(run.sent),
+        "calibration": calibration(run),
+        "retries": retries(run),
     }
-    return figures, raw
 
 
 def _run_loop(options: LookaheadOptions) -> list[LookaheadRun]:
@@ -304,14 +374,16 @@ def _run_loop(options: LookaheadOptions) -> list[LookaheadRun]:
 
 
 def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
-    """Part 6: both runs and the report section.
+    """Part 6: every run and the report section.
 
     Raises:
         OSError: a port cannot be bound.
     """
     began = time.monotonic()
-    shadow, on = _run_loop(options)
-    figures, raw = _figures(shadow, on)
+    runs = _run_loop(options)
+    figures = _figures(runs[0], runs[1], "open loop")
+    if len(runs) == 4:
+        figures += _figures(runs[2], runs[3], "closed loop")
     slos = ", ".join(f"{name} {s.ttft_s:g} s" for name, s in DEFAULT_SLOS.items())
     return PartResult(
         part="lookahead",
@@ -321,9 +393,12 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
             f"Part 4's flow-control-on stack ({options.backends} simulators) at "
             f"{options.load:g}x the estimated capacity, Poisson, {options.duration:g} s of "
             f"arrivals + {options.grace_s:g} s grace, the demo mix over {options.tenants} "
-            f"tenants. Clients send x-slo-ttft-ms ({slos}) and retry once after "
-            "Retry-After on a 429 (only retries sent while arrivals last count). Two runs "
-            "of the same plan: early rejection off (shadow: predictions are still made "
+            f"tenants. Clients send x-slo-ttft-ms (their objective's goal, {slos}, times "
+            f"a seeded factor in [{_SLO_MIN_FACTOR:g}, 1], so some deadlines are tight) and "
+            "retry once after Retry-After on a 429 (only retries sent while arrivals last "
+            "count). Open loop: Poisson arrivals; closed loop: load x batch slots users, "
+            "each waiting for its answer (and its retry) before the next request. Each "
+            "runs twice on the same plan: early rejection off (predictions are still made "
             "and sent back) and on (the default). Calibration covers dispatched requests "
             "that waited in the queue; a false reject is a request the rule would have "
             f"refused (predicted wait > SLO x {1 + _MARGIN:g}) whose actual queue wait "
@@ -336,5 +411,5 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
             "arrivals during the wait, so it errs low (towards admitting).",
         ],
         seconds=time.monotonic() - began,
-        raw=raw,
+        raw={"runs": [_raw(run) for run in runs]},
     )
