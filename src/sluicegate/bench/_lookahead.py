@@ -153,11 +153,11 @@ async def _client(
     loop = asyncio.get_running_loop()
     sent.first = first = Attempt(loop.time())
     await _attempt(session, url, body, headers, first)
-    if first.status == 429 and first.retry_after is not None:
-        if loop.time() + first.retry_after <= until:
-            await asyncio.sleep(first.retry_after)
-            sent.retry = Attempt(loop.time())
-            await _attempt(session, url, body, headers, sent.retry)
+    wait = first.retry_after
+    if first.status == 429 and wait is not None and loop.time() + wait <= until:
+        await asyncio.sleep(wait)
+        sent.retry = Attempt(loop.time())
+        await _attempt(session, url, body, headers, sent.retry)
 
 
 @contextlib.asynccontextmanager
