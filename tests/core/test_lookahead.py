@@ -178,3 +178,12 @@ def test_early_rejection_never_displaces(make: Callable[..., Harness]) -> None:
     with pytest.raises(sg.DeadlineUnreachableError):
         h.submit("late", 0, ttl=1.0, now=1.0)
     assert sum(t.state is State.QUEUED for t in low) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("displacement", 1), ("early_reject", "yes"), ("early_reject_margin", -0.1)],
+)
+def test_lookahead_settings_are_validated(field: str, value: object) -> None:
+    with pytest.raises(sg.ConfigError, match=field):
+        sg.FlowControlConfig(**{field: value})  # type: ignore[arg-type]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
+
+import sluicegate as sg
+from sluicegate.gateway._errors import error_reply
 
 from .conftest import eventually
 from .test_proxy import CHAT, chat, stack, stats
@@ -64,3 +68,17 @@ async def test_displacement_off_refuses_the_arrival() -> None:
         for task in (running, queued):
             async with await task as r:
                 assert r.status == 200
+
+
+def test_early_rejection_answer_carries_its_position_and_estimate() -> None:
+    """429 `deadline_unreachable` with Retry-After, the position and the estimated wait
+    the controller computed for it."""
+    exc = sg.DeadlineUnreachableError("too late", wait_s=3.2, position=41)
+    status, body, headers = error_reply(exc, queue_ms=0.0, retry_after=4)
+    found = dict(headers)
+    assert status == 429
+    assert orjson.loads(body)["error"]["code"] == "deadline_unreachable"
+    assert found[b"x-sluicegate-outcome"] == b"RejectedDeadline"
+    assert found[b"retry-after"] == b"4"
+    assert found[b"x-sluicegate-queue-position"] == b"41"
+    assert found[b"x-sluicegate-queue-eta-ms"] == b"3200"
