@@ -201,6 +201,16 @@ class FlowControlConfig:
             ``slots()`` (see `sluicegate.SaturationDetector`).
         tenants: per-tenant ceilings by exact fairness id (`TenantLimits`), enforced
             across all bands; ids not listed are unlimited.
+        displacement: when a global limit (`max_requests`, `max_bytes`) would refuse
+            an arrival, evict queued requests of strictly lower priority (lowest band
+            first, newest first inside it; `EvictedDisplaced`) to make room. Band
+            limits are never met by displacement: a band holds only its own priority.
+        early_reject: refuse at once (`RejectedDeadline`) a request whose deadline (its
+            SLO when given, else its TTL) cannot be met given the work queued ahead of
+            it, once the pool's drain rate is known.
+        early_reject_margin: how far beyond its deadline the estimated wait must be
+            before an early rejection: reject when wait > deadline x (1 + margin).
+            Larger = fewer false rejects, more doomed requests queued.
     """
 
     default_ttl: float | None = 30.0
@@ -217,6 +227,9 @@ class FlowControlConfig:
     fairness_window: float = 10.0
     demand_headroom: bool = True
     tenants: Mapping[str, TenantLimits] = field(default_factory=dict)
+    displacement: bool = True
+    early_reject: bool = True
+    early_reject_margin: float = 0.25
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -248,6 +261,16 @@ class FlowControlConfig:
         if not isinstance(self.demand_headroom, bool):
             raise ConfigError(f"demand_headroom must be a bool, got {self.demand_headroom!r}")
         object.__setattr__(self, "tenants", _frozen_tenants(self.tenants))
+        for name in ("displacement", "early_reject"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        margin = self.early_reject_margin
+        if (
+            not isinstance(margin, int | float)
+            or isinstance(margin, bool)
+            or not 0 <= margin < math.inf
+        ):
+            raise ConfigError(f"early_reject_margin must be a number >= 0, got {margin!r}")
 
     def weight_for(self, flow_id: str) -> float:
         """The fairness weight of `flow_id`: exact match, else first glob, else 1."""

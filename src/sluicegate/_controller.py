@@ -20,6 +20,7 @@ from ._core._statistics import flow_snapshot, snapshot
 from ._core._ticket import State, Ticket
 from ._errors import (
     ControllerClosedEvictedError,
+    DisplacedError,
     EvictedError,
     NoEndpointsEvictedError,
     RejectedError,
@@ -142,6 +143,8 @@ class FlowController:
 
         Raises:
             QueueFullError: a capacity limit is reached (429).
+            DeadlineUnreachableError: its deadline cannot be met (early rejection, 429).
+            DisplacedError: it made room for a higher-priority request (429).
             NoEndpointsError: the pool has no backend and may not wait for one (503).
             ControllerClosedError: the controller is not running (503).
             TTLExpiredError: it waited its whole TTL (503).
@@ -305,6 +308,11 @@ class FlowController:
             self._arm_collection()
             raise
         ticket._owner = self
+        displaced = self._core.take_displaced()
+        if displaced:
+            for victim in displaced:
+                self._fail(victim)
+            self._arm_collection()
         return ticket
 
     def _record_usage(
@@ -366,6 +374,15 @@ class FlowController:
             return core.queued_requests
         band = core.registry.bands.get(priority)
         return 0 if band is None else band.queued_requests
+
+    def estimate_wait(self, priority: int) -> tuple[float | None, int]:
+        """(estimated seconds a new request at `priority` would wait, its queue position).
+
+        From the pool's drain rate and the work queued in its band and above (see
+        `FlowControlConfig.early_reject`); the wait is None until the drain rate is
+        known. O(bands): cheap enough for every rejection (Retry-After).
+        """
+        return self._core.estimate_wait(priority)
 
     def statistics(self) -> ControllerStatistics:
         """A frozen, exact snapshot of bands, flows, counters and outcomes."""
@@ -498,4 +515,6 @@ def _error_for(ticket: Ticket) -> EvictedError:
         return TTLExpiredError(f"{waited} its whole TTL ({ttl:.3f} s) without capacity")
     if ticket.outcome is Outcome.EVICTED_NO_ENDPOINTS:
         return NoEndpointsEvictedError(f"{waited} its no-endpoint TTL with no backend available")
+    if ticket.outcome is Outcome.EVICTED_DISPLACED:
+        return DisplacedError(f"{waited}, then made room for a higher-priority request")
     return ControllerClosedEvictedError(f"{waited}, then the flow controller closed")

@@ -7,10 +7,12 @@
     |   +-- QueueFullError           429          band or global capacity
     |   +-- NoEndpointsError         503          no backend, and no time to wait for one
     |   +-- ControllerClosedError    503          not running (not started, or closed)
+    |   +-- DeadlineUnreachableError 429          its deadline cannot be met (early reject)
     +-- EvictedError                              was queued, removed without dispatch
     |   +-- TTLExpiredError          503          waited its whole TTL
     |   +-- NoEndpointsEvictedError  503          waited its no-endpoint TTL with no backend
     |   +-- ControllerClosedEvictedError 503      controller closed while it waited
+    |   +-- DisplacedError           429          made room for a higher-priority arrival
     +-- ConfigError(ValueError)                   names the field and the value
     |   +-- UnknownPluginError(LookupError)       lists the known names
     |   +-- IncompatiblePolicyError               policy needs what the queue lacks
@@ -30,6 +32,8 @@ __all__ = [
     "ConfigError",
     "ControllerClosedError",
     "ControllerClosedEvictedError",
+    "DeadlineUnreachableError",
+    "DisplacedError",
     "EvictedError",
     "FlowControlError",
     "IncompatiblePolicyError",
@@ -83,6 +87,25 @@ class ControllerClosedError(RejectedError):
     status_hint = 503
 
 
+class DeadlineUnreachableError(RejectedError):
+    """Early rejection: the request's deadline (its SLO when given, else its TTL) cannot
+    be met given the work queued ahead of it and its band's drain rate. Retry after
+    `wait_s` seconds, or with a longer deadline.
+
+    Attributes:
+        wait_s: the estimated queue wait, in seconds.
+        position: its place in the queue had it been admitted (1 = next).
+    """
+
+    outcome = Outcome.REJECTED_DEADLINE
+    status_hint = 429
+
+    def __init__(self, message: str, *, wait_s: float = 0.0, position: int = 0) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+        self.position = position
+
+
 class EvictedError(FlowControlError):
     """The request was queued, then removed without being dispatched."""
 
@@ -109,6 +132,14 @@ class ControllerClosedEvictedError(EvictedError):
 
     outcome = Outcome.EVICTED_OTHER
     status_hint = 503
+
+
+class DisplacedError(EvictedError):
+    """A capacity limit was reached and this queued request made room for an arrival
+    of strictly higher priority (displacement). Retry later."""
+
+    outcome = Outcome.EVICTED_DISPLACED
+    status_hint = 429
 
 
 class ConfigError(FlowControlError, ValueError):

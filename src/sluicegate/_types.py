@@ -54,10 +54,14 @@ class Outcome(enum.Enum):
     REJECTED_CAPACITY = "RejectedCapacity"
     REJECTED_NO_ENDPOINTS = "RejectedNoEndpoints"
     REJECTED_OTHER = "RejectedOther"
+    #: Its deadline (TTL, or SLO when given) cannot be met given the work ahead of it.
+    REJECTED_DEADLINE = "RejectedDeadline"
     EVICTED_TTL = "EvictedTTL"
     EVICTED_NO_ENDPOINTS = "EvictedNoEndpoints"
     EVICTED_CANCELLED = "EvictedCancelled"
     EVICTED_OTHER = "EvictedOther"
+    #: Evicted from a full queue to make room for a higher-priority arrival.
+    EVICTED_DISPLACED = "EvictedDisplaced"
 
     @property
     def rejected(self) -> bool:

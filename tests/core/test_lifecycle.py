@@ -39,8 +39,8 @@ def test_byte_limits_use_the_real_size(make: Callable[..., Harness]) -> None:
 
 
 def test_global_limits_span_bands(make: Callable[..., Harness]) -> None:
-    """Global max_requests and max_bytes count every band."""
-    h = make(sg.FlowControlConfig(max_requests=2, max_bytes=50))
+    """Global max_requests and max_bytes count every band (displacement off)."""
+    h = make(sg.FlowControlConfig(max_requests=2, max_bytes=50, displacement=False))
     h.submit(priority=1, size=10)
     with pytest.raises(sg.QueueFullError, match="the controller would exceed max_bytes=50"):
         h.submit(priority=2, size=41)

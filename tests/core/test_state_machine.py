@@ -112,8 +112,22 @@ class SchedulerMachine(RuleBasedStateMachine):
             t = self.core.submit(sg.FlowKey(fid, priority), size, ttl, slo, self.now, self.gate)
         except sg.RejectedError:
             self.rejections += 1
+            assert not self.core.take_displaced(), "evicted for an arrival that was refused"
             return
         self.tickets.append(t)
+        self._check_displaced(self.core.take_displaced(), priority)
+
+    def _check_displaced(self, displaced: list[Ticket], priority: int) -> None:
+        """Victims are strictly lower, and the lowest band's newest go first."""
+        for victim in displaced:
+            assert victim.priority < priority, "displaced by a request of lower priority"
+            assert victim.outcome is sg.Outcome.EVICTED_DISPLACED
+            assert victim.state is State.FINISHED
+        if displaced:
+            worst = max((v.priority, -v.seq) for v in displaced)
+            for t in self.tickets:
+                if t.state is State.QUEUED and t.priority < priority:
+                    assert (t.priority, -t.seq) > worst, "a better victim was kept"
 
     @rule(fid=st.sampled_from("abc"), priority=st.sampled_from([-1, 0, 1, 3]))
     def submit_nowait(self, fid: str, priority: int) -> None:

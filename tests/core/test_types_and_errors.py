@@ -39,10 +39,12 @@ def test_outcome_values_are_metric_labels() -> None:
         "RejectedCapacity",
         "RejectedNoEndpoints",
         "RejectedOther",
+        "RejectedDeadline",
         "EvictedTTL",
         "EvictedNoEndpoints",
         "EvictedCancelled",
         "EvictedOther",
+        "EvictedDisplaced",
     ]
     assert sg.Outcome.REJECTED_CAPACITY.rejected
     assert sg.Outcome.EVICTED_TTL.evicted
@@ -58,6 +60,8 @@ def test_outcome_values_are_metric_labels() -> None:
         (sg.TTLExpiredError, sg.EvictedError, sg.Outcome.EVICTED_TTL, 503),
         (sg.NoEndpointsEvictedError, sg.EvictedError, sg.Outcome.EVICTED_NO_ENDPOINTS, 503),
         (sg.ControllerClosedEvictedError, sg.EvictedError, sg.Outcome.EVICTED_OTHER, 503),
+        (sg.DeadlineUnreachableError, sg.RejectedError, sg.Outcome.REJECTED_DEADLINE, 429),
+        (sg.DisplacedError, sg.EvictedError, sg.Outcome.EVICTED_DISPLACED, 429),
     ],
 )
 def test_error_tree_carries_outcome_and_status(

@@ -32,6 +32,8 @@ __all__ = ["DemandHeadroom"]
 DEFAULT_WINDOW: Final = 3.0
 #: Target chance that a higher-band arrival finds no free slot.
 DEFAULT_MISS: Final = 0.01
+#: Completions in the window before the drain rate counts as known.
+MIN_DRAIN_SAMPLES: Final = 8
 #: Weight of the newest sample in a band's mean service time.
 _SERVICE_WEIGHT: Final = 0.1
 
@@ -113,6 +115,20 @@ class DemandHeadroom:
         if self._mean_service > 0.0:
             mu = max(mu, busy_slots / self._mean_service)
         return _reserve(lam, mu, busy, self.miss)
+
+    def drain_rate(self, busy_slots: float) -> float | None:
+        """Requests per second the pool finishes (and so takes from the queues), or None
+        before `MIN_DRAIN_SAMPLES` completions in the window: no estimate yet.
+
+        Bounded from below by Little's law (busy slots / mean service time), as in
+        `reserve_for`, so a window not yet full does not understate it.
+        """
+        if len(self._completions) < MIN_DRAIN_SAMPLES:
+            return None
+        mu = self._mu
+        if self._mean_service > 0.0:
+            mu = max(mu, busy_slots / self._mean_service)
+        return mu if mu > 0.0 else None
 
     def rate(self, priority: int) -> float:
         """Arrivals per second of band `priority` over the window (as last refreshed)."""

@@ -9,9 +9,10 @@ what it returns.
 
 A ticket leaves the queue exactly once, by exactly one of: `dispatch` (Dispatched),
 `expire` (EvictedTTL / EvictedNoEndpoints), `cancel` (EvictedCancelled), `close`
-(EvictedOther). Each of them checks `state is QUEUED` first, so two events in the same
-loop iteration cannot both finalise a ticket, and capacity is released the moment the
-ticket leaves: there are no zombies.
+(EvictedOther), or a higher-priority `submit` that displaces it (EvictedDisplaced).
+Each of them checks `state is QUEUED` first, so two events in the same loop iteration
+cannot both finalise a ticket, and capacity is released the moment the ticket leaves:
+there are no zombies.
 
 Dispatch walks the bands from the highest priority down. Inside a band the fairness
 policy picks a flow and the flow's queue (ordered by the band's ordering policy) gives
@@ -26,12 +27,19 @@ import logging
 import math
 from typing import TYPE_CHECKING, Final, final
 
-from .._errors import ControllerClosedError, NoEndpointsError, QueueFullError, WouldBlock
+from .._errors import (
+    ControllerClosedError,
+    DeadlineUnreachableError,
+    NoEndpointsError,
+    QueueFullError,
+    WouldBlock,
+)
 from .._types import (
     ControllerStatistics,
     FlowKey,
     Outcome,
 )
+from ._admission import deadline_budget, displacement_victims, estimate_wait, shortfall
 from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._statistics import snapshot
@@ -93,6 +101,9 @@ class Scheduler:
         self.requeued = 0
         #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
         self.headroom = DemandHeadroom()
+        #: Tickets evicted by displacement in the last `submit`, for the shell to fail
+        #: (`take_displaced`).
+        self._displaced: list[Ticket] = []
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
 
@@ -158,7 +169,7 @@ class Scheduler:
             ticket.flow = registry.flow_for(band, key.id)
             self._start(ticket, now, gate)
             return ticket
-        self._check_admission(ticket, band, gate)
+        self._check_admission(ticket, band, gate, now)
         flow = ticket.flow = registry.flow_for(band, key.id)
         self._enqueue(ticket, band, flow, now)
         return ticket
@@ -215,7 +226,11 @@ class Scheduler:
                     break
         return self.can_dispatch(gate, band)
 
-    def _check_admission(self, ticket: Ticket, band: Band, gate: SaturationDetector) -> None:
+    def _check_admission(
+        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
+    ) -> None:
+        """Refuse the arrival (raise) or make room for it (displacement); see
+        `_admission.py` for the order and the semantics."""
         config = self.registry.config
         error: Exception | None = None
         tenant = self.tenants.get(ticket.key.id) if self.tenants else None
@@ -236,18 +251,65 @@ class Scheduler:
                 f"band {band.priority} would exceed max_bytes={limit} "
                 f"({band.queued_bytes} queued + {ticket.size})"
             )
-        elif (limit := config.max_requests) is not None and self.queued_requests >= limit:
-            error = QueueFullError(f"the controller holds its max_requests={limit}")
-        elif (limit := config.max_bytes) is not None and self.queued_bytes + ticket.size > limit:
-            error = QueueFullError(
-                f"the controller would exceed max_bytes={limit} "
-                f"({self.queued_bytes} queued + {ticket.size})"
-            )
+        else:
+            error = self._check_deadline(ticket, band, now) or self._make_room(ticket, now)
         if error is not None:
-            assert isinstance(error, QueueFullError | NoEndpointsError)
+            assert isinstance(error, QueueFullError | NoEndpointsError | DeadlineUnreachableError)
             self._finish(ticket, error.outcome)
             self.registry.forget_if_unused(band)
             raise error
+
+    def estimate_wait(self, priority: int) -> tuple[float | None, int]:
+        """(estimated queue wait of a new request at `priority`, its queue position)."""
+        return estimate_wait(self.registry.levels, priority, self.headroom, self.in_flight)
+
+    def _check_deadline(
+        self, ticket: Ticket, band: Band, now: float
+    ) -> DeadlineUnreachableError | None:
+        """Early rejection: the deadline cannot be met given the work ahead."""
+        config = self.registry.config
+        wait, position = self.estimate_wait(band.priority)
+        ticket.eta = wait
+        budget = deadline_budget(ticket, now)
+        if not config.early_reject or wait is None or budget is None:
+            return None
+        if wait <= budget * (1.0 + config.early_reject_margin):
+            return None
+        which = "SLO" if ticket.slo_at is not None else "TTL"
+        return DeadlineUnreachableError(
+            f"{ticket.key} cannot start within its {which} ({budget:.3f} s): about "
+            f"{wait:.3f} s of work is queued ahead of it (position {position})",
+            wait_s=wait,
+            position=position,
+        )
+
+    def _make_room(self, ticket: Ticket, now: float) -> QueueFullError | None:
+        """Global limits: fit, displace lower-priority work to fit, or the error."""
+        config = self.registry.config
+        need_requests = shortfall(config.max_requests, self.queued_requests, 1)
+        need_bytes = shortfall(config.max_bytes, self.queued_bytes, ticket.size)
+        if not need_requests and not need_bytes:
+            return None
+        if config.displacement and (config.max_bytes is None or ticket.size <= config.max_bytes):
+            victims = displacement_victims(
+                self.registry.levels, ticket.priority, need_requests, need_bytes
+            )
+            if victims is not None:
+                for victim in victims:
+                    self.evict(victim, Outcome.EVICTED_DISPLACED, now)
+                self._displaced.extend(victims)
+                return None
+        if need_requests:
+            return QueueFullError(f"the controller holds its max_requests={config.max_requests}")
+        return QueueFullError(
+            f"the controller would exceed max_bytes={config.max_bytes} "
+            f"({self.queued_bytes} queued + {ticket.size})"
+        )
+
+    def take_displaced(self) -> list[Ticket]:
+        """The tickets displaced since the last call (their waiters must be failed)."""
+        displaced, self._displaced = self._displaced, []
+        return displaced
 
     def _enqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
         ticket.sort_key = band.ordering.sort_key(ticket)

@@ -63,6 +63,7 @@ class Ticket:
         "assignment",
         "band",
         "dispatched_at",
+        "eta",
         "expires_at",
         "flow",
         "handed_over",
@@ -117,6 +118,9 @@ class Ticket:
         self.usage_known = False
         #: Times it was taken back from flight and queued again (`Scheduler.requeue`).
         self.requeues = 0
+        #: Estimated queue wait (seconds) when it was queued; None if dispatched at
+        #: once or no drain rate was known yet (see `_admission.py`).
+        self.eta: float | None = None
         self._owner: _Releaser | None = None
 
     @property

@@ -2,7 +2,8 @@
 
 Parts: ``dispatch`` (1), ``overhead`` (2), ``streaming`` (3), ``overload`` (4),
 ``protection`` (5, issue 13: untuned saturation settings), or ``all``; ``epp`` (the
-endpoint picker, needs the ``epp`` extras) runs only when named.
+endpoint picker, needs the ``epp`` extras) and ``lookahead`` (issue 15: early rejection
+and Retry-After at 2x overload) run only when named.
 ``--quick`` is a smoke run of seconds per part; ``--target URL`` adds another
 OpenAI-compatible gateway to parts 2 and 4 (part 5 of the issue).
 """
@@ -23,6 +24,7 @@ import click
 from ._dispatch import DispatchError, run_dispatch
 from ._figures import load_average, machine
 from ._gateway_parts import run_overhead, run_streaming
+from ._lookahead import LookaheadOptions, run_lookahead
 from ._overhead import OverheadOptions
 from ._overload import OverloadOptions, run_overload
 from ._protection import PROTECTION_MODES, ProtectionOptions, run_protection
@@ -129,6 +131,11 @@ def run_part(part: str, settings: Settings) -> PartResult:
         return run_epp(options, command=command)
     if part == "protection":
         return run_protection(protection_options(settings), command=command)
+    if part == "lookahead":
+        ahead = LookaheadOptions(seed=settings.seed)
+        if settings.quick:
+            ahead = dataclasses.replace(ahead, duration=4.0, grace_s=2.0)
+        return run_lookahead(ahead, command=command)
     return run_overload(overload_options(settings), command=command)
 
 
@@ -139,7 +146,7 @@ def _sample_load(suite: Suite, when: str) -> None:
 
 
 @click.command()
-@click.argument("part", type=click.Choice([*PARTS, "epp", "all"]), default="all")
+@click.argument("part", type=click.Choice([*PARTS, "epp", "lookahead", "all"]), default="all")
 @click.option(
     "--quick", is_flag=True, help="A smoke run: seconds per part, figures not meaningful."
 )

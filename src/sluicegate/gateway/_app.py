@@ -402,7 +402,7 @@ class Gateway:
         charged = ticket.input_tokens + ticket.output_tokens
         auth.spend(cls.fairness_id, charged, now)
         try:
-            ex.queue_s = ticket.queue_time or 0.0
+            ex.queue_s, ex.eta_s = ticket.queue_time or 0.0, ticket.eta
             ex.outcome = _DISPATCHED
             pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
             self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
@@ -502,18 +502,20 @@ class Gateway:
     async def _fail(self, ex: Exchange, exc: Exception) -> None:
         """Answer an error: the single place where failures become responses."""
         retry_after: int | None = None
+        queue: tuple[float | None, int] | None = None
         if isinstance(exc, sg.FlowControlError) and ex.outcome != _DISPATCHED:
             ex.queue_s = time.perf_counter() - ex.enqueued_at if ex.enqueued_at else 0.0
             ex.queued = False
             self._record(ex, exc.outcome.value, reason=str(exc), status=exc.status_hint)
             if exc.status_hint == 429 and ex.pool is not None and ex.classification is not None:
                 retry_after = ex.pool.retry_after(ex.classification.priority)
+                queue = ex.pool.controller.estimate_wait(ex.classification.priority)
         elif not isinstance(exc, GatewayError | sg.FlowControlError):
             _log.exception("unexpected error on %s %s", ex.scope["method"], ex.scope["path"])
         if ex.started:
             _log.warning("error after the response started, connection closed: %r", exc)
             return
-        await ex.respond_error(exc, retry_after=retry_after)
+        await ex.respond_error(exc, retry_after=retry_after, queue=queue)
 
     async def _cut_at_drain(self, ex: Exchange) -> None:
         grace = self._config.server.drain_grace

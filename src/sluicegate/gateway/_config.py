@@ -118,6 +118,14 @@ class FlowControlSettings(_Model):
     #: Keep free slots for higher bands, sized to their recent demand (none when they
     #: send nothing), so their requests find a slot at once.
     demand_headroom: bool = True
+    #: A full global queue makes room for higher priority: strictly lower-priority
+    #: queued requests are evicted (429 `displaced`), lowest band and newest first.
+    displacement: bool = True
+    #: Refuse at once (429 `deadline_unreachable`) a request whose TTL, or SLO when
+    #: given, cannot be met given the work queued ahead of it.
+    early_reject: bool = True
+    #: Reject only when the estimated wait exceeds the deadline x (1 + margin).
+    early_reject_margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.25
 
     @field_validator("flow_weights")
     @classmethod
@@ -156,6 +164,9 @@ class FlowControlSettings(_Model):
             flow_weights=self.flow_weights,
             fairness_window=self.fairness_window,
             demand_headroom=self.demand_headroom,
+            displacement=self.displacement,
+            early_reject=self.early_reject,
+            early_reject_margin=self.early_reject_margin,
         )
 
 

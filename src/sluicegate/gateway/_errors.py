@@ -63,6 +63,10 @@ def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
     """Status, OpenAI type and code of a flow-control outcome."""
     if isinstance(exc, sg.QueueFullError | sg.WouldBlock):
         return 429, "rate_limit_error", "queue_full"
+    if isinstance(exc, sg.DeadlineUnreachableError):
+        return 429, "rate_limit_error", "deadline_unreachable"
+    if isinstance(exc, sg.DisplacedError):
+        return 429, "rate_limit_error", "displaced"
     if isinstance(exc, sg.TTLExpiredError):
         return 503, "service_unavailable", "queue_timeout"
     if isinstance(exc, sg.NoEndpointsError | sg.NoEndpointsEvictedError):
@@ -74,7 +78,11 @@ def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
 
 
 def error_reply(
-    exc: Exception, *, queue_ms: float, retry_after: int | None = None
+    exc: Exception,
+    *,
+    queue_ms: float,
+    retry_after: int | None = None,
+    queue: tuple[float | None, int] | None = None,
 ) -> tuple[int, bytes, Headers]:
     """Map any error to (status, OpenAI JSON body, response headers).
 
@@ -82,6 +90,9 @@ def error_reply(
         exc: a `GatewayError`, a `sluicegate.FlowControlError`, or anything else (500).
         queue_ms: milliseconds the request waited in flow control.
         retry_after: seconds for `Retry-After`; only sent with 429.
+        queue: (estimated wait in seconds or None, queue position) of a request of the
+            same priority now, sent as `x-sluicegate-queue-eta-ms` and
+            `x-sluicegate-queue-position` (an early rejection sends its own).
     """
     param: str | None = None
     if isinstance(exc, GatewayError):
@@ -108,4 +119,11 @@ def error_reply(
     ]
     if status == 429 and retry_after is not None:
         headers.append((b"retry-after", str(max(1, retry_after)).encode()))
+    if isinstance(exc, sg.DeadlineUnreachableError):
+        queue = (exc.wait_s, exc.position)
+    if queue is not None:
+        eta_s, position = queue
+        headers.append((b"x-sluicegate-queue-position", str(position).encode()))
+        if eta_s is not None:
+            headers.append((b"x-sluicegate-queue-eta-ms", f"{eta_s * 1000.0:.0f}".encode()))
     return status, body, headers

@@ -169,13 +169,19 @@ class Pool:
         meter.record(now)
 
     def retry_after(self, priority: int) -> int:
-        """Seconds after which band `priority` should have room, from its drain rate."""
-        queued = self.controller.queued_requests(priority)  # O(1): runs on every 429
-        meter = self._meters.get(priority)
-        rate = meter.rate(self._clock()) if meter is not None else 0.0
-        if rate <= 0.0:
-            return UNKNOWN_RETRY_AFTER
-        return max(1, min(MAX_RETRY_AFTER, math.ceil((queued + 1) / rate)))
+        """Seconds after which band `priority` should have room: the time the pool needs
+        to drain what waits at that priority and above (the flow controller's wait
+        estimate, which early rejection uses too); before the pool has a drain rate,
+        the band's own recent dispatch rate."""
+        wait, _ = self.controller.estimate_wait(priority)  # O(bands): runs on every 429
+        if wait is None:
+            queued = self.controller.queued_requests(priority)
+            meter = self._meters.get(priority)
+            rate = meter.rate(self._clock()) if meter is not None else 0.0
+            if rate <= 0.0:
+                return UNKNOWN_RETRY_AFTER
+            wait = (queued + 1) / rate
+        return max(1, min(MAX_RETRY_AFTER, math.ceil(wait)))
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.controller!r}>"

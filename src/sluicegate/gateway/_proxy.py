@@ -124,6 +124,7 @@ class Exchange:
         "classification",
         "disconnected",
         "enqueued_at",
+        "eta_s",
         "first_byte_at",
         "outcome",
         "pool",
@@ -152,6 +153,8 @@ class Exchange:
         self.disconnected = False
         self.outcome = OUTCOME_BYPASSED
         self.queue_s = 0.0
+        #: The flow controller's estimate of its queue wait, when it was queued.
+        self.eta_s: float | None = None
         self.upstream_s = 0.0
         self.first_byte_at = 0.0
         #: Set while the request waits in flow control, with the time it started to.
@@ -234,10 +237,13 @@ class Exchange:
             self._held = 0
 
     def _our_headers(self) -> Headers:
-        return [
+        headers = [
             (b"x-sluicegate-outcome", self.outcome.encode()),
             (b"x-sluicegate-queue-ms", f"{self.queue_s * 1000.0:.3f}".encode()),
         ]
+        if self.eta_s is not None:  # the wait predicted when it was queued
+            headers.append((b"x-sluicegate-queue-eta-ms", f"{self.eta_s * 1000.0:.0f}".encode()))
+        return headers
 
     async def start(self, status: int, headers: Headers) -> None:
         """Send the status line and headers (ours appended)."""
@@ -262,10 +268,16 @@ class Exchange:
         await self.start(status, headers)
         await self.finish(body)
 
-    async def respond_error(self, exc: Exception, *, retry_after: int | None = None) -> None:
+    async def respond_error(
+        self,
+        exc: Exception,
+        *,
+        retry_after: int | None = None,
+        queue: tuple[float | None, int] | None = None,
+    ) -> None:
         """Answer `exc` as an OpenAI error (see `error_reply`)."""
         status, body, headers = error_reply(
-            exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after
+            exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after, queue=queue
         )
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,0 +1,102 @@
+"""Admission that looks ahead: the wait estimate, early rejection and displacement.
+
+Wait estimate. When the pool is saturated, every completion frees a slot that goes to
+the highest band with work waiting, so a request arriving in band ``b`` waits for the
+requests queued in ``b`` and the bands above it, drained at the pool's completion rate
+``mu`` (from `DemandHeadroom`: completions over its window, bounded below by Little's
+law). ``wait = position / mu`` with ``position = queued ahead + 1``. The estimate is
+optimistic on purpose: higher-priority arrivals during the wait would cut in ahead, and
+are not counted, so early rejection errs on the side of admitting.
+
+Early rejection. A request whose deadline (its SLO when given, else its TTL) is shorter
+than the estimated wait by more than the margin -- ``wait > deadline x (1 + margin)``
+-- is refused at once (`DeadlineUnreachableError`, ``RejectedDeadline``, 429) instead
+of waiting its whole TTL for a 503. There is no estimate, so no early rejection, until
+the pool has finished `MIN_DRAIN_SAMPLES` requests in the window.
+
+Displacement. When a global limit (`max_requests`, `max_bytes`) would refuse an
+arrival, queued requests of strictly lower priority are evicted (``EvictedDisplaced``)
+to make room: the lowest band first, the newest request first inside it (it has
+invested the least waiting). The victims are chosen before anything is evicted: if
+all of them together cannot make room, nothing is evicted and the arrival is refused
+as before. A band limit is never met by displacement: a band holds only requests of
+its own priority, none strictly lower, so a full band refuses the arrival.
+
+Sans-I/O: every step takes ``now``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._headroom import DemandHeadroom
+    from ._registry import Band
+    from ._ticket import Ticket
+
+__all__ = ["deadline_budget", "displacement_victims", "estimate_wait", "shortfall"]
+
+
+def estimate_wait(
+    levels: Sequence[Band], priority: int, headroom: DemandHeadroom, in_flight: int
+) -> tuple[float | None, int]:
+    """(estimated seconds until a new request at `priority` is dispatched, its position
+    in the queue: everything waiting at its priority or above, plus one).
+
+    The wait is None while the drain rate is unknown.
+    """
+    position = 1
+    for level in levels:
+        if level.priority < priority:
+            break
+        position += level.queued_requests
+    rate = headroom.drain_rate(in_flight)
+    return (None if rate is None else position / rate), position
+
+
+def deadline_budget(ticket: Ticket, now: float) -> float | None:
+    """Seconds the request may wait: to its SLO deadline when given, else its TTL."""
+    at = ticket.slo_at if ticket.slo_at is not None else ticket.expires_at
+    return None if at is None else max(0.0, at - now)
+
+
+def displacement_victims(
+    levels: Sequence[Band],
+    priority: int,
+    need_requests: int,
+    need_bytes: int,
+) -> list[Ticket] | None:
+    """Queued tickets of priority below `priority` whose eviction frees at least
+    `need_requests` requests and `need_bytes` bytes: lowest band first, newest first.
+
+    None when all of them together are not enough (then nothing may be evicted).
+    """
+    victims: list[Ticket] = []
+    freed_requests = freed_bytes = 0
+    for band in reversed(levels):
+        if freed_requests >= need_requests and freed_bytes >= need_bytes:
+            break
+        if band.priority >= priority:
+            break
+        if not band.queued_requests:
+            continue
+        queued = [t for flow in band.flows.values() for t in flow.queue.live()]
+        queued.sort(key=lambda t: t.seq, reverse=True)
+        for ticket in queued:
+            if freed_requests >= need_requests and freed_bytes >= need_bytes:
+                break
+            victims.append(ticket)
+            freed_requests += 1
+            freed_bytes += ticket.size
+    if freed_requests >= need_requests and freed_bytes >= need_bytes:
+        return victims
+    return None
+
+
+def shortfall(limit: int | None, held: int, adding: int) -> int:
+    """How much must leave for `held + adding` to fit under `limit` (0: it fits)."""
+    if limit is None:
+        return 0
+    return max(0, held + adding - limit)

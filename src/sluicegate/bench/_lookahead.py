@@ -1,0 +1,415 @@
+"""Part 6 (issue 15): admission that looks ahead, measured at 2x overload.
+
+Two runs of the same seeded plan, at `load` x the estimated capacity, through the demo's
+flow-control-on gateway (part 4's stack). The clients send their objective's TTFT goal
+as ``x-slo-ttft-ms`` (part 4's goodput objectives) and, on a 429 with ``Retry-After``,
+wait that long and retry once.
+
+* ``shadow``: early rejection off. Every dispatched answer carries the queue wait the
+  controller predicted when it queued the request (``x-sluicegate-queue-eta-ms``) and
+  the actual one (``x-sluicegate-queue-ms``): the calibration. The requests the rule
+  *would* have refused (predicted wait > SLO x (1 + margin)) that in fact started
+  within their SLO are the false rejects.
+* ``on``: early rejection on (the default): how many were refused at once, and how
+  often a client that waits the advised Retry-After gets in on its first retry.
+
+Only retries sent while arrivals last count (after that the queue empties and any
+retry gets in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, final
+
+import aiohttp
+
+from sluicegate.demo import DEMO_OBJECTIVES, DEMO_SIM, demo_gateway_config, estimate_capacity
+from sluicegate.demo._traffic import request_body
+from sluicegate.gateway import serve_in_background
+from sluicegate.sim import create_app, serve_many
+
+from ._figures import Figure, PartResult, Target
+from ._load import equal_tenants, plan_equal_tenants
+from ._overload import DEFAULT_SLOS
+from ._stats import percentile
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from sluicegate.demo import PlannedRequest
+    from sluicegate.sim import SimConfig
+
+__all__ = ["LookaheadOptions", "run_lookahead"]
+
+_HOST: Final = "127.0.0.1"
+#: The gateway's default `early_reject_margin`.
+_MARGIN: Final = 0.25
+#: Smallest share of its objective's TTFT goal a client asks for.
+_SLO_MIN_FACTOR: Final = 0.05
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LookaheadOptions:
+    """What part 6 runs: part 4's stack and mix at one overload."""
+
+    duration: float = 30.0
+    grace_s: float = 6.0
+    load: float = 2.0
+    backends: int = 3
+    tenants: int = 4
+    seed: int = 0
+    sim: SimConfig = DEMO_SIM
+    #: Also run closed loop (load x batch slots users, each waiting for its answer,
+    #: and for Retry-After before its retry), early rejection off and on.
+    closed_loop: bool = True
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP attempt: what the gateway answered."""
+
+    sent_at: float
+    status: int | None = None
+    outcome: str | None = None
+    queue_ms: float | None = None
+    eta_ms: float | None = None
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class Sent:
+    """One planned request: its first attempt and its retry, if any."""
+
+    planned: PlannedRequest
+    slo_ms: float
+    first: Attempt | None = None
+    retry: Attempt | None = None
+
+
+@dataclass(slots=True)
+class LookaheadRun:
+    label: str
+    early_reject: bool
+    closed: bool = False
+    started_at: float = 0.0
+    sent: list[Sent] = field(default_factory=list)
+
+
+def _slo_ms(planned: PlannedRequest, seed: int) -> float:
+    """The request's `x-slo-ttft-ms`: its objective's TTFT goal times a seeded factor in
+    [`_SLO_MIN_FACTOR`, 1], so some deadlines are tight enough to be refused."""
+    factor = random.Random(seed * 1_000_003 + planned.index).uniform(_SLO_MIN_FACTOR, 1.0)
+    return DEFAULT_SLOS[planned.objective].ttft_s * 1000.0 * factor
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
+
+
+async def _attempt(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    attempt: Attempt,
+) -> Attempt:
+    """Send once and fill in `attempt` as the answer comes (a cut-off one keeps what
+    arrived: its headers, if any)."""
+    try:
+        async with session.post(url, data=body, headers=headers) as resp:
+            attempt.status = resp.status
+            h = resp.headers
+            attempt.outcome = h.get("x-sluicegate-outcome")
+            attempt.queue_ms = _number(h.get("x-sluicegate-queue-ms"))
+            attempt.eta_ms = _number(h.get("x-sluicegate-queue-eta-ms"))
+            attempt.retry_after = _number(h.get("retry-after"))
+            async for _ in resp.content.iter_any():
+                pass
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    return attempt
+
+
+async def _client(
+    session: aiohttp.ClientSession, url: str, model: str, sent: Sent, until: float
+) -> None:
+    planned = sent.planned
+    body = request_body(planned, model)
+    headers = {
+        "content-type": "application/json",
+        "x-gateway-inference-fairness-id": planned.tenant,
+        "x-gateway-inference-objective": planned.objective,
+        "x-slo-ttft-ms": f"{sent.slo_ms:.0f}",
+    }
+    loop = asyncio.get_running_loop()
+    sent.first = first = Attempt(loop.time())
+    await _attempt(session, url, body, headers, first)
+    wait = first.retry_after
+    if first.status == 429 and wait is not None and loop.time() + wait <= until:
+        await asyncio.sleep(wait)
+        sent.retry = Attempt(loop.time())
+        await _attempt(session, url, body, headers, sent.retry)
+
+
+@contextlib.asynccontextmanager
+async def _stack(options: LookaheadOptions, *, early_reject: bool) -> AsyncIterator[str]:
+    """Part 4's flow-control-on stack, with early rejection on or off."""
+    sim = options.sim
+    apps = [create_app(sim.replace(seed=options.seed + i)) for i in range(options.backends)]
+    async with serve_many(apps, _HOST, [0] * options.backends) as urls:
+        workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
+        config = demo_gateway_config("on", urls, workload, max_in_flight=sim.max_num_seqs)
+        fc = config.flow_control.model_copy(update={"early_reject": early_reject})
+        config = config.model_copy(update={"flow_control": fc})
+        async with serve_in_background(config) as gateway:
+            yield str(gateway.url).rstrip("/")
+
+
+async def _measure(
+    run: LookaheadRun, plan: Sequence[PlannedRequest], options: LookaheadOptions
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with (
+        _stack(options, early_reject=run.early_reject) as url,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        ) as session,
+    ):
+        endpoint = url + "/v1/chat/completions"
+        start = run.started_at = loop.time()
+        until = start + options.duration
+        if run.closed:
+            await _closed_loop(session, endpoint, run, plan, options, until)
+            return
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for planned in plan:
+                await asyncio.sleep(max(0.0, start + planned.at - loop.time()))
+                sent = Sent(planned, _slo_ms(planned, options.seed))
+                run.sent.append(sent)
+                tasks.append(
+                    asyncio.create_task(_client(session, endpoint, options.sim.model, sent, until))
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(options.grace_s):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _closed_loop(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    run: LookaheadRun,
+    plan: Sequence[PlannedRequest],
+    options: LookaheadOptions,
+    until: float,
+) -> None:
+    """`load x batch slots` users, each sending its next request once the last one ended
+    (after its one retry, if refused); the plan is a source of request shapes."""
+    loop = asyncio.get_running_loop()
+    source = iter(plan)
+
+    async def user() -> None:
+        for planned in source:
+            if loop.time() >= until:
+                return
+            sent = Sent(planned, _slo_ms(planned, options.seed))
+            run.sent.append(sent)
+            await _client(session, endpoint, options.sim.model, sent, until)
+
+    users = round(options.load * options.backends * options.sim.max_num_seqs)
+    tasks = [asyncio.create_task(user()) for _ in range(users)]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until + options.grace_s):
+                await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
+    workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
+    rate = options.load * estimate_capacity(workload, options.sim, options.backends)
+    plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
+    runs = [LookaheadRun("open loop, early rejection off", False), LookaheadRun("open loop", True)]
+    if options.closed_loop:
+        runs += [
+            LookaheadRun("closed loop, early rejection off", False, closed=True),
+            LookaheadRun("closed loop", True, closed=True),
+        ]
+    # Closed loop: the plan is only a source of shapes; make it long enough (as part 4).
+    shapes = plan_equal_tenants(
+        workload, rate=4 * rate, duration=options.duration, seed=options.seed
+    )
+    for run in runs:
+        await _measure(run, shapes if run.closed else plan, options)
+    return runs
+
+
+def calibration(run: LookaheadRun) -> dict[str, Any]:
+    """Predicted vs actual queue wait of the dispatched first attempts, and the false
+    rejects: would-be early rejects (by the rule) that started within their SLO."""
+    errors: list[float] = []
+    actual: list[float] = []
+    would_reject = false_rejects = 0
+    for sent in run.sent:
+        first = sent.first
+        if first is None or first.eta_ms is None or first.queue_ms is None:
+            continue
+        if first.outcome != "Dispatched":
+            continue
+        errors.append(first.eta_ms - first.queue_ms)
+        actual.append(first.queue_ms)
+        if first.eta_ms > sent.slo_ms * (1.0 + _MARGIN):
+            would_reject += 1
+            false_rejects += first.queue_ms <= sent.slo_ms
+    absolute = [abs(e) for e in errors]
+    return {
+        "predicted": len(errors),
+        "abs_error_p50_ms": percentile(absolute, 50) if absolute else 0.0,
+        "abs_error_p90_ms": percentile(absolute, 90) if absolute else 0.0,
+        "signed_error_p50_ms": percentile(errors, 50) if errors else 0.0,
+        "actual_wait_p50_ms": percentile(actual, 50) if actual else 0.0,
+        "would_reject": would_reject,
+        "false_rejects": false_rejects,
+        "false_reject_share": false_rejects / would_reject if would_reject else 0.0,
+    }
+
+
+def retries(run: LookaheadRun) -> dict[str, Any]:
+    """First retries after Retry-After sent while arrivals lasted, and how many got in
+    (were not refused again)."""
+    tried = [s.retry for s in run.sent if s.retry is not None and s.retry.status is not None]
+    got_in = sum(a.status != 429 for a in tried)
+    outcomes: dict[str, int] = {}
+    for sent in run.sent:
+        if sent.first is not None and sent.first.outcome is not None:
+            outcomes[sent.first.outcome] = outcomes.get(sent.first.outcome, 0) + 1
+    return {
+        "retries": len(tried),
+        "got_in": got_in,
+        "share": got_in / len(tried) if tried else 0.0,
+        "first_outcomes": outcomes,
+    }
+
+
+def _figures(shadow: LookaheadRun, on: LookaheadRun, arrivals: str) -> list[Figure]:
+    """The headline figures of one pair of runs (early rejection off, then on)."""
+    cal = calibration(shadow)
+    ret_shadow, ret_on = retries(shadow), retries(on)
+    early = ret_on["first_outcomes"].get("RejectedDeadline", 0)
+    actual = "median actual queue wait, same run"
+    return [
+        Figure(
+            f"{arrivals}: predicted vs actual queue wait, median |error|",
+            cal["abs_error_p50_ms"],
+            "ms",
+            cal["actual_wait_p50_ms"],
+            actual,
+            note=f"signed median {cal['signed_error_p50_ms']:+.0f} ms; {cal['predicted']} waits",
+        ),
+        Figure(
+            f"{arrivals}: predicted vs actual queue wait, p90 |error|",
+            cal["abs_error_p90_ms"],
+            "ms",
+            cal["actual_wait_p50_ms"],
+            actual,
+        ),
+        Figure(
+            f"{arrivals}: false rejects (would-be early rejects that started within their SLO)",
+            cal["false_reject_share"] * 100.0,
+            "%",
+            note=f"{cal['false_rejects']} of {cal['would_reject']} (early rejection off)",
+            target=Target("<=", 5.0, "<= 5 %") if cal["would_reject"] else None,
+        ),
+        Figure(
+            f"{arrivals}: early rejects",
+            float(early),
+            "requests",
+            float(len(on.sent)),
+            "requests sent",
+        ),
+        Figure(
+            f"{arrivals}: first retry after Retry-After gets in",
+            ret_on["share"] * 100.0,
+            "%",
+            ret_shadow["share"] * 100.0,
+            "same, early rejection off",
+            target=Target(">=", 80.0, ">= 80 %") if ret_on["retries"] else None,
+            note=f"{ret_on['got_in']} of {ret_on['retries']} retries",
+        ),
+    ]
+
+
+def _raw(run: LookaheadRun) -> dict[str, Any]:
+    return {
+        "label": run.label,
+        "sent": len(run.sent),
+        "calibration": calibration(run),
+        "retries": retries(run),
+    }
+
+
+def _run_loop(options: LookaheadOptions) -> list[LookaheadRun]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a server extra
+        return asyncio.run(_runs(options))
+    return uvloop.run(_runs(options))
+
+
+def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
+    """Part 6: every run and the report section.
+
+    Raises:
+        OSError: a port cannot be bound.
+    """
+    began = time.monotonic()
+    runs = _run_loop(options)
+    figures = _figures(runs[0], runs[1], "open loop")
+    if len(runs) == 4:
+        figures += _figures(runs[2], runs[3], "closed loop")
+    slos = ", ".join(f"{name} {s.ttft_s:g} s" for name, s in DEFAULT_SLOS.items())
+    return PartResult(
+        part="lookahead",
+        title="6. Admission that looks ahead (early rejection, Retry-After)",
+        command=command,
+        method=(
+            f"Part 4's flow-control-on stack ({options.backends} simulators) at "
+            f"{options.load:g}x the estimated capacity, Poisson, {options.duration:g} s of "
+            f"arrivals + {options.grace_s:g} s grace, the demo mix over {options.tenants} "
+            f"tenants. Clients send x-slo-ttft-ms (their objective's goal, {slos}, times "
+            f"a seeded factor in [{_SLO_MIN_FACTOR:g}, 1], so some deadlines are tight) and "
+            "retry once after Retry-After on a 429 (only retries sent while arrivals last "
+            "count). Open loop: Poisson arrivals; closed loop: load x batch slots users, "
+            "each waiting for its answer (and its retry) before the next request. Each "
+            "runs twice on the same plan: early rejection off (predictions are still made "
+            "and sent back) and on (the default). Calibration covers dispatched requests "
+            "that waited in the queue; a false reject is a request the rule would have "
+            f"refused (predicted wait > SLO x {1 + _MARGIN:g}) whose actual queue wait "
+            "was within its SLO."
+        ),
+        figures=figures,
+        notes=[
+            "The prediction is the work queued at the request's priority and above, "
+            "divided by the pool's completion rate; it leaves out higher-priority "
+            "arrivals during the wait, so it errs low (towards admitting).",
+        ],
+        seconds=time.monotonic() - began,
+        raw={"runs": [_raw(run) for run in runs]},
+    )
