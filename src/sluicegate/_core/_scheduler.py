@@ -312,6 +312,13 @@ class Scheduler:
         return displaced
 
     def _enqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
+        self._queue(ticket, band, flow, now, front=False)
+        self._arm_timers(ticket, now)
+
+    def _queue(self, ticket: Ticket, band: Band, flow: Flow, now: float, *, front: bool) -> None:
+        """Put `ticket` in its flow's queue (at the head for a requeue) and count it."""
+        # A ticket dispatched on arrival never had its key; the same ordering gives a
+        # requeued one the place it had (its arrival precedes what queued after it).
         ticket.sort_key = band.ordering.sort_key(ticket)
         ticket.state = State.QUEUED
         size = ticket.size
@@ -323,9 +330,8 @@ class Scheduler:
         flow.last_backlogged = now
         if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
             tenant.queued += 1
-        if flow.queue.push(ticket):
+        if flow.queue.push_front(ticket) if front else flow.queue.push(ticket):
             band.fairness.head_changed(flow)
-        self._arm_timers(ticket, now)
 
     def _arm_timers(self, ticket: Ticket, now: float) -> None:
         """Push the ticket's TTL and no-endpoint deadlines. An entry counts only while it
@@ -569,7 +575,6 @@ class Scheduler:
         tenant = self.tenants.get(flow.key.id) if self.tenants else None
         if tenant is not None:
             tenant.in_flight -= 1
-            tenant.queued += 1
         try:
             gate.on_release(ticket)
         except Exception:
@@ -582,19 +587,7 @@ class Scheduler:
         ticket.assignment = None
         ticket.handed_over = False
         ticket.usage_known = False
-        # A ticket dispatched on arrival never had its key; the same ordering gives it
-        # the same place it had (its arrival comes before anything queued after it).
-        ticket.sort_key = band.ordering.sort_key(ticket)
-        ticket.state = State.QUEUED
-        size = ticket.size
-        self.queued_requests += 1
-        self.queued_bytes += size
-        band.queued_requests += 1
-        band.queued_bytes += size
-        flow.queued_bytes += size
-        flow.last_backlogged = now
-        if flow.queue.push_front(ticket):
-            band.fairness.head_changed(flow)
+        self._queue(ticket, band, flow, now, front=True)
         if tenant is not None and tenant.parked and not tenant.full:
             self.tenants.unpark(tenant)
         if ticket.expires_at is not None:

@@ -24,6 +24,7 @@ from prometheus_client import Histogram
 
 import sluicegate as sg
 from sluicegate.gateway import Gateway, GatewayConfigError, GatewayError, Router, classify
+from sluicegate.gateway._app import parse_body
 from sluicegate.gateway._introspect import debug_document, readiness
 from sluicegate.gateway._tokens import estimate_input_tokens, estimate_output_tokens
 
@@ -51,19 +52,6 @@ _DECISION_BUCKETS: Final = (
 def endpoint_of(url: str) -> str:
     """``http://10.0.0.5:8000`` -> ``10.0.0.5:8000`` (what Envoy's ORIGINAL_DST takes)."""
     return urlsplit(url).netloc or url
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 like the HTTP gateway's."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(
-            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(doc, dict):
-        raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
-    return doc
 
 
 @final

@@ -77,7 +77,8 @@ class _State:
     auth: Auth
 
 
-def _parse(body: bytes | bytearray) -> dict[str, Any]:
+def parse_body(body: bytes | bytearray) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 (also the endpoint picker's)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -369,7 +370,7 @@ class Gateway:
         now = asyncio.get_running_loop().time()
         cls = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl, now)
         body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
-        doc = _parse(body)
+        doc = parse_body(body)
         ex.pool = pool = state.router.route(doc.get("model"))
         ex.classification = cls
         if auth.rewrites:
