@@ -45,6 +45,7 @@ from ._registry import Registry
 from ._statistics import snapshot
 from ._tenants import Tenants
 from ._ticket import State, Ticket
+from ._tokens import MAX_REQUEST_TOKENS, charge, learn_output, record_usage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -63,16 +64,6 @@ _NO_ENDPOINT: Final = 1
 _BYTES_PER_TOKEN: Final = 4
 #: Output estimate for a flow with no history and no max_tokens.
 _DEFAULT_OUTPUT_TOKENS: Final = 256
-#: Weight of the newest actual output in the flow's moving average.
-_OUTPUT_AVERAGE_WEIGHT: Final = 0.2
-#: Buckets per fairness window.
-_WINDOW_BUCKETS: Final = 20
-#: Most tokens (input or output) one request is charged, in estimates and in reports:
-#: longer than any model's context today, and small enough that the sum of many such
-#: charges keeps a float counter exact to well below one token, so one absurd figure
-#: (max_tokens = 2**63 - 1) cannot push a flow's counter or a band's virtual time out of
-#: the range where ordinary costs still register.
-MAX_REQUEST_TOKENS: Final = 1 << 24
 #: Dead timer entries tolerated beyond twice the live ones before the heap is rebuilt.
 _TIMER_SLACK: Final = 64
 
@@ -110,10 +101,6 @@ class Scheduler:
     @property
     def config(self) -> FlowControlConfig:
         return self.registry.config
-
-    @property
-    def _bucket_width(self) -> float:
-        return self.registry.config.fairness_window / _WINDOW_BUCKETS
 
     # -- admission -----------------------------------------------------------------
 
@@ -443,26 +430,7 @@ class Scheduler:
 
     def _charge(self, flow: Flow, input_tokens: int, output_tokens: int, now: float) -> None:
         """Account tokens served to `flow` (negative counts refund an over-estimate)."""
-        band = flow.band
-        flow.input_tokens += input_tokens
-        flow.output_tokens += output_tokens
-        cost = (
-            band.config.input_token_weight * input_tokens
-            + band.config.output_token_weight * output_tokens
-        )
-        if not cost:
-            return
-        service = cost / flow.weight
-        flow.service += service
-        log = band.service_log
-        if not log or now >= log[-1][0] + self._bucket_width:
-            window = self.registry.config.fairness_window
-            while log and log[0][0] < now - window - self._bucket_width:
-                log.popleft()
-            log.append((now, {}))
-        bucket = log[-1][1]
-        bucket[flow] = bucket.get(flow, 0.0) + service
-        band.fairness.charge(flow, service)
+        charge(flow, input_tokens, output_tokens, now, self.registry.config.fairness_window)
 
     def record_usage(
         self,
@@ -479,20 +447,8 @@ class Scheduler:
         """
         if ticket.state not in (State.DISPATCHED, State.RELEASED):
             return False
-        if input_tokens is not None:
-            input_tokens = min(input_tokens, MAX_REQUEST_TOKENS)
-        if output_tokens is not None:
-            output_tokens = min(output_tokens, MAX_REQUEST_TOKENS)
-        d_in = 0 if input_tokens is None else input_tokens - ticket.input_tokens
-        d_out = 0 if output_tokens is None else output_tokens - ticket.output_tokens
-        if output_tokens is not None:
-            ticket.usage_known = final
-            if final and ticket.state is State.RELEASED:
-                _learn_output(ticket.flow, output_tokens)  # type: ignore[arg-type]  # set by submit
-        ticket.input_tokens += d_in
-        ticket.output_tokens += d_out
-        if d_in or d_out:
-            self._charge(ticket.flow, d_in, d_out, now)  # type: ignore[arg-type]  # set by submit
+        window = self.registry.config.fairness_window
+        record_usage(ticket, input_tokens, output_tokens, now, window, final=final)
         return True
 
     def _unqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
@@ -519,7 +475,7 @@ class Scheduler:
             return False
         ticket.state = State.RELEASED
         if ticket.usage_known:
-            _learn_output(ticket.flow, ticket.output_tokens)  # type: ignore[arg-type]  # set by submit
+            learn_output(ticket.flow, ticket.output_tokens)  # type: ignore[arg-type]  # set by submit
         self._end_flight(ticket, now, gate)
         return True
 
@@ -731,15 +687,6 @@ class Scheduler:
         return (
             f"<Scheduler [bands: {len(self.registry.bands)} | queued: {self.queued_requests}"
             f" | in flight: {self.in_flight} | submitted: {self.submitted}]>"
-        )
-
-
-def _learn_output(flow: Flow, actual: int) -> None:
-    """Fold a final output count into the flow's and its band's moving averages."""
-    for owner in (flow, flow.band):
-        average = owner.output_average
-        owner.output_average = (
-            actual if average is None else average + _OUTPUT_AVERAGE_WEIGHT * (actual - average)
         )
 
 
