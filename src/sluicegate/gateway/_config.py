@@ -275,6 +275,13 @@ class PoolSettings(_Model):
     forward_priority: bool = False
     #: How often one request may be taken back; then it keeps its slot.
     max_requeues: Annotated[int, Field(ge=0)] = 1
+    #: ``resume``: when no request can be taken back, pause a running sheddable
+    #: (negative-priority) plain-text request for non-negative work and continue it
+    #: later where it stopped (the backends must continue a partial answer: vLLM and
+    #: SGLang do; see docs/design.md). ``off``: never pause.
+    preemption: Literal["resume", "off"] = "resume"
+    #: How often one request may be paused.
+    max_pauses: Annotated[int, Field(ge=0)] = 2
 
     @field_validator("name")
     @classmethod
