@@ -130,6 +130,8 @@ async def test_a_paused_stream_reads_as_one_answer_through_the_gateway(pauses: i
         stats = pool.controller.statistics()
         assert stats.in_flight == 0 and stats.queued_requests == 0
         assert app.engine.statistics().aborted == pauses  # each pause stopped the engine
+        # Each continuation's prefill hit the prefix cache but for its last block.
+        assert 0 < app.engine.counters.continued_prefill_tokens <= (SIM.block_size + 1) * pauses
 
 
 async def test_a_paused_non_streamed_request_answers_once_whole() -> None:
