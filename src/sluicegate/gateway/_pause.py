@@ -67,9 +67,11 @@ class Resumable:
         reading: The handler waits for upstream bytes (a cancel then stops it cleanly).
         paused_at: When the current pause began (perf_counter), else 0.
         paused_s: Seconds spent paused so far (queued again, waiting for a slot).
+        cuts: Segments cut so far (pauses, and cuts before anything was generated):
+            the pause cap bounds them.
     """
 
-    __slots__ = ("_headers", "paused_at", "paused_s", "reading", "requested", "splicer")
+    __slots__ = ("_headers", "cuts", "paused_at", "paused_s", "reading", "requested", "splicer")
 
     def __init__(self, splicer: StreamSplicer) -> None:
         self.splicer = splicer
@@ -77,6 +79,7 @@ class Resumable:
         self.reading = False
         self.paused_at = 0.0
         self.paused_s = 0.0
+        self.cuts = 0
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     @classmethod
@@ -114,8 +117,10 @@ class Resumable:
         """The segment was cut: the continuation's body, or None when nothing was
         generated nor sent yet (a plain requeue: the same body goes again)."""
         self.requested = False
+        self.cuts += 1
         splicer = self.splicer
         if splicer.tokens == 0 and splicer.pauses == 0 and not ex.started:
+            splicer.restart()
             return None
         body = splicer.pause()
         if body is None:

@@ -175,6 +175,7 @@ class Preemption:
                 or resumable.requested
                 or entry.preempted
                 or not policy.may_pause_for(entry.ticket.priority, priority)
+                or resumable.cuts >= policy.max_pauses
                 or not resumable.splicer.can_pause
             ):
                 continue
