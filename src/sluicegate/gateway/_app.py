@@ -362,14 +362,12 @@ class Gateway:
             doc["priority"] = -cls.priority
             body = orjson.dumps(doc)
         # A request that may be paused is relayed segment by segment (see _pause.py).
-        res = Resumable.of(doc, ex.scope["path"], cls.priority, pool.preemption.pause_policy)
-        if res is not None:
+        if res := Resumable.of(doc, ex.scope["path"], cls.priority, pool.preemption.pause_policy):
             body = res.first_body(doc)
         del doc  # a queued request holds its body, not also its parsed copy
         ex.queued, ex.enqueued_at = True, time.perf_counter()
         if not pool.has_free_slot():
-            # It would wait for a slot: take one back from lower-priority work whose
-            # answer has not started, else pause one (its slot comes free at once).
+            # It would wait: take a slot back from lower work, or pause some (_preempt.py).
             pool.preemption.make_room(cls.priority)
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
@@ -407,8 +405,7 @@ class Gateway:
                     except asyncio.CancelledError:
                         if not pool.preemption.absorb(ex):
                             raise
-                # Taken back before its answer started, or paused (see _preempt.py):
-                # wait again, then send it again or its continuation.
+                # Taken back or paused (_preempt.py): wait, then the same body or the rest.
                 meter.abandon()
                 if res is not None and res.requested:
                     body = res.pause(ex) or body
@@ -425,12 +422,6 @@ class Gateway:
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)
             self.metrics.tokens(cls.fairness_id, ticket.priority, ticket)
-        if res is not None and res.splicer.pauses:
-            _log.info(
-                "flow-control paused pool=%s flow=%s priority=%d pauses=%d paused_ms=%.1f",
-                pool.name, cls.fairness_id, cls.priority, res.splicer.pauses,
-                res.paused_s * 1000.0,
-            )  # fmt: skip
         if ex.first_byte_at:
             added = ex.first_byte_at - ex.arrived - ex.queue_s - ex.upstream_s
             self.metrics.added_latency.observe(max(added, 0.0))

@@ -67,11 +67,21 @@ class Resumable:
         reading: The handler waits for upstream bytes (a cancel then stops it cleanly).
         paused_at: When the current pause began (perf_counter), else 0.
         paused_s: Seconds spent paused so far (queued again, waiting for a slot).
+        home: The backend of the last pause (see `Preemption.wait_again`).
         cuts: Segments cut so far (pauses, and cuts before anything was generated):
             the pause cap bounds them.
     """
 
-    __slots__ = ("_headers", "cuts", "paused_at", "paused_s", "reading", "requested", "splicer")
+    __slots__ = (
+        "_headers",
+        "cuts",
+        "home",
+        "paused_at",
+        "paused_s",
+        "reading",
+        "requested",
+        "splicer",
+    )
 
     def __init__(self, splicer: StreamSplicer) -> None:
         self.splicer = splicer
@@ -80,6 +90,8 @@ class Resumable:
         self.paused_at = 0.0
         self.paused_s = 0.0
         self.cuts = 0
+        #: The backend of the last cut segment (its prefix cache holds the text so far).
+        self.home: str | None = None
         self._headers: list[tuple[bytes, bytes]] | None = None
 
     @classmethod
@@ -126,6 +138,7 @@ class Resumable:
         if body is None:
             return None
         self.paused_at = time.perf_counter()
+        self.home = ex.backend
         return orjson.dumps(body)
 
     def resumed(self) -> None:
@@ -176,7 +189,11 @@ class Resumable:
         clean = False
         try:
             if resp.status >= 500:
-                raise _failed(ex, base, KIND_STATUS, "", f"HTTP {resp.status}")
+                err = _failed(ex, base, KIND_STATUS, "", f"HTTP {resp.status}")
+                if not ex.started:
+                    raise err
+                await self.end_with_error(ex, err)  # a continuation failed
+                return
             if meter is not None:
                 meter.begin(resp.status)
             if resp.status != 200 or resp.content_type != "text/event-stream":
@@ -254,6 +271,12 @@ class Resumable:
     async def _end(self, ex: Exchange, began: float) -> None:
         """The upstream answer ended: end the client's (a cut one ends with an error)."""
         splicer = self.splicer
+        if splicer.pauses and ex.pool is not None and ex.classification is not None:
+            _log.info(
+                "flow-control paused pool=%s flow=%s priority=%d pauses=%d paused_ms=%.1f",
+                ex.pool.name, ex.classification.fairness_id, ex.classification.priority,
+                splicer.pauses, self.paused_s * 1000.0,
+            )  # fmt: skip
         if not splicer.client_stream:
             data = splicer.response_body()
             await self._start(ex, began, content_length=len(data))

@@ -83,6 +83,7 @@ class Pool:
             max_requeues=settings.max_requeues,
             enabled=settings.preemptive_requeue,
             pause_policy=_pause_policy(settings),
+            move_to=self.detector.move_to,
         )
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}

@@ -25,7 +25,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import sluicegate as sg
 
@@ -76,6 +76,7 @@ class Preemption:
         enabled: False turns preemptive requeue off (requests are only tracked).
         pause_policy: who may be paused and how often (`preemption: resume`); None
             turns pausing off.
+        move_to: the pool detector's `move_to` (prefix-cache affinity on resume).
     """
 
     def __init__(
@@ -85,8 +86,11 @@ class Preemption:
         max_requeues: int = 1,
         enabled: bool = True,
         pause_policy: PausePolicy | None = None,
+        move_to: Callable[[sg.Ticket, str], bool] | None = None,
     ) -> None:
         self.controller = controller
+        #: Sends a resumed request back to its backend when that one has room.
+        self.move_to = move_to
         self.max_requeues = max_requeues
         self.enabled = enabled
         self.pause_policy = pause_policy
@@ -219,6 +223,8 @@ class Preemption:
             self._paused.discard(resumable)
         self.resumes[ticket.priority] += 1
         resumable.resumed()
+        if resumable.home is not None and self.move_to is not None:
+            self.move_to(ticket, resumable.home)
         return ticket
 
     def describe(self) -> dict[str, Any]:
