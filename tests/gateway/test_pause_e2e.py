@@ -221,3 +221,16 @@ async def test_preemption_off_never_pauses() -> None:
             chunks = [chunk async for chunk in stream]
             assert chunks
         assert gw.pools["p"].preemption.pause_policy is None
+
+
+async def test_a_pausable_request_the_backend_refuses_gets_the_refusal_as_is() -> None:
+    async with running() as (gw, _), aiohttp.ClientSession() as session:
+        body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with session.post(
+            f"{gw.url}/v1/chat/completions", data=orjson.dumps(body), headers=BATCH
+        ) as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+        assert "nope" in error["message"]
+        stats = gw.pools["p"].controller.statistics()
+        assert stats.in_flight == 0

@@ -194,11 +194,11 @@ class Resumable:
                     raise err
                 await self.end_with_error(ex, err)  # a continuation failed
                 return
-            if meter is not None:
-                meter.begin(resp.status)
             if resp.status != 200 or resp.content_type != "text/event-stream":
                 await self._refused(ex, resp, began, meter)
             else:
+                if meter is not None:
+                    meter.begin(resp.status)
                 clean = await self._segment(ex, resp, began, meter)
         except _STREAM_ERRORS as exc:
             if not ex.started:
