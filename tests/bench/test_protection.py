@@ -32,14 +32,21 @@ def test_bursty_plan_sends_interactive_only_in_on_periods_at_the_same_mean() -> 
     assert tenants[:4] == ["tenant-0", "tenant-1", "tenant-2", "tenant-3"]
 
 
-def test_the_modes_differ_only_in_the_saturation_section() -> None:
+def test_the_modes_differ_only_in_the_saturation_section_and_pausing() -> None:
     workload = ProtectionOptions().workload
     urls = ["http://127.0.0.1:1"]
     configs = {m: protection_config(m, urls, workload) for m in PROTECTION_MODES}
     assert {m: c.pools[0].saturation.type for m, c in configs.items()} == {
         "off": "concurrency",
         "adaptive": "adaptive",
+        "no-pause": "adaptive",
         "utilization": "utilization",
+    }
+    assert {m: c.pools[0].preemption for m, c in configs.items()} == {
+        "off": "resume",  # nothing ever waits: nothing is paused
+        "adaptive": "resume",
+        "no-pause": "off",
+        "utilization": "resume",
     }
     flow_control = [c.flow_control for c in configs.values()]
     assert all(fc == flow_control[0] for fc in flow_control)
@@ -51,7 +58,7 @@ async def test_a_tiny_run_of_every_mode_accounts_for_every_request() -> None:
         duration=1.0, grace_s=0.5, baseline_s=0.5, loads=(1.0,), backends=1, tenants=2
     )
     base, runs = await run_protection_runs(options)
-    assert [r.mode for r in runs] == ["off", "adaptive", "utilization"] * 2
+    assert [r.mode for r in runs] == ["off", "adaptive", "no-pause", "utilization"] * 2
     tenants = [t.name for t in options.workload.tenants]
     for r in (base, *runs):
         assert r.run.records

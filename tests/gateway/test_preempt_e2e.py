@@ -100,7 +100,8 @@ async def test_off_by_config_and_a_started_stream_is_never_taken_back() -> None:
     sim = SimConfig(max_num_seqs=2, time_to_first_token=10, inter_token_latency=30)
     app = create_app(sim)
     async with serve_many([app], "127.0.0.1", [0]) as urls:
-        async with serve_in_background(config(urls[0])) as gw:
+        # Pausing (the other way to make room) is off here: see test_pause_e2e.py.
+        async with serve_in_background(config(urls[0], preemption="off")) as gw:
             assert gw.url is not None
             pool = gw.pools["p"]
             log: list[str] = []

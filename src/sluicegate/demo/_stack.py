@@ -72,8 +72,10 @@ def demo_gateway_config(
                 "backends": list(backends),
                 "saturation": {"type": "concurrency", "max_in_flight": limit},
                 # The demo keeps its hand-set ceilings below; the untuned defaults
-                # (demand headroom, preemptive requeue) are measured by `bench protection`.
+                # (demand headroom, preemptive requeue, pause and resume) are measured
+                # by `bench protection`.
                 "preemptive_requeue": False,
+                "preemption": "off",
             }
         ],
         "flow_control": {

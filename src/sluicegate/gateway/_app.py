@@ -29,6 +29,7 @@ from ._errors import GatewayError
 from ._health import relay_with_retry
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
+from ._pause import Resumable
 from ._pool import Pool, Router
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
@@ -88,6 +89,21 @@ def parse_body(body: bytes | bytearray) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
     return doc
+
+
+def _upstream_body(
+    doc: dict[str, Any], body: bytes | bytearray, pool: Pool, priority: int, path: str
+) -> tuple[bytes | bytearray, Resumable | None]:
+    """The body to send upstream, and the request's `Resumable` when it may be paused."""
+    if pool.settings.forward_priority and "priority" not in doc:
+        # vLLM serves the lowest value first; ours is the highest first.
+        doc["priority"] = -priority
+        body = orjson.dumps(doc)
+    # A request that may be paused is relayed segment by segment (see _pause.py).
+    res = Resumable.of(doc, path, priority, pool.preemption.pause_policy)
+    if res is not None:
+        body = res.first_body(doc)
+    return body, res
 
 
 @final
@@ -380,14 +396,11 @@ class Gateway:
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
         stream = doc.get("stream") is True
-        if pool.settings.forward_priority and "priority" not in doc:
-            # vLLM serves the lowest value first; ours is the highest first.
-            body = orjson.dumps(doc | {"priority": -cls.priority})
+        body, res = _upstream_body(doc, body, pool, cls.priority, ex.scope["path"])
         del doc  # a queued request holds its body, not also its parsed copy
         ex.queued, ex.enqueued_at = True, time.perf_counter()
         if not pool.has_free_slot():
-            # It would wait for a slot: take one back from lower-priority work whose
-            # answer has not started (its slot comes free before this request waits).
+            # It would wait: take a slot back from lower work, or pause some (_preempt.py).
             pool.preemption.make_room(cls.priority)
         # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
         ticket = await ctl.enqueue_and_wait(
@@ -408,26 +421,30 @@ class Gateway:
             pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
             self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
             session = self._require_session()
+            relay_once = relay if res is None else res.relay
             while True:
                 if ticket.assignment is None:  # no backend: only if the detector misbehaves
                     raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
-                with pool.preemption.track(ticket, ex, stream=stream):
+                with pool.preemption.track(ticket, ex, stream=stream, resumable=res):
                     try:
                         await relay_with_retry(
                             pool.detector,
                             ticket,
                             functools.partial(
-                                relay, session, ex, body=body, stream=stream, meter=meter
+                                relay_once, session, ex, body=body, stream=stream, meter=meter
                             ),
                             lambda: ex.started,
                         )
-                        break
+                        if res is None or not res.requested:
+                            break
                     except asyncio.CancelledError:
                         if not pool.preemption.absorb(ex):
                             raise
-                # Taken back before its answer started (see _preempt.py): wait again.
+                # Taken back or paused (_preempt.py): wait, then the same body or the rest.
                 meter.abandon()
-                ticket = await pool.preemption.wait_again(ticket)
+                if res is not None and res.requested:
+                    body = res.pause(ex) or body
+                ticket = await pool.preemption.wait_again(ticket, ex, res)
                 meter = UsageMeter(ticket, pool.observe(ticket))
         except Exception:
             if not ex.started:
@@ -442,6 +459,10 @@ class Gateway:
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)
             self.metrics.tokens(cls.fairness_id, ticket.priority, ticket)
+        self._observe_added_latency(ex)
+
+    def _observe_added_latency(self, ex: Exchange) -> None:
+        """The gateway's own share of the time to the first byte."""
         if ex.first_byte_at:
             added = ex.first_byte_at - ex.arrived - ex.queue_s - ex.upstream_s
             self.metrics.added_latency.observe(max(added, 0.0))

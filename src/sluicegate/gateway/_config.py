@@ -293,6 +293,13 @@ class PoolSettings(_Model):
     #: instead of the client's; or the name of an environment variable holding it.
     api_key: str | None = None
     api_key_env: str | None = None
+    #: ``resume``: when no request can be taken back, pause a running sheddable
+    #: (negative-priority) plain-text request for non-negative work and continue it
+    #: later where it stopped (the backends must continue a partial answer: vLLM and
+    #: SGLang do; see docs/design.md). ``off``: never pause.
+    preemption: Literal["resume", "off"] = "resume"
+    #: How often one request may be paused.
+    max_pauses: Annotated[int, Field(ge=0)] = 2
 
     @field_validator("name")
     @classmethod

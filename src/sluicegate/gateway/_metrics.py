@@ -236,6 +236,7 @@ class _StateCollector(Collector):
         yield from (size, nbytes, saturation, stale, in_flight, healthy, jain, gap)
         yield self._learned_limits()
         yield self._requeues()
+        yield from self._pauses()
 
     def _queues(
         self,
@@ -271,6 +272,28 @@ class _StateCollector(Collector):
         for pool in self._pools():
             requeued.add_metric([pool.name], pool.preemption.requeued)
         return requeued
+
+    def _pauses(self) -> Iterator[Metric]:
+        """Running requests paused for higher-priority work, and resumed (per pool and
+        the paused request's priority)."""
+        paused = CounterMetricFamily(
+            f"{self._prefix}requests_paused",
+            "Running requests paused (their upstream request closed, their client's "
+            "stream kept open) to make room for higher-priority work.",
+            labels=["pool", "priority"],
+        )
+        resumed = CounterMetricFamily(
+            f"{self._prefix}requests_resumed",
+            "Paused requests dispatched again, continuing where they stopped.",
+            labels=["pool", "priority"],
+        )
+        for pool in self._pools():
+            for priority, count in pool.preemption.pauses.items():
+                paused.add_metric([pool.name, str(priority)], count)
+            for priority, count in pool.preemption.resumes.items():
+                resumed.add_metric([pool.name, str(priority)], count)
+        yield paused
+        yield resumed
 
     def _learned_limits(self) -> Metric:
         """The concurrency limit each backend of an adaptive pool has now."""

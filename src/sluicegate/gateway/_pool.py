@@ -16,6 +16,7 @@ from ._config import AdaptiveSettings, ConcurrencySettings, GatewayConfigError, 
 from ._errors import GatewayError
 from ._health import HealthProbes
 from ._preempt import Preemption
+from ._resume import PausePolicy
 from ._saturation import ConcurrencyDetector, UtilizationDetector
 from ._scrape import scrape_forever
 
@@ -81,6 +82,8 @@ class Pool:
             self.controller,
             max_requeues=settings.max_requeues,
             enabled=settings.preemptive_requeue,
+            pause_policy=_pause_policy(settings),
+            move_to=self.detector.move_to,
         )
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
@@ -141,6 +144,7 @@ class Pool:
         self.settings = settings
         self.preemption.enabled = settings.preemptive_requeue
         self.preemption.max_requeues = settings.max_requeues
+        self.preemption.pause_policy = _pause_policy(settings)
         self.controller.reconfigure(flow_control)
         self.controller.reconcile_priorities(priorities)
         _configure(self.detector, settings.saturation)
@@ -268,3 +272,9 @@ class Router:
             code="model_not_found",
             param="model",
         )
+
+
+def _pause_policy(settings: PoolSettings) -> PausePolicy | None:
+    if settings.preemption == "off" or settings.max_pauses == 0:
+        return None
+    return PausePolicy(max_pauses=settings.max_pauses)

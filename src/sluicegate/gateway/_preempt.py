@@ -11,22 +11,27 @@ working on it), and the ticket goes back to the head of its flow's queue
 (`FlowController.requeue_and_wait`). Its slot goes to the highest request waiting. The
 victim's client sees nothing but a later first token.
 
-The decision "make room now" lives in `make_room`, so another way of making room (a
-pause of a running stream, a shed stream) can be added next to requeue.
+When no such request exists, `make_room` pauses a running one instead, where the pool
+has `preemption: resume` and the `PausePolicy` allows it (see `_pause.py`): its upstream
+request is closed, its client's stream stays open, and its continuation is queued at the
+head of its flow. The lowest priority first, then the one sent last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, final
+from collections import Counter
+from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import sluicegate as sg
 
+    from ._pause import Resumable
     from ._proxy import Exchange
+    from ._resume import PausePolicy
 
 __all__ = ["Preemption"]
 
@@ -35,14 +40,30 @@ __all__ = ["Preemption"]
 class _InFlight:
     """One streamed request in flight that may be taken back."""
 
-    __slots__ = ("ex", "order", "preempted", "task", "ticket")
+    __slots__ = ("ex", "order", "preempted", "resumable", "task", "ticket")
 
-    def __init__(self, ticket: sg.Ticket, ex: Exchange, task: asyncio.Task[object], order: int):
+    def __init__(
+        self,
+        ticket: sg.Ticket,
+        ex: Exchange,
+        task: asyncio.Task[object],
+        order: int,
+        resumable: Resumable | None,
+    ):
         self.ticket = ticket
         self.ex = ex
         self.task = task
         self.order = order
         self.preempted = False
+        self.resumable = resumable
+
+    @property
+    def unstarted(self) -> bool:
+        """Nothing was generated for it yet (a requeue loses no work)."""
+        r = self.resumable
+        if r is not None:
+            return r.splicer.pauses == 0 and r.splicer.tokens == 0 and not self.ex.started
+        return not self.ex.started
 
 
 @final
@@ -52,16 +73,32 @@ class Preemption:
     Args:
         controller: the pool's flow controller.
         max_requeues: how often one request may be taken back (then it keeps its slot).
-        enabled: False turns preemption off (requests are only tracked).
+        enabled: False turns preemptive requeue off (requests are only tracked).
+        pause_policy: who may be paused and how often (`preemption: resume`); None
+            turns pausing off.
+        move_to: the pool detector's `move_to` (prefix-cache affinity on resume).
     """
 
     def __init__(
-        self, controller: sg.FlowController, *, max_requeues: int = 1, enabled: bool = True
+        self,
+        controller: sg.FlowController,
+        *,
+        max_requeues: int = 1,
+        enabled: bool = True,
+        pause_policy: PausePolicy | None = None,
+        move_to: Callable[[sg.Ticket, str], bool] | None = None,
     ) -> None:
         self.controller = controller
+        #: Sends a resumed request back to its backend when that one has room.
+        self.move_to = move_to
         self.max_requeues = max_requeues
         self.enabled = enabled
+        self.pause_policy = pause_policy
+        #: Pauses and resumes so far, by the paused request's priority.
+        self.pauses: Counter[int] = Counter()
+        self.resumes: Counter[int] = Counter()
         self._live: dict[asyncio.Task[object], _InFlight] = {}
+        self._paused: set[Resumable] = set()
         self._order = 0
         #: Requests taken back and queued again.
         self.requeued = 0
@@ -69,43 +106,86 @@ class Preemption:
         self.no_victim = 0
 
     @contextlib.contextmanager
-    def track(self, ticket: sg.Ticket, ex: Exchange, *, stream: bool) -> Iterator[None]:
-        """While the block runs, the request may be chosen as a victim (streams only)."""
+    def track(
+        self,
+        ticket: sg.Ticket,
+        ex: Exchange,
+        *,
+        stream: bool,
+        resumable: Resumable | None = None,
+    ) -> Iterator[None]:
+        """While the block runs, the request may be chosen as a victim (streams, and
+        any request that may be paused)."""
         task = asyncio.current_task()
-        if not stream or task is None or ticket.requeues >= self.max_requeues:
+        if task is None or (
+            resumable is None and (not stream or ticket.requeues >= self.max_requeues)
+        ):
             yield
             return
         self._order += 1
-        self._live[task] = _InFlight(ticket, ex, task, self._order)
+        self._live[task] = _InFlight(ticket, ex, task, self._order, resumable)
         try:
             yield
         finally:
             self._live.pop(task, None)
 
     def make_room(self, priority: int) -> bool:
-        """Take back one lower-priority request whose answer has not started, if any."""
-        if not self.enabled:
+        """Take back one lower-priority request whose answer has not started, else
+        pause a running one that may be paused; False if neither exists."""
+        victim = self._requeue_victim(priority) if self.enabled else None
+        if victim is not None:
+            victim.preempted = True
+            if victim.resumable is not None:
+                victim.resumable.requested = True
+            victim.task.cancel()
+            return True
+        victim = self._pause_victim(priority)
+        if victim is None:
+            self.no_victim += 1
             return False
+        resumable = victim.resumable
+        assert resumable is not None
+        resumable.requested = True
+        # Waiting for upstream bytes: stop it now. Sending to its client: it stops
+        # after the send (it checks `requested`), so no client write is cut.
+        if resumable.reading:
+            victim.task.cancel()
+        return True
+
+    def _requeue_victim(self, priority: int) -> _InFlight | None:
         victim: _InFlight | None = None
         for entry in self._live.values():
             if (
                 entry.preempted
-                or entry.ex.started
+                or not entry.unstarted
                 or entry.ticket.priority >= priority
                 or entry.ticket.requeues >= self.max_requeues
+                or (entry.resumable is not None and entry.resumable.requested)
             ):
                 continue
-            if victim is None or (entry.ticket.priority, -entry.order) < (
-                victim.ticket.priority,
-                -victim.order,
-            ):
+            if victim is None or _before(entry, victim):
                 victim = entry
-        if victim is None:
-            self.no_victim += 1
-            return False
-        victim.preempted = True
-        victim.task.cancel()
-        return True
+        return victim
+
+    def _pause_victim(self, priority: int) -> _InFlight | None:
+        policy = self.pause_policy
+        if policy is None:
+            return None
+        victim: _InFlight | None = None
+        for entry in self._live.values():
+            resumable = entry.resumable
+            if (
+                resumable is None
+                or resumable.requested
+                or entry.preempted
+                or not policy.may_pause_for(entry.ticket.priority, priority)
+                or resumable.cuts >= policy.max_pauses
+                or not resumable.splicer.can_pause
+            ):
+                continue
+            if victim is None or _before(entry, victim):
+                victim = entry
+        return victim
 
     def absorb(self, ex: Exchange) -> bool:
         """In the victim's handler, on CancelledError: True if it was our preemption
@@ -120,18 +200,47 @@ class Preemption:
         self._live.pop(task, None)
         return True
 
-    async def wait_again(self, ticket: sg.Ticket) -> sg.Ticket:
-        """Queue the taken-back ticket again and wait for its next dispatch."""
-        self.requeued += 1
-        return await self.controller.requeue_and_wait(ticket)
+    async def wait_again(
+        self, ticket: sg.Ticket, ex: Exchange, resumable: Resumable | None = None
+    ) -> sg.Ticket:
+        """Queue the taken-back (or paused) ticket again and wait for its next dispatch.
 
-    def describe(self) -> dict[str, int]:
+        A paused request whose client already has part of the answer and that cannot
+        be dispatched again (TTL, drain) has its stream ended with an SSE `error` event
+        before the error propagates.
+        """
+        if resumable is None or not resumable.paused:
+            self.requeued += 1
+            return await self.controller.requeue_and_wait(ticket)
+        self.pauses[ticket.priority] += 1
+        self._paused.add(resumable)
+        try:
+            ticket = await self.controller.requeue_and_wait(ticket)
+        except Exception as exc:
+            await resumable.end_with_error(ex, exc)
+            raise
+        finally:
+            self._paused.discard(resumable)
+        self.resumes[ticket.priority] += 1
+        resumable.resumed()
+        if resumable.home is not None and self.move_to is not None:
+            self.move_to(ticket, resumable.home)
+        return ticket
+
+    def describe(self) -> dict[str, Any]:
         """Counts for /debug/flowcontrol."""
         return {
-            "preemptible_in_flight": sum(
-                1 for e in self._live.values() if not e.ex.started and not e.preempted
-            ),
+            "preemptible_in_flight": sum(1 for e in self._live.values() if e.unstarted),
             "requests_requeued": self.requeued,
             "preemptions_without_victim": self.no_victim,
             "max_requeues": self.max_requeues,
+            "pause": "off" if self.pause_policy is None else "resume",
+            "pauses": dict(self.pauses),
+            "resumes": dict(self.resumes),
+            "paused_requests": [r.describe() for r in self._paused],
         }
+
+
+def _before(entry: _InFlight, other: _InFlight) -> bool:
+    """The lowest priority first, then the one sent last (the least work lost)."""
+    return (entry.ticket.priority, -entry.order) < (other.ticket.priority, -other.order)

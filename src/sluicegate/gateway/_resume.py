@@ -367,6 +367,14 @@ class StreamSplicer:
         self._segments.append(_Segment())
         return body
 
+    def restart(self) -> None:
+        """The first segment was cut before anything reached the client and before any
+        text: it is sent again as it was, and this one is forgotten (its partial event,
+        its `id`)."""
+        self._buffer = b""
+        self._head = {}
+        self._segments[-1] = _Segment()
+
     def feed(self, data: bytes) -> bytes:
         """Take bytes of the current segment's stream; return the bytes for the client.
 

@@ -243,6 +243,23 @@ class _PoolDetector:
         ticket.assignment = (target, target.bind())
         return target
 
+    def move_to(self, ticket: Ticket, url: str, /) -> bool:
+        """Move a request just dispatched to the backend `url`, if that one is usable and
+        has room: a resumed request goes back to the engine whose prefix cache holds
+        what it had. The backend it leaves has a slot free again (the controller is told).
+        """
+        assignment: Any = ticket.assignment
+        home = self.backends.get(url)
+        if assignment is None or home is None or assignment[0] is home or not home.usable:
+            return False
+        if self.score(home, self._clock()) >= 1.0:
+            return False
+        backend, epoch = assignment
+        backend.unbind(epoch)
+        ticket.assignment = (home, home.bind())
+        self.notify()
+        return True
+
     # -- backends -------------------------------------------------------------------------
 
     def set_backends(self, urls: Iterable[str]) -> tuple[list[Backend], list[Backend]]:

@@ -168,6 +168,7 @@ class SimApp:
                 stall=plan.failure == "stall",
                 text=req.prompt_text,
                 token_text=plan.token_text,
+                continued=req.continued,
             )
         except SimError as exc:
             await _send_error(send, exc)

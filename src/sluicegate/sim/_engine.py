@@ -130,6 +130,7 @@ class SimRequest:
         "admitted_at",
         "arrival_at",
         "cached_tokens",
+        "continued",
         "finish_reason",
         "finished_at",
         "first_token_at",
@@ -158,6 +159,7 @@ class SimRequest:
         self.priority = priority
         self.finish_reason = finish_reason
         self.arrival_at = arrival_at
+        self.continued = False
         self.state = RequestState.WAITING
         self.generated = 0
         self.admitted_at: float | None = None
@@ -311,6 +313,7 @@ class SimEngine:
         stall: bool = False,
         text: str | None = None,
         token_text: Callable[[int], str] | None = None,
+        continued: bool = False,
     ) -> SimRequest:
         """Queue a request; it is admitted at once if a slot and KV are free.
 
@@ -323,6 +326,8 @@ class SimEngine:
             stall: Hold a batch slot and KV but never produce a token.
             text: The prompt as rendered, for the prefix cache (ignored when it is off).
             token_text: The text of output token `i`, for the prefix cache.
+            continued: It continues a final message (counted apart: see
+                `EngineCounters.continued_prefill_tokens`).
 
         Returns:
             The request, to wait on and to `abort`.
@@ -343,7 +348,7 @@ class SimEngine:
         now = loop.time()
         req = SimRequest(self._next_id, prompt_tokens, output_tokens, priority, finish_reason, now)
         self._next_id += 1
-        req.stall, req._stream = stall, stream
+        req.stall, req._stream, req.continued = stall, stream, continued
         if self._cache is not None and text is not None and token_text is not None:
             req._blocks = BlockHasher(text, self._cache.block_size)
             req._token_text = token_text
@@ -416,6 +421,8 @@ class SimEngine:
             self.counters.queue_time.observe(now - req.arrival_at)
             self.counters.prompt_tokens += req.prompt_tokens
         hits = self._hold(req, need, first) if req._blocks is not None else 0
+        if first and req.continued:
+            self.counters.continued_prefill_tokens += need - hits
         if not req.stall:
             self._push(req, now + self._ttft_s + (need - hits) * self._prefill_s)
 

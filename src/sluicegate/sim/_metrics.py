@@ -100,6 +100,9 @@ class EngineCounters:
     aborted: int = 0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    #: Prompt tokens of continuations (`continue_final_message`) that the prefix cache
+    #: did not cover: the prefill a pause and resume cost.
+    continued_prefill_tokens: int = 0
     success: dict[str, int] = dataclasses.field(default_factory=dict)
     ttft: Histogram = dataclasses.field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = dataclasses.field(default_factory=lambda: Histogram(ITL_BUCKETS))

@@ -72,6 +72,8 @@ class ParsedRequest:
     include_usage: bool
     priority: int
     prompt_text: str = ""
+    #: It continues a final assistant message (a resumed request, say).
+    continued: bool = False
 
 
 def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedRequest:
@@ -85,8 +87,10 @@ def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedReq
     model = data.get("model", served[0])
     if model not in served:
         raise ModelNotFoundError(f"The model `{model}` does not exist.")
+    continued = False
     if kind == "chat":
-        prompt_text, echo_text = _chat_prompt(data.get("messages"), _continues(data))
+        continued = _continues(data)
+        prompt_text, echo_text = _chat_prompt(data.get("messages"), continued)
     else:
         prompt_text = _completion_prompt(data.get("prompt"))
         echo_text = prompt_text
@@ -109,6 +113,7 @@ def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedReq
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         priority=priority,
         prompt_text=prompt_text,
+        continued=continued,
     )
 
 
