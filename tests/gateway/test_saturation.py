@@ -112,7 +112,10 @@ async def test_stale_metrics_follow_the_policy_end_to_end(policy: str, dispatche
         await eventually(lambda: fake.metrics_scrapes >= 1)
         fake.metrics_status = 500
         detector = gw.pools["default"].detector
-        await eventually(lambda: detector.stale_backends() == 1)
+        (backend,) = detector.backends.values()
+        # A scrape that started before the change may still succeed late (a loaded
+        # machine): wait for a failed one, after which the one scrape loop only fails.
+        await eventually(lambda: backend.failures >= 1 and detector.stale_backends() == 1)
         async with client.get("/metrics") as r:
             text = await r.text()
         assert 'inference_extension_flow_control_stale_backends{pool="default"} 1.0' in text
