@@ -8,8 +8,8 @@ simulator and the CLI live in subpackages on top of it.
 
 from __future__ import annotations
 
-from ._config import BandConfig, FlowControlConfig, TenantLimits
 from ._controller import FlowController
+from ._core._config import BandConfig, FlowControlConfig, TenantLimits
 from ._core._policies import (
     FAIRNESS_POLICIES,
     ORDERING_POLICIES,
@@ -23,6 +23,7 @@ from ._core._policies import (
     TokenFair,
 )
 from ._core._queues import QUEUES, FifoQueue, HeapQueue, Queue
+from ._core._saturation import ConcurrencyLimit, NeverSaturated, SaturationDetector
 from ._core._ticket import Ticket
 from ._errors import (
     ConfigError,
@@ -42,7 +43,6 @@ from ._errors import (
     WouldBlock,
 )
 from ._exports import publish
-from ._saturation import ConcurrencyLimit, NeverSaturated, SaturationDetector
 from ._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics, Outcome
 
 __version__ = "0.1.0.dev0"

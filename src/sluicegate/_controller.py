@@ -14,7 +14,8 @@ import contextlib
 import math
 from typing import TYPE_CHECKING, final
 
-from ._config import FlowControlConfig
+from ._core._config import FlowControlConfig
+from ._core._saturation import NeverSaturated
 from ._core._scheduler import Scheduler
 from ._core._statistics import flow_snapshot, snapshot
 from ._core._ticket import State, Ticket
@@ -26,14 +27,13 @@ from ._errors import (
     RejectedError,
     TTLExpiredError,
 )
-from ._saturation import NeverSaturated
 from ._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
     from types import TracebackType
 
-    from ._saturation import SaturationDetector
+    from ._core._saturation import SaturationDetector
 
 __all__ = ["FlowController"]
 

@@ -42,7 +42,7 @@ from ._tenants import waiting
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .._config import BandConfig, FlowControlConfig
+    from ._config import BandConfig, FlowControlConfig
     from ._policies import FairnessPolicy, OrderingPolicy
     from ._queues import Queue
 

@@ -50,9 +50,9 @@ from ._tokens import MAX_REQUEST_TOKENS, charge, learn_output, record_usage
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .._config import FlowControlConfig
-    from .._saturation import SaturationDetector
+    from ._config import FlowControlConfig
     from ._registry import Band, Flow
+    from ._saturation import SaturationDetector
 
 __all__ = ["MAX_REQUEST_TOKENS", "Scheduler"]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, ClassVar, final
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from .._config import TenantLimits
+    from ._config import TenantLimits
     from ._queues import Queue
     from ._registry import Band, Flow
     from ._ticket import Ticket

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, final
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._core._ticket import Ticket
+    from ._ticket import Ticket
 
 __all__ = ["ConcurrencyLimit", "NeverSaturated", "SaturationDetector"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import final
 
-from ._core._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
-from ._core._queues import QUEUES
-from ._errors import ConfigError, IncompatiblePolicyError, UnknownPluginError
+from .._errors import ConfigError, IncompatiblePolicyError, UnknownPluginError
+from ._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
+from ._queues import QUEUES
 
 __all__ = ["BandConfig", "FlowControlConfig", "TenantLimits"]
 
