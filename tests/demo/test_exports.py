@@ -44,7 +44,7 @@ def test_flow_control_off_never_holds_a_request_back() -> None:
             "standard": 0,
             "batch": -1,
         }
-        pool = Pool(config.pools[0], config.flow_control.build(), asyncio.get_running_loop().time)
+        pool = Pool(config.pools[0], config.flow_control, asyncio.get_running_loop().time)
         count = 0
         async with pool.controller as controller:
             with contextlib.suppress(sg.WouldBlock):

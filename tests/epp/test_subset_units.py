@@ -18,7 +18,7 @@ URL_A, URL_B, URL_C = (f"http://{e}" for e in (A, B, C))
 
 def _pool(*, max_in_flight: int = 100, **sections: Any) -> Pool:
     config = make_config([A, B, C], max_in_flight=max_in_flight, **sections)
-    return Pool(config.pools[0], config.flow_control.build(), lambda: 100.0)
+    return Pool(config.pools[0], config.flow_control, lambda: 100.0)
 
 
 def test_utilization_subset_scores_only_its_backends_and_rechecks_at_the_scrape_interval() -> None:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import uvicorn
 
+from sluicegate.asgi import Receive, Scope, Send, listen, serving, url_of, uvicorn_server
 from sluicegate.gateway import GatewayConfig, parse_config
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 #: Upper bound for any wait on observable state in these tests (never reached when green).
 WAIT_S = 10.0
@@ -160,21 +158,10 @@ async def _send(
 @contextlib.asynccontextmanager
 async def serve_app(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app on a free loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    config = uvicorn.Config(
-        app, http="httptools", lifespan="off", log_config=None, access_log=False,
-        timeout_graceful_shutdown=1,
-    )  # fmt: skip
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await server.shutdown(sockets=[sock])
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn_server(app, timeout_graceful_shutdown=1)
+    async with serving(server, sock):
+        yield url_of(sock)
 
 
 def free_port() -> int:

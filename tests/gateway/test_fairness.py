@@ -184,13 +184,14 @@ flow_control:
 @pytest.mark.parametrize(
     ("snippet", "message"),
     [
-        ("flow_weights: {a: 0}", "greater than 0"),
-        ("flow_weights: {a: -1}", "greater than 0"),
+        # The core's own checks word these (the section is its FlowControlConfig).
+        ("flow_weights: {a: 0}", "flow_weights['a'] must be a number > 0, got 0.0"),
+        ("flow_weights: {a: -1}", "flow_weights['a'] must be a number > 0, got -1.0"),
         ("flow_weights: {a: .inf}", "finite"),
-        ("flow_weights: {'': 1}", "must not be empty"),
-        ("default_band: {output_token_weight: -2}", "greater than or equal to 0"),
+        ("flow_weights: {'': 1}", "flow_weights: keys must be non-empty strings, got ''"),
+        ("default_band: {output_token_weight: -2}", "output_token_weight must be a number >= 0"),
         ("default_band: {fairness: token-fare}", "token-fair"),
-        ("fairness_window: 0", "greater than 0"),
+        ("fairness_window: 0", "fairness_window must be a number of seconds > 0, got 0.0"),
     ],
 )
 async def test_fairness_settings_are_validated(tmp_path: Path, snippet: str, message: str) -> None:

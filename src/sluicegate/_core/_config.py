@@ -2,9 +2,12 @@
 
 Every error is a `ConfigError` naming the field and the value; policy and queue names
 are resolved here, so a config that constructs is a config that runs.
-"""
 
-from __future__ import annotations
+Annotations are evaluated (no ``from __future__ import annotations``): the public
+classes report ``sluicegate`` as their module, where a string hint such as
+``Mapping[int, BandConfig]`` could not be resolved by `typing.get_type_hints`, and the
+gateway validates its YAML into these dataclasses from their type hints.
+"""
 
 import fnmatch
 import math

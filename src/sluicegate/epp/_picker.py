@@ -117,7 +117,7 @@ class EndpointPicker:
         self.objectives_dir = Path(objectives_dir) if objectives_dir is not None else None
         self.body_mode = body_mode
         self.manifest_objectives: dict[str, int] = {}
-        self.subsets = SubsetControllers(config.flow_control.build(), config.priorities)
+        self.subsets = SubsetControllers(config.flow_control, config.priorities)
         self._state: _State | None = None
         #: Open ext_proc streams (one per HTTP request Envoy is processing).
         self.streams = 0
@@ -183,7 +183,7 @@ class EndpointPicker:
         priorities = {0, *objectives.values()}
         for pool in self.pools.values():
             pool.controller.reconcile_priorities(priorities)
-        self.subsets.apply(config.flow_control.build(), priorities)
+        self.subsets.apply(config.flow_control, priorities)
         router = Router([self.pools[p.name] for p in config.pools])
         self._state = _State(config, router, objectives)
 

@@ -13,9 +13,7 @@ from ._app import Gateway
 from ._classify import Classification, classify
 from ._config import (
     AdaptiveSettings,
-    BandSettings,
     ConcurrencySettings,
-    FlowControlSettings,
     GatewayConfig,
     GatewayConfigError,
     HealthSettings,
@@ -39,11 +37,9 @@ __all__ = [
     "AdaptiveSettings",
     "Backend",
     "BackendMetrics",
-    "BandSettings",
     "Classification",
     "ConcurrencyDetector",
     "ConcurrencySettings",
-    "FlowControlSettings",
     "Gateway",
     "GatewayConfig",
     "GatewayConfigError",

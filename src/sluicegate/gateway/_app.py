@@ -181,7 +181,7 @@ class Gateway:
             )
             stack.push_async_callback(session.close)
             auth = self._auth(self._config, None)
-            fc = auth.flow_control(self._config.flow_control.build())
+            fc = auth.flow_control(self._config.flow_control)
             for settings in self._config.pools:
                 pool = Pool(settings, fc, loop.time)
                 self._pools[pool.name] = pool
@@ -260,7 +260,7 @@ class Gateway:
         for settings in config.pools:
             self._pools[settings.name].check(settings)
         auth = self._auth(config, None if self._state is None else self._state.auth)
-        fc = auth.flow_control(config.flow_control.build())
+        fc = auth.flow_control(config.flow_control)
         for settings in config.pools:
             self._pools[settings.name].apply(settings, fc, config.priorities)
         old = self._config

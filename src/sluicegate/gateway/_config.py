@@ -2,23 +2,27 @@
 
 Every error is a `GatewayConfigError` whose message names the file, the field path and
 the offending value, so a typo never silently does nothing (unknown keys are refused).
-The flow-control section is turned into a `sluicegate.FlowControlConfig` while
-validating, so a config that loads is a config the controllers accept.
+The flow-control section is validated into the core's `sluicegate.FlowControlConfig`
+itself, so a config that loads is a config the controllers accept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Mapping  # also resolves the core dataclasses' Mapping hints
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,9 +34,7 @@ from ._auth import AuthSettings
 
 __all__ = [
     "AdaptiveSettings",
-    "BandSettings",
     "ConcurrencySettings",
-    "FlowControlSettings",
     "GatewayConfig",
     "GatewayConfigError",
     "HealthSettings",
@@ -54,120 +56,45 @@ class GatewayConfigError(sg.ConfigError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_FlowWeight = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class BandSettings(_Model):
-    """One priority band (see `sluicegate.BandConfig`)."""
-
-    ordering: str = "fcfs"
-    fairness: str = "global-strict"
-    queue: str | None = None
-    max_requests: Annotated[int, Field(ge=0)] | None = 5000
-    max_bytes: Annotated[int, Field(ge=0)] | None = 1_000_000_000
-    #: Cost of one prompt token in token accounting (`token-fair` and the fairness metrics).
-    input_token_weight: _Weight = 1.0
-    #: Cost of one output token; decoding costs more than prefill, hence the default of 2.
-    output_token_weight: _Weight = 2.0
-    #: Dispatch only while the pool's utilization is below this; the rest is headroom
-    #: kept for higher bands.
-    max_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
-
-    def build(self) -> sg.BandConfig:
-        """The core band config. Raises `sluicegate.ConfigError` on unknown names."""
-        return sg.BandConfig(
-            ordering=self.ordering,
-            fairness=self.fairness,
-            queue=self.queue,
-            max_requests=self.max_requests,
-            max_bytes=self.max_bytes,
-            input_token_weight=self.input_token_weight,
-            output_token_weight=self.output_token_weight,
-            max_utilization=self.max_utilization,
-        )
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-class FlowControlSettings(_Model):
-    """The flow-control section; each pool's controller runs with it."""
+def _plain(value: object) -> object:
+    """`value` with dataclasses and read-only mappings made dicts, for dumping (pydantic
+    would hand the core's frozen `MappingProxyType` fields through as they are)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
-    default_ttl: _Seconds | None = 30.0
-    #: How long a request may wait while its pool has no usable backend (0 = reject at
-    #: once). Short, so a wrong or dead backend is answered `no_endpoints` promptly
-    #: rather than `queue_timeout` after `default_ttl`.
-    no_endpoint_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = 1.0
-    max_requests: Annotated[int, Field(ge=0)] | None = None
-    max_bytes: Annotated[int, Field(ge=0)] | None = None
-    default_band: BandSettings = Field(default_factory=BandSettings)
-    negative_band: BandSettings | None = None
-    bands: dict[int, BandSettings] = Field(default_factory=dict)
-    dynamic_bands: bool = True
-    flow_idle_timeout: _Seconds = 300.0
-    band_idle_timeout: _Seconds = 600.0
-    #: Fairness weight by fairness id or shell pattern: exact ids first, then the first
-    #: matching pattern in file order, else 1 (see `sluicegate.FlowControlConfig`).
-    flow_weights: dict[str, _FlowWeight] = Field(default_factory=dict)
-    #: Seconds of the sliding window of the fairness figures (Jain's index, service gap).
-    fairness_window: _Seconds = 10.0
-    #: Keep free slots for higher bands, sized to their recent demand (none when they
-    #: send nothing), so their requests find a slot at once.
-    demand_headroom: bool = True
-    #: A full global queue makes room for higher priority: strictly lower-priority
-    #: queued requests are evicted (429 `displaced`), lowest band and newest first.
-    displacement: bool = True
-    #: Refuse at once (429 `deadline_unreachable`) a request whose TTL, or SLO when
-    #: given, cannot be met given the work queued ahead of it.
-    early_reject: bool = True
-    #: Reject only when the estimated wait exceeds the deadline x (1 + margin).
-    early_reject_margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.25
 
-    @field_validator("flow_weights")
-    @classmethod
-    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
-        empty = [k for k in value if not k]
-        if empty:
-            raise ValueError("flow_weights: a fairness id or pattern must not be empty")
-        return value
+#: The one default the gateway sets differently from the core: with real backends an
+#: empty pool is common (a wrong URL, all of them down), and a client is better told
+#: 503 `no_endpoints` after a second than `queue_timeout` after `default_ttl`. The core
+#: keeps None: a detector may never report an empty pool, and the deadline would cost
+#: every queued request a second timer entry for nothing.
+NO_ENDPOINT_TTL: Final = 1.0
 
-    @model_validator(mode="after")
-    def _check(self) -> FlowControlSettings:
-        try:
-            self.build()
-        except sg.ConfigError as exc:
-            # Re-raised as ValueError so pydantic reports it under this section's path.
-            raise ValueError(str(exc)) from None
-        return self
 
-    def build(self) -> sg.FlowControlConfig:
-        """The core configuration (validated when this section was).
+def _gateway_defaults(raw: object) -> object:
+    if isinstance(raw, Mapping) and "no_endpoint_ttl" not in raw:
+        return {**raw, "no_endpoint_ttl": NO_ENDPOINT_TTL}
+    return raw
 
-        Raises:
-            sluicegate.ConfigError: only if called on an unvalidated copy.
-        """
-        return sg.FlowControlConfig(
-            default_ttl=self.default_ttl,
-            no_endpoint_ttl=self.no_endpoint_ttl,
-            max_requests=self.max_requests,
-            max_bytes=self.max_bytes,
-            default_band=self.default_band.build(),
-            negative_band=None if self.negative_band is None else self.negative_band.build(),
-            bands={p: b.build() for p, b in self.bands.items()},
-            dynamic_bands=self.dynamic_bands,
-            flow_idle_timeout=self.flow_idle_timeout,
-            band_idle_timeout=self.band_idle_timeout,
-            flow_weights=self.flow_weights,
-            fairness_window=self.fairness_window,
-            demand_headroom=self.demand_headroom,
-            displacement=self.displacement,
-            early_reject=self.early_reject,
-            early_reject_margin=self.early_reject_margin,
-        )
+
+#: The flow-control section is the core's own `sluicegate.FlowControlConfig`, validated
+#: by pydantic from its fields and type hints (the bands are `sluicegate.BandConfig`, the
+#: tenants `sluicegate.TenantLimits`): each setting and its default has one definition,
+#: the core's, but for `NO_ENDPOINT_TTL`. The gateway's model config applies inside it
+#: (unknown keys refused, no inf or NaN); the core's own checks (`__post_init__`) report
+#: under the section's path.
+FlowControlSection = Annotated[
+    sg.FlowControlConfig, BeforeValidator(_gateway_defaults), PlainSerializer(_plain)
+]
 
 
 class UtilizationSettings(_Model):
@@ -396,7 +323,7 @@ class GatewayConfig(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     pools: list[PoolSettings]
-    flow_control: FlowControlSettings = Field(default_factory=FlowControlSettings)
+    flow_control: FlowControlSection = Field(default_factory=dict, validate_default=True)
     objectives: list[ObjectiveSettings] = Field(default_factory=list)
     #: Who may claim which fairness id and objective (see `_auth`).
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -494,12 +421,17 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+_UNKNOWN_KEY = "Extra inputs are not permitted"
+
+
 def _describe(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid gateway configuration"]
     for err in exc.errors(include_url=False):
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "unexpected_keyword_argument":
+            msg = _UNKNOWN_KEY  # a key of a core dataclass, worded as for the models
         lines.append(f"  {source}: {_loc(tuple(err['loc']))}: {msg}{shown}")
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
 """Running the gateway under uvicorn: in the background (tests, embedding) or as a
 process with signal handling (SIGTERM/SIGINT drain, SIGHUP and file-change reload).
 
-uvicorn is driven through `startup()` and `shutdown()` rather than `serve()`: its
-signal capture would re-raise SIGTERM at exit, and its tick loop is not needed.
+Listening and the uvicorn setup are the shared `sluicegate.asgi` toolkit's; the
+gateway adds its guarded HTTP protocol (limits against hostile clients, `_protocol`).
 
 Shutdown order on SIGTERM: readiness turns 503 and every queued request gets 503 (the
 controllers close), then uvicorn stops accepting and waits up to `drain_grace` for
@@ -17,13 +17,11 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
+from .. import asgi
 from ._app import Gateway
 from ._auth import check_exposure
 from ._protocol import guarded_protocol
@@ -31,34 +29,13 @@ from ._protocol import guarded_protocol
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    import uvicorn
+
     from ._config import GatewayConfig
 
 __all__ = ["run", "serve", "serve_in_background"]
 
 _log = logging.getLogger("sluicegate.gateway")
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        # Listening now lets clients queue in the backlog before uvicorn accepts.
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    except BaseException:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def default_max_connections() -> int:
@@ -88,27 +65,14 @@ def _raise_fd_limit() -> None:
 def _uvicorn(gateway: Gateway) -> uvicorn.Server:
     settings = gateway.config.server
     cap = settings.max_connections or default_max_connections()
-    config = uvicorn.Config(
+    return asgi.uvicorn_server(
         gateway,
-        lifespan="off",
         http=guarded_protocol(settings, cap),
-        ws="none",
-        loop="none",
-        # No X-Forwarded-* rewriting middleware on the hot path.
-        proxy_headers=False,
-        log_config=None,
-        access_log=False,
         # Upstream's Server and Date headers are relayed; uvicorn must not add twins.
-        server_header=False,
-        date_header=False,
+        own_headers=False,
         timeout_graceful_shutdown=max(round(settings.drain_grace), 0) or None,
         timeout_keep_alive=max(math.ceil(settings.keep_alive_timeout), 1),
     )
-    config.load()
-    server = uvicorn.Server(config)
-    # serve() would set this before startup(); we drive startup() ourselves.
-    server.lifespan = config.lifespan_class(config)
-    return server
 
 
 @contextlib.asynccontextmanager
@@ -124,17 +88,14 @@ async def serve_in_background(
     """
     host = host or config.server.host
     check_exposure(host, config.server.auth_token)
-    sock = _listen(host, config.server.port if port is None else port)
+    sock = asgi.listen(host, config.server.port if port is None else port)
     async with Gateway(config) as gateway:
-        gateway.url = _url(sock)
-        server = _uvicorn(gateway)
-        # startup()/shutdown() without serve(): no signal capture, no 100 ms tick loop.
-        await server.startup(sockets=[sock])
-        try:
-            yield gateway
-        finally:
-            await gateway.drain()
-            await server.shutdown(sockets=[sock])
+        gateway.url = asgi.url_of(sock)
+        async with asgi.serving(_uvicorn(gateway), sock):
+            try:
+                yield gateway
+            finally:
+                await gateway.drain()
 
 
 def _read(path: Path) -> bytes | None:
@@ -187,6 +148,20 @@ async def _watch_file(gateway: Gateway, path: Path) -> None:
             gateway.reload_from_file()
 
 
+def _watch(
+    gateway: Gateway, config: GatewayConfig, config_path: Path | None
+) -> list[asyncio.Task[None]]:
+    """Watch the config file, and the keys file it names, for changes."""
+    if config_path is None:
+        return []
+    loop = asyncio.get_running_loop()
+    watchers = [loop.create_task(_watch_file(gateway, config_path))]
+    if config.auth.keys_file is not None:
+        keys = Path(config.auth.keys_file)
+        watchers.append(loop.create_task(_watch_file(gateway, keys)))
+    return watchers
+
+
 async def serve(
     config: GatewayConfig, *, config_path: Path | None = None, watch: bool = True
 ) -> None:
@@ -194,26 +169,20 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     check_exposure(config.server.host, config.server.auth_token)
-    sock = _listen(config.server.host, config.server.port)
+    sock = asgi.listen(config.server.host, config.server.port)
     async with Gateway(config, config_path=config_path) as gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_from_file)
-        server = _uvicorn(gateway)
-        await server.startup(sockets=[sock])
         watchers: list[asyncio.Task[None]] = []
-        if config_path is not None and watch:
-            watchers.append(loop.create_task(_watch_file(gateway, config_path)))
-            if config.auth.keys_file is not None:
-                keys = Path(config.auth.keys_file)
-                watchers.append(loop.create_task(_watch_file(gateway, keys)))
-        gateway.url = _url(sock)
-        print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
         try:
-            await stop.wait()
-            _log.info("stopping: draining queued requests, waiting for in-flight ones")
-            await gateway.drain()
-            await server.shutdown(sockets=[sock])
+            async with asgi.serving(_uvicorn(gateway), sock):
+                watchers = _watch(gateway, config, config_path if watch else None)
+                gateway.url = asgi.url_of(sock)
+                print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201
+                await stop.wait()
+                _log.info("stopping: draining queued requests, waiting for in-flight ones")
+                await gateway.drain()
         finally:
             for watcher in watchers:
                 watcher.cancel()
@@ -226,10 +195,4 @@ async def serve(
 def run(config: GatewayConfig, *, config_path: Path | None = None) -> None:
     """Serve in this process on uvloop (when available) until SIGTERM/SIGINT."""
     _raise_fd_limit()
-    coro = serve(config, config_path=config_path)
-    if sys.platform != "win32":
-        import uvloop
-
-        uvloop.run(coro)
-    else:  # pragma: no cover - no uvloop on Windows
-        asyncio.run(coro)
+    asgi.run(serve(config, config_path=config_path))

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
 import orjson
 
+from ..asgi import ClientGone, Receive, Scope, Send, lifespan, read_body
 from ._config import FailureType, SimConfig, check_failure_injection
 from ._engine import DEFAULT_TIMER_SLACK_S, SimEngine, SimRequest
 from ._errors import InjectedFailureError, InvalidRequestError, SimError
@@ -38,12 +39,8 @@ from ._openai import (
 )
 from ._plan import Plan, Planner
 
-__all__ = ["Receive", "Scope", "Send", "SimApp", "create_app"]
+__all__ = ["SimApp", "create_app"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 _Handler = Callable[[Receive, Send], Awaitable[None]]
 
 _JSON: Final = [(b"content-type", b"application/json")]
@@ -51,10 +48,6 @@ _SSE: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
 ]
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
 
 
 def create_app(config: SimConfig, *, timer_slack_s: float = DEFAULT_TIMER_SLACK_S) -> SimApp:
@@ -141,10 +134,10 @@ class SimApp:
                 return
             try:
                 await handler(receive, send)
-            except _ClientGone:
+            except ClientGone:
                 return
         elif scope["type"] == "lifespan":
-            await _lifespan(receive, send, self.close)
+            await lifespan(receive, send, self.close)
 
     async def _chat(self, receive: Receive, send: Send) -> None:
         await self._generate("chat", receive, send)
@@ -153,7 +146,7 @@ class SimApp:
         await self._generate("completions", receive, send)
 
     async def _generate(self, kind: Kind, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive)
+        body = await read_body(receive)
         try:
             req = parse_request(body, kind, self.config.served_names)
             plan = self._planner.plan(req, self._failure_rate, self._failure_types)
@@ -267,7 +260,7 @@ class SimApp:
 
     async def _tokenize(self, receive: Receive, send: Send) -> None:
         try:
-            text = parse_tokenize(await _read_body(receive))
+            text = parse_tokenize(await read_body(receive))
         except InvalidRequestError as exc:
             await _send_error(send, exc)
             return
@@ -297,7 +290,7 @@ class SimApp:
 
     async def _post_settings(self, receive: Receive, send: Send) -> None:
         try:
-            data = orjson.loads(await _read_body(receive))
+            data = orjson.loads(await read_body(receive))
             if not isinstance(data, dict):
                 raise InvalidRequestError("the body must be a JSON object")
             rate = data.get("failure_injection_rate", self._failure_rate)
@@ -322,17 +315,6 @@ class SimErrorStatus(SimError):
         )
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def _send_json(send: Send, status: int, body: bytes) -> None:
     headers = [*_JSON, (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -341,14 +323,3 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
 
 async def _send_error(send: Send, exc: SimError) -> None:
     await _send_json(send, exc.status, error_body(str(exc), exc.error_type, exc.status))
-
-
-async def _lifespan(receive: Receive, send: Send, on_shutdown: Callable[[], None]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            on_shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -76,7 +76,7 @@ class ParsedRequest:
     continued: bool = False
 
 
-def parse_request(body: bytes, kind: Kind, served: tuple[str, ...]) -> ParsedRequest:
+def parse_request(body: bytes | bytearray, kind: Kind, served: tuple[str, ...]) -> ParsedRequest:
     """Parse a `/v1/chat/completions` or `/v1/completions` body.
 
     Raises:
@@ -132,7 +132,7 @@ def _continues(data: dict[str, Any]) -> bool:
     return flags["continue_final_message"]
 
 
-def parse_tokenize(body: bytes) -> str:
+def parse_tokenize(body: bytes | bytearray) -> str:
     """Return the text of a vLLM `/tokenize` body (`prompt` or chat `messages`).
 
     Raises:
@@ -147,7 +147,7 @@ def parse_tokenize(body: bytes) -> str:
     return prompt
 
 
-def _load_object(body: bytes) -> dict[str, Any]:
+def _load_object(body: bytes | bytearray) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -1,10 +1,7 @@
 """Running simulator apps under uvicorn: in process for tests, or from the CLI.
 
-We bind the listening sockets ourselves, so port 0 works and the URL is known before
-`serve_in_background` yields: the kernel queues connections on a listening socket, so
-clients may connect at once. uvicorn's `startup()`/`shutdown()` are driven directly rather
-than through `serve()`, which would install signal handlers (wrong inside a test) and
-could only report readiness through a flag we would have to poll.
+The sockets are bound before `serve_in_background` yields (`sluicegate.asgi`), so port 0
+works and clients may connect at once.
 
 Shutdown order: close the apps first (every open stream ends at once), then let uvicorn
 close listeners and idle keep-alive connections.
@@ -13,11 +10,9 @@ close listeners and idle keep-alive connections.
 from __future__ import annotations
 
 import contextlib
-import socket
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
+from ..asgi import listen, serving, url_of, uvicorn_server
 from ._app import SimApp, create_app
 
 if TYPE_CHECKING:
@@ -76,53 +71,14 @@ async def serve_many(
     async with contextlib.AsyncExitStack() as stack:
         urls = []
         for app, port in zip(apps, ports, strict=True):
-            sock = _bind(host, port)
-            stack.callback(sock.close)
-            server = _server(app, log_config)
-            await server.startup(sockets=[sock])
-            stack.push_async_callback(server.shutdown, [sock])
+            sock = listen(host, port)
+            server = uvicorn_server(
+                app,
+                log_config=log_config,
+                log_level="warning",
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+            )
+            await stack.enter_async_context(serving(server, sock))
             stack.callback(app.close)  # runs before the shutdown above (LIFO)
-            bound_port = sock.getsockname()[1]
-            urls.append(f"http://{_url_host(host)}:{bound_port}")
+            urls.append(url_of(sock))
         yield urls
-
-
-def _server(app: SimApp, log_config: dict[str, Any] | None) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        ws="none",
-        lifespan="off",  # the context manager owns the app's life
-        log_config=log_config,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # loopback only; saves a middleware call per request
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
-    )
-    config.load()
-    server = uvicorn.Server(config)
-    # Server.serve() sets this before startup(); we call startup() ourselves.
-    server.lifespan = config.lifespan_class(config)
-    return server
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)  # benchmarks open a thousand streams at once
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        # The bare error names no address; with --replicas the port is not obvious.
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,45 @@
+"""The ASGI toolkit the gateway and the simulator share (not part of `import sluicegate`).
+
+One small module, as Starlette's ``types.py`` is: the ASGI type aliases, reading a
+request body (with a size limit and a hook to count the bytes held), the lifespan
+handshake, and serving an app under uvicorn on a socket bound beforehand (port 0 works,
+the URL is known before the first request) with the settings both servers use.
+Hostile-client limits (header size, slow headers and bodies, connection cap) stay in
+the gateway's own HTTP protocol (`sluicegate.gateway._protocol`), passed in as `http`.
+"""
+
+from __future__ import annotations
+
+from ._toolkit import (
+    App,
+    BodyTooLarge,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    lifespan,
+    listen,
+    read_body,
+    run,
+    serving,
+    url_of,
+    uvicorn_server,
+)
+
+__all__ = [
+    "App",
+    "BodyTooLarge",
+    "ClientGone",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "lifespan",
+    "listen",
+    "read_body",
+    "run",
+    "serving",
+    "url_of",
+    "uvicorn_server",
+]
