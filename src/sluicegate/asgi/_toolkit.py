@@ -158,14 +158,15 @@ def uvicorn_server(
     http: type[asyncio.Protocol] | str = "httptools",
     log_config: dict[str, Any] | None = None,
     log_level: str | None = None,
-    own_headers: bool = True,
     timeout_graceful_shutdown: int | None = None,
     timeout_keep_alive: int = 5,
 ) -> uvicorn.Server:
     """A uvicorn server for `app`, ready for `serving`.
 
     Always: no lifespan (the app's owner starts and stops it), no websockets, no access
-    log, no X-Forwarded-* rewriting (a middleware call per request on the hot path).
+    log, no X-Forwarded-* rewriting (a middleware call per request on the hot path), no
+    ``server`` or ``date`` header of uvicorn's (its tick loop, which `serving` does not
+    run, would add them; a proxy relays upstream's and must not add twins).
 
     Args:
         app: the ASGI app.
@@ -173,8 +174,6 @@ def uvicorn_server(
             guarded one).
         log_config: uvicorn's logging dictConfig; None leaves logging alone.
         log_level: uvicorn's log level; None leaves it alone.
-        own_headers: add uvicorn's ``server`` and ``date`` headers (off for a proxy,
-            which relays upstream's and must not add twins).
         timeout_graceful_shutdown: seconds open responses get at shutdown; None = all
             they need.
         timeout_keep_alive: seconds an idle keep-alive connection is kept.
@@ -191,8 +190,8 @@ def uvicorn_server(
         log_level=log_level,
         access_log=False,
         proxy_headers=False,
-        server_header=own_headers,
-        date_header=own_headers,
+        server_header=False,
+        date_header=False,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         timeout_keep_alive=timeout_keep_alive,
     )

@@ -15,7 +15,6 @@ import contextlib
 import hmac
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -24,6 +23,7 @@ from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from grpc_health.v1 import health_pb2
 
+from .. import asgi
 from ._grpc import GrpcError, GrpcServer, GrpcStream, Method, Status
 from ._picker import EndpointPicker
 from ._protocol import FULL_DUPLEX
@@ -309,10 +309,4 @@ def _reload_all(picker: EndpointPicker) -> None:
 
 def run(config: GatewayConfig, **options: Any) -> None:
     """Serve in this process on uvloop (when available) until SIGTERM/SIGINT."""
-    coro = serve(config, **options)
-    if sys.platform != "win32":
-        import uvloop
-
-        uvloop.run(coro)
-    else:  # pragma: no cover - no uvloop on Windows
-        asyncio.run(coro)
+    asgi.run(serve(config, **options))

@@ -68,8 +68,6 @@ def _uvicorn(gateway: Gateway) -> uvicorn.Server:
     return asgi.uvicorn_server(
         gateway,
         http=guarded_protocol(settings, cap),
-        # Upstream's Server and Date headers are relayed; uvicorn must not add twins.
-        own_headers=False,
         timeout_graceful_shutdown=max(round(settings.drain_grace), 0) or None,
         timeout_keep_alive=max(math.ceil(settings.keep_alive_timeout), 1),
     )

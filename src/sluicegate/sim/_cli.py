@@ -15,6 +15,7 @@ from typing import Any
 import click
 from uvicorn.config import LOGGING_CONFIG
 
+from ..asgi import run
 from ._app import create_app
 from ._config import FAILURE_TYPES, SimConfig
 from ._serve import serve_many
@@ -174,8 +175,7 @@ def sim(host: str, port: int, replicas: int, log_level: str, **fields: Any) -> N
         for name, logger in LOGGING_CONFIG["loggers"].items()
     }
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_serve_until_signal(configs, host, ports, log_config))
+        run(_serve_until_signal(configs, host, ports, log_config))
     except OSError as exc:  # the port is taken or not ours to bind
         raise click.ClickException(f"{exc.strerror or exc}. Pick another --port.") from None
 
@@ -192,11 +192,3 @@ async def _serve_until_signal(
         for url in urls:
             click.echo(f"sim listening on {url}")
         await stop.wait()
-
-
-def _loop_factory() -> Any:
-    try:
-        import uvloop  # optional speed-up, absent on Windows
-    except ImportError:  # pragma: no cover - uvloop is in the server extras
-        return None
-    return uvloop.new_event_loop
