@@ -56,9 +56,9 @@ def estimate_wait(
     return (None if rate is None else position / rate), position
 
 
-def deadline_budget(ticket: Ticket, now: float) -> float | None:
+def deadline_budget(expires_at: float | None, slo_at: float | None, now: float) -> float | None:
     """Seconds the request may wait: to its SLO deadline when given, else its TTL."""
-    at = ticket.slo_at if ticket.slo_at is not None else ticket.expires_at
+    at = slo_at if slo_at is not None else expires_at
     return None if at is None else max(0.0, at - now)
 
 
@@ -83,13 +83,13 @@ def displacement_victims(
         if not band.queued_requests:
             continue
         queued = [t for flow in band.flows.values() for t in flow.queue.live()]
-        queued.sort(key=lambda t: t.seq, reverse=True)
+        queued.sort(key=lambda t: t._seq, reverse=True)
         for ticket in queued:
             if freed_requests >= need_requests and freed_bytes >= need_bytes:
                 break
             victims.append(ticket)
             freed_requests += 1
-            freed_bytes += ticket.size
+            freed_bytes += ticket._size
     if freed_requests >= need_requests and freed_bytes >= need_bytes:
         return victims
     return None
