@@ -59,7 +59,7 @@ class Ticket:
         priority: the band that served it (differs from ``key.priority`` only when
             dynamic bands are off and the request fell back to band 0).
         size: the request's size in bytes, as given at admission.
-        seq: its admission number: unique, increasing with arrival (the tie-break of
+        seq: its submission number: unique, increasing with arrival (the tie-break of
             every ordering).
         arrival: loop time of the submission (its logical arrival).
         expires_at: loop time its TTL ends while it waits, or None (no TTL).

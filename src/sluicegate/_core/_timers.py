@@ -27,7 +27,8 @@ __all__ = ["NO_ENDPOINT", "TTL", "Deadlines"]
 TTL: Final = 0
 #: The ticket waited its no-endpoint TTL; evicted only if the pool has no backend then.
 NO_ENDPOINT: Final = 1
-#: Dead entries tolerated beyond four per live ticket before the heap is rebuilt.
+#: Entries tolerated beyond four per queued ticket (at most two of them live) before a
+#: rebuild: dead ones then outnumber the live ones.
 _SLACK: Final = 64
 
 
