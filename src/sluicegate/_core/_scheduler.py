@@ -37,7 +37,13 @@ from .._errors import (
     WouldBlock,
 )
 from .._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
-from ._admission import deadline_budget, displacement_victims, estimate_wait, shortfall
+from ._admission import (
+    displacement_victims,
+    early_rejection,
+    estimate_wait,
+    limit_refusal,
+    shortfall,
+)
 from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._statistics import band_statistics, flow_snapshot
@@ -66,6 +72,7 @@ class Scheduler:
     Args:
         config: the configuration.
         on_fault: told of each plugin failure (the shell logs it); None = only counted.
+            Called in the middle of a step: it must not raise or call back into the core.
     """
 
     def __init__(self, config: FlowControlConfig, on_fault: FaultSink | None = None) -> None:
@@ -206,25 +213,15 @@ class Scheduler:
         config = self.registry.config
         error: Exception | None = None
         eta: float | None = None
-        tenant = self.tenants.get(key.id) if self.tenants else None
         if config.no_endpoint_ttl == 0 and not self._has_endpoints(gate):
             error = NoEndpointsError(f"no backend is available for {key}")
-        elif (
-            tenant is not None
-            and (limit := tenant.max_queued) is not None
-            and tenant.queued >= limit
-        ):
-            error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
-        elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
-            error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
-        elif (limit := band.config.max_bytes) is not None and band.queued_bytes + size > limit:
-            error = QueueFullError(
-                f"band {band.priority} would exceed max_bytes={limit} "
-                f"({band.queued_bytes} queued + {size})"
-            )
         else:
-            eta, error = self._check_deadline(key, band, now, expires_at, slo_at)
-            error = error or self._make_room(size, band.priority, now)
+            tenant = self.tenants.get(key.id) if self.tenants else None
+            error = limit_refusal(band, tenant, size)
+            if error is None:
+                eta, position = self.estimate_wait(band.priority)
+                error = early_rejection(config, key, (eta, position), now, expires_at, slo_at)
+                error = error or self._make_room(size, band.priority, now)
         if error is not None:
             assert isinstance(error, QueueFullError | NoEndpointsError | DeadlineUnreachableError)
             self.outcomes[error.outcome] += 1
@@ -235,26 +232,6 @@ class Scheduler:
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated queue wait of a new request at `priority`, its queue position)."""
         return estimate_wait(self.registry.levels, priority, self.headroom, self.in_flight)
-
-    def _check_deadline(
-        self, key: FlowKey, band: Band, now: float, expires_at: float | None, slo_at: float | None
-    ) -> tuple[float | None, DeadlineUnreachableError | None]:
-        """(the wait estimate, the early rejection if the deadline cannot be met given
-        the work ahead)."""
-        config = self.registry.config
-        wait, position = self.estimate_wait(band.priority)
-        budget = deadline_budget(expires_at, slo_at, now)
-        if not config.early_reject or wait is None or budget is None:
-            return wait, None
-        if wait <= budget * (1.0 + config.early_reject_margin):
-            return wait, None
-        which = "SLO" if slo_at is not None else "TTL"
-        return wait, DeadlineUnreachableError(
-            f"{key} cannot start within its {which} ({budget:.3f} s): about "
-            f"{wait:.3f} s of work is queued ahead of it (position {position})",
-            wait_s=wait,
-            position=position,
-        )
 
     def _make_room(self, size: int, priority: int, now: float) -> QueueFullError | None:
         """Global limits: fit, displace lower-priority work to fit, or the error."""
