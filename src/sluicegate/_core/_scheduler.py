@@ -163,14 +163,10 @@ class Scheduler:
         self.headroom.arrived(band.priority, now)
         if fallback:
             band.fallback_requests += 1
-        if ttl is None:
-            ttl = registry.config.default_ttl
         self._seq += 1
-        expires_at = None if ttl is None or ttl == math.inf else now + ttl
-        slo_at = None if slo is None else now + slo
-        eta = None
+        expires_at, slo_at = self._deadlines_of(ttl, slo, now)
+        eta = None  # raises if refused: no flow is made then
         if not immediate:
-            # Raises, and leaves no flow behind, if the request is refused.
             eta = self._check_admission(key, size, band, gate, now, expires_at, slo_at)
         flow = registry.flow_for(band, key.id)
         ticket = Ticket(key, flow, size, now, self._seq, expires_at=expires_at, slo_at=slo_at)
@@ -182,6 +178,15 @@ class Scheduler:
         self._queue(ticket, band, flow, now, front=False)
         self._arm_timers(ticket, now)
         return ticket
+
+    def _deadlines_of(
+        self, ttl: float | None, slo: float | None, now: float
+    ) -> tuple[float | None, float | None]:
+        """(expires_at, slo_at) of a request submitted at `now`; ttl None = the default."""
+        if ttl is None:
+            ttl = self.registry.config.default_ttl
+        expires_at = None if ttl is None or ttl == math.inf else now + ttl
+        return expires_at, None if slo is None else now + slo
 
     def _may_start(self, band: Band, gate: SaturationDetector, flow_id: str) -> bool:
         """True when a request for `band` may be dispatched on arrival: its tenant is
