@@ -8,10 +8,17 @@ Rules that fail the check (exit 1):
 * the core (``sluicegate`` top-level modules, ``sluicegate._core``) importing anything
   outside the standard library, or a subpackage (gateway, sim, ...);
 * ``_core`` importing from outside itself anything but the shared vocabulary
-  (``_types``, ``_errors``): it is self-contained, as trio's ``_core`` is.
+  (``_types``, ``_errors``): it is self-contained, as trio's ``_core`` is;
+* ``_core`` importing I/O, clocks or logging (``asyncio``, ``time``, ``logging``, ...):
+  it is sans-I/O, takes ``now`` and reports what went wrong; the shell logs;
+* a cycle inside ``_core``, even one of type-only imports, through the scheduler (the
+  decision step, which uses everything else in the core): a helper split off from it
+  is given what it needs and does not refer back to it (``_statistics`` once took the
+  whole ``Scheduler``).
 
 Reported, not failed (the soft targets): modules over 400 lines, functions over 30
-lines, type-only import cycles.
+lines, type-only import cycles (those inside ``_core`` listed apart: the records
+that refer to each other, a ticket to its flow and a flow to its queue of tickets).
 
 Usage: ``python scripts/layout.py [--quiet]`` (``--quiet`` prints only problems).
 """
@@ -29,6 +36,12 @@ MODULE_SOFT, MODULE_HARD = 400, 800
 FUNCTION_SOFT, FUNCTION_HARD = 30, 80
 #: What the core may import from outside `_core`: the shared vocabulary.
 VOCABULARY = frozenset({f"{PACKAGE}._types", f"{PACKAGE}._errors"})
+#: Standard modules `_core` may not import: it does no I/O, reads no clock, never logs.
+CORE_FORBIDDEN = frozenset(
+    {"asyncio", "logging", "time", "socket", "selectors", "threading", "concurrent"}
+)
+#: The top of `_core`: no cycle inside the core may pass through it, even for types.
+CORE_TOP = frozenset({f"{PACKAGE}._core._scheduler"})
 
 
 @dataclass
@@ -182,6 +195,13 @@ def _is_core(name: str) -> bool:
     return len(parts) == 2 and parts[1].startswith("_") and parts[1] != "__main__"
 
 
+def _core_cycles(modules: dict[str, Module]) -> list[list[str]]:
+    """The import cycles inside `_core`, type-only edges included."""
+    prefix = f"{PACKAGE}._core."
+    core = {n: m for n, m in modules.items() if n.startswith(prefix)}
+    return cycles({n: {d for d in m.runtime | m.typing if d in core} for n, m in core.items()})
+
+
 def check(modules: dict[str, Module], quiet: bool) -> list[str]:
     hard: list[str] = []
     soft: list[str] = []
@@ -199,6 +219,9 @@ def check(modules: dict[str, Module], quiet: bool) -> list[str]:
             third = sorted(e for e in m.external if e not in stdlib and e != "__future__")
             if third:
                 hard.append(f"{m.name}: the core imports {', '.join(third)}")
+            io = sorted(m.external & CORE_FORBIDDEN)
+            if io and m.name.startswith(f"{PACKAGE}._core"):
+                hard.append(f"{m.name}: _core is sans-I/O but imports {', '.join(io)}")
             for dep in sorted(m.runtime | m.typing):
                 if not _is_core(dep):
                     hard.append(f"{m.name}: the core imports the subpackage module {dep}")
@@ -212,10 +235,15 @@ def check(modules: dict[str, Module], quiet: bool) -> list[str]:
     full = {n: m.runtime | m.typing for n, m in modules.items()}
     runtime_cycles = cycles(runtime)
     hard.extend("import cycle at run time: " + " -> ".join(c) for c in runtime_cycles)
+    for c in _core_cycles(modules):
+        if CORE_TOP.intersection(c):
+            hard.append("a cycle in _core through the scheduler: " + " <-> ".join(c))
+        else:
+            soft.append("type-only cycle in _core: " + " <-> ".join(c))
     soft.extend(
         "type-only import cycle: " + " <-> ".join(c)
         for c in cycles(full)
-        if c not in runtime_cycles
+        if c not in runtime_cycles and not c[0].startswith(f"{PACKAGE}._core.")
     )
     if not quiet:
         report(modules)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from typing import TYPE_CHECKING, final
 
 from ._core._config import FlowControlConfig
 from ._core._saturation import NeverSaturated
 from ._core._scheduler import Scheduler
-from ._core._statistics import flow_snapshot, snapshot
 from ._core._ticket import State, Ticket
 from ._errors import (
     ControllerClosedEvictedError,
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ._core._saturation import SaturationDetector
 
 __all__ = ["FlowController"]
+
+_log = logging.getLogger("sluicegate")
 
 
 @final
@@ -56,7 +58,9 @@ class FlowController:
         *,
         saturation: SaturationDetector | None = None,
     ) -> None:
-        self._core = Scheduler(config if config is not None else FlowControlConfig())
+        self._core = Scheduler(
+            config if config is not None else FlowControlConfig(), on_fault=_log_fault
+        )
         self._detector: SaturationDetector = (
             saturation if saturation is not None else NeverSaturated()
         )
@@ -153,26 +157,26 @@ class FlowController:
             ValueError: `size`, `ttl` or `slo` is invalid.
         """
         ticket = self._submit(key, size, ttl, slo, input_tokens, output_tokens)
-        if ticket.state is State.DISPATCHED:
-            ticket.handed_over = True
+        if ticket._state is State.DISPATCHED:
+            ticket._handed_over = True
             return ticket
         # A request queues because the detector said saturated or others wait. A pass is
-        # needed unless the last one found the detector saturated (`full`) and the
-        # detector will notify us when that changes.
-        pass_needed = not self._core.full or self._detector.recheck_interval is not None
+        # needed unless the last one found the detector saturated and the detector will
+        # notify us when that changes.
+        pass_needed = not self._core.saturated or self._detector.recheck_interval is not None
         return await self._wait(ticket, pass_needed=pass_needed)
 
     async def _wait(self, ticket: Ticket, *, pass_needed: bool) -> Ticket:
         """Wait for a queued ticket's dispatch; on any exception, leave the queue."""
         loop = self._loop
         assert loop is not None
-        waiter = ticket.waiter = loop.create_future()
+        waiter = ticket._waiter = loop.create_future()
         if pass_needed:
             self._dispatch()
         # The armed timer already fires early enough unless this deadline is earlier.
         if (
             self._timer is None
-            or min(ticket.expires_at or math.inf, ticket.no_endpoint_at or math.inf)
+            or min(ticket._expires_at or math.inf, ticket._no_endpoint_at or math.inf)
             < self._timer_at
         ):
             self._arm_timer()
@@ -187,7 +191,7 @@ class FlowController:
                 self._dispatch()
                 self._arm_collection()
             raise
-        ticket.handed_over = True
+        ticket._handed_over = True
         return ticket
 
     async def requeue_and_wait(self, ticket: Ticket) -> Ticket:
@@ -234,7 +238,7 @@ class FlowController:
             ControllerClosedError: the controller is not running.
         """
         ticket = self._submit(key, size, None, None, input_tokens, output_tokens, nowait=True)
-        ticket.handed_over = True
+        ticket._handed_over = True
         return ticket
 
     @contextlib.asynccontextmanager
@@ -398,11 +402,11 @@ class FlowController:
         """
         if not isinstance(flows, int) or isinstance(flows, bool) or flows < 0:
             raise ValueError(f"flows must be an int >= 0, got {flows!r}")
-        return snapshot(self._core, self._now() if self._loop is not None else None, flows)
+        return self._core.statistics(self._now() if self._loop is not None else None, flows)
 
     def flow_statistics(self, priority: int, flow_id: str) -> FlowStatistics | None:
         """The snapshot of the flow `flow_id` in band `priority`, or None; O(1)."""
-        return flow_snapshot(self._core, priority, flow_id)
+        return self._core.flow_statistics(priority, flow_id)
 
     # -- events -----------------------------------------------------------------------
 
@@ -459,7 +463,7 @@ class FlowController:
         resumed regardless. Returns True if a slot was given back (run another pass)."""
         revoked = False
         for ticket in dispatched:
-            waiter = ticket.waiter
+            waiter = ticket._waiter
             if waiter is None or waiter.done():
                 revoked = self._core.revoke(ticket, self._now(), self._detector) or revoked
                 continue
@@ -494,7 +498,7 @@ class FlowController:
         self._arm_timer()
 
     def _fail(self, ticket: Ticket) -> None:
-        waiter = ticket.waiter
+        waiter = ticket._waiter
         if waiter is None or waiter.done():
             return
         waiter.set_exception(_error_for(ticket))
@@ -506,6 +510,11 @@ class FlowController:
             f"<FlowController {state} [bands: {len(core.registry.bands)} | queued:"
             f" {core.queued_requests} | in flight: {core.in_flight}] {self._detector!r}>"
         )
+
+
+def _log_fault(message: str, error: BaseException | None) -> None:
+    """The core's plugin failures (isolated and counted there) are logged here."""
+    _log.error(message, exc_info=error)
 
 
 def _error_for(ticket: Ticket) -> EvictedError:

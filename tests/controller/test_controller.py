@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 
@@ -381,7 +382,7 @@ async def test_a_pass_never_strands_its_batch_when_one_waiter_is_gone() -> None:
         band = ctl._core.registry.bands[0]
         orphan = band.flows["w1"].queue.peek()
         assert orphan is not None
-        orphan.waiter = None  # what the enqueue_nowait defect left behind
+        orphan._waiter = None  # what the enqueue_nowait defect left behind
         gate.set_limit(3)
         holder.release()
         await asyncio.sleep(0)
@@ -441,3 +442,41 @@ async def test_queued_requests_of_one_band_without_a_snapshot() -> None:
         holder.release()
         for task in tasks:
             (await task).release()
+
+
+async def test_a_failing_detector_is_logged_by_the_shell(caplog: pytest.LogCaptureFixture) -> None:
+    """The core isolates a detector failure; the shell logs it, with its traceback."""
+
+    class Boom(Exception):
+        pass
+
+    class FailingRelease:
+        recheck_interval: float | None = None
+
+        def is_saturated(self) -> bool:
+            return False
+
+        def has_endpoints(self) -> bool:
+            return True
+
+        def utilization(self) -> float:
+            return 0.0
+
+        def on_dispatch(self, ticket: sg.Ticket, /) -> None:
+            pass
+
+        def on_release(self, ticket: sg.Ticket, /) -> None:
+            raise Boom("on_release")
+
+        def set_listener(self, listener: object, /) -> None:
+            pass
+
+    ctl = sg.FlowController(saturation=FailingRelease())
+    async with ctl:
+        ticket = await ctl.enqueue_and_wait(sg.FlowKey("a"))
+        with caplog.at_level(logging.ERROR, "sluicegate"):
+            ticket.release()
+        assert ticket.released and ctl.statistics().in_flight == 0
+    [record] = [r for r in caplog.records if r.name == "sluicegate"]
+    assert record.getMessage() == "saturation detector failed in on_release"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], Boom)

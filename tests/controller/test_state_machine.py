@@ -57,7 +57,7 @@ class FlippingDetector:
         return max(self.load, self.in_flight / self.limit if self.limit else 1.0)
 
     def on_dispatch(self, ticket: Ticket) -> None:
-        ceiling = ticket.band.config.max_utilization if ticket.band is not None else 1.0
+        ceiling = ticket._flow.band.config.max_utilization
         if not self.endpoints or self.is_saturated():
             self.violations.append(f"{ticket!r} dispatched while saturated")
         elif ceiling < 1.0 and not self.utilization() < ceiling:
@@ -316,17 +316,17 @@ class ControllerMachine(RuleBasedStateMachine):
             if first is not t.outcome:
                 # The one change allowed: a dispatch nobody received, revoked.
                 assert (first, t.outcome) == (sg.Outcome.DISPATCHED, sg.Outcome.EVICTED_CANCELLED)
-                assert not t.handed_over
+                assert not t._handed_over
                 self.outcomes[t.seq] = t.outcome
 
     @invariant()
     def no_waiter_is_left_pending(self) -> None:
         for t in self.tickets:
-            waiter = t.waiter
+            waiter = t._waiter
             if t.state is not State.QUEUED and waiter is not None:
                 assert waiter.done(), f"{t!r} is terminal but its waiter is pending"
             if t.state in (State.DISPATCHED, State.RELEASED) and t.outcome is sg.Outcome.DISPATCHED:
-                assert t.handed_over, f"{t!r} dispatched but never handed to its caller"
+                assert t._handed_over, f"{t!r} dispatched but never handed to its caller"
 
     @invariant()
     def in_flight_is_what_was_handed_out(self) -> None:
@@ -362,7 +362,7 @@ class ControllerMachine(RuleBasedStateMachine):
     def internal_state_is_bounded_by_live_entries(self) -> None:
         core = self.ctl._core
         registry = core.registry
-        assert len(core._timers) <= 4 * core.queued_requests + SLACK + 2
+        assert len(core._deadlines) <= 4 * core.queued_requests + SLACK + 2
         for band in registry.levels:
             backlogged = [f for f in band.flows.values() if len(f.queue)]
             fairness = band.fairness

@@ -109,7 +109,7 @@ def test_dispatch_skips_a_request_whose_waiter_was_cancelled(make: Callable[...,
 
     h = make()
     dead = h.submit("a")
-    dead.waiter = Waiter()
+    dead._waiter = Waiter()
     live = h.submit("b")
     h.gate.set(saturated=False, notify=False)
     assert h.dispatch() == [live]
@@ -127,7 +127,7 @@ def test_revoke_undoes_a_dispatch_nobody_received(make: Callable[..., Harness]) 
     stats = h.core.statistics()
     assert stats.in_flight == 0 and h.gate.in_flight == 0
     assert stats.dispatched == 0 and stats.outcomes[sg.Outcome.EVICTED_CANCELLED] == 1
-    t.handed_over = True
+    t._handed_over = True
     assert h.core.revoke(t, now=0.0, gate=h.gate) is False
 
 
@@ -245,4 +245,4 @@ def test_timer_entries_stay_bounded_behind_a_long_waiter(make: Callable[..., Har
     for i in range(5000):
         h.submit("busy", 5, now=float(i))
         assert h.dispatch_one(now=float(i)) is not None
-    assert len(h.core._timers) <= 4 * h.core.queued_requests + 64 + 1
+    assert len(h.core._deadlines) <= 4 * h.core.queued_requests + 64 + 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,10 +16,15 @@ if TYPE_CHECKING:
     from .conftest import Harness
 
 
+#: A stand-in for the flow a ticket belongs to (a queue never looks at it).
+_FLOW: Any = SimpleNamespace(band=SimpleNamespace(priority=0))
+
+
 def _ticket(seq: int, key: object | None = None) -> Ticket:
-    t = Ticket(sg.FlowKey("a", 0), 1, float(seq), seq, None, None)
-    t.sort_key = seq if key is None else key
-    t.state = State.QUEUED
+    """A queued ticket with this sort key, as the scheduler would queue it."""
+    t = Ticket(sg.FlowKey("a", 0), _FLOW, 1, float(seq), seq, expires_at=None, slo_at=None)
+    t._sort_key = seq if key is None else key
+    t._state = State.QUEUED
     return t
 
 
@@ -44,7 +50,7 @@ def test_queue_serves_in_key_order(queue: sg.Queue) -> None:
     out = []
     while len(queue):
         t = queue.pop()
-        t.state = State.DISPATCHED
+        t._state = State.DISPATCHED
         out.append(t)
     assert out == tickets
 
@@ -55,10 +61,10 @@ def test_queue_discard_reports_head_changes(queue: sg.Queue) -> None:
     for t in (a, b, c):
         queue.push(t)
     assert queue.discard(b) is False
-    b.state = State.FINISHED
+    b._state = State.FINISHED
     assert len(queue) == 2
     assert queue.discard(a) is True
-    a.state = State.FINISHED
+    a._state = State.FINISHED
     assert queue.peek() is c
     assert queue.live() == [c]
 
@@ -70,7 +76,7 @@ def test_queue_compacts_after_mass_discard(queue: sg.Queue) -> None:
         queue.push(t)
     for t in tickets[1:]:
         queue.discard(t)
-        t.state = State.FINISHED
+        t._state = State.FINISHED
     assert len(queue) == 1
     assert queue.peek() is tickets[0]
     assert queue.drain() == [tickets[0]]

@@ -40,8 +40,7 @@ class LimitGate:
         return max(self.load, self.in_flight / self.limit if self.limit else 1.0)
 
     def on_dispatch(self, ticket: Ticket) -> None:
-        assert ticket.band is not None
-        ceiling = ticket.band.config.max_utilization
+        ceiling = ticket._flow.band.config.max_utilization
         if ceiling < 1 and not self.utilization() < ceiling:
             self.violations.append(f"{ticket!r} dispatched above its band's ceiling")
         self.in_flight += 1
@@ -270,7 +269,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def internal_state_is_bounded_and_collectable(self) -> None:
         core = self.core
         registry = core.registry
-        assert len(core._timers) <= 4 * core.queued_requests + SLACK + 2
+        assert len(core._deadlines) <= 4 * core.queued_requests + SLACK + 2
         for band in registry.levels:
             backlogged = sum(1 for f in band.flows.values() if len(f.queue))
             fairness = band.fairness

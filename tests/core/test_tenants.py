@@ -230,10 +230,7 @@ def _check(h: Harness, live: list[Ticket], capacity: int) -> None:
     assert core.queued_requests == len(queued)
     assert core.in_flight == sum(t.state is State.DISPATCHED for t in live)
     for band in core.registry.levels:
-        held = sum(
-            t.band is band and isinstance(t.flow.queue, Parked)  # type: ignore[union-attr]
-            for t in queued
-        )
+        held = sum(t._flow.band is band and isinstance(t._flow.queue, Parked) for t in queued)
         assert band.held_requests == held
     if core.in_flight < capacity:
         # Work conserving: whatever still waits belongs to a tenant at its ceiling.

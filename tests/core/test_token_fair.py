@@ -225,10 +225,11 @@ def test_counter_rules(ops: list[tuple[str, str, int, int]]) -> None:
             least = min(f.fair_counter for f in backlogged)
             h.gate.saturated = True
             ticket = h.dispatch_one()
-            assert ticket is not None and ticket.flow is not None
+            assert ticket is not None
+            flow = ticket._flow
             before = (
-                ticket.flow.fair_counter
-                - (W_IN * ticket.input_tokens + W_OUT * ticket.output_tokens) / ticket.flow.weight
+                flow.fair_counter
+                - (W_IN * ticket.input_tokens + W_OUT * ticket.output_tokens) / flow.weight
             )
             assert abs(before - least) <= 1e-6 * max(1.0, abs(least))
             live.append(ticket)

@@ -29,14 +29,69 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._errors import DeadlineUnreachableError, QueueFullError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .._types import FlowKey
+    from ._config import FlowControlConfig
     from ._headroom import DemandHeadroom
     from ._registry import Band
+    from ._tenants import Tenant
     from ._ticket import Ticket
 
-__all__ = ["deadline_budget", "displacement_victims", "estimate_wait", "shortfall"]
+__all__ = [
+    "deadline_budget",
+    "displacement_victims",
+    "early_rejection",
+    "estimate_wait",
+    "limit_refusal",
+    "shortfall",
+]
+
+
+def limit_refusal(band: Band, tenant: Tenant | None, size: int) -> QueueFullError | None:
+    """The queue limit of the tenant or of the band that an arrival would break, or None.
+
+    Checked before the global limits: those alone can be met by displacement.
+    """
+    if tenant is not None and (limit := tenant.max_queued) is not None and tenant.queued >= limit:
+        return QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
+    config = band.config
+    if (limit := config.max_requests) is not None and band.queued_requests >= limit:
+        return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
+    if (limit := config.max_bytes) is not None and band.queued_bytes + size > limit:
+        return QueueFullError(
+            f"band {band.priority} would exceed max_bytes={limit} "
+            f"({band.queued_bytes} queued + {size})"
+        )
+    return None
+
+
+def early_rejection(
+    config: FlowControlConfig,
+    key: FlowKey,
+    estimate: tuple[float | None, int],
+    now: float,
+    expires_at: float | None,
+    slo_at: float | None,
+) -> DeadlineUnreachableError | None:
+    """The early rejection of an arrival whose deadline cannot be met given the work
+    ahead (`estimate` = its estimated wait and queue position), or None."""
+    wait, position = estimate
+    budget = deadline_budget(expires_at, slo_at, now)
+    if not config.early_reject or wait is None or budget is None:
+        return None
+    if wait <= budget * (1.0 + config.early_reject_margin):
+        return None
+    which = "SLO" if slo_at is not None else "TTL"
+    return DeadlineUnreachableError(
+        f"{key} cannot start within its {which} ({budget:.3f} s): about "
+        f"{wait:.3f} s of work is queued ahead of it (position {position})",
+        wait_s=wait,
+        position=position,
+    )
 
 
 def estimate_wait(
@@ -56,9 +111,9 @@ def estimate_wait(
     return (None if rate is None else position / rate), position
 
 
-def deadline_budget(ticket: Ticket, now: float) -> float | None:
+def deadline_budget(expires_at: float | None, slo_at: float | None, now: float) -> float | None:
     """Seconds the request may wait: to its SLO deadline when given, else its TTL."""
-    at = ticket.slo_at if ticket.slo_at is not None else ticket.expires_at
+    at = slo_at if slo_at is not None else expires_at
     return None if at is None else max(0.0, at - now)
 
 
@@ -83,13 +138,13 @@ def displacement_victims(
         if not band.queued_requests:
             continue
         queued = [t for flow in band.flows.values() for t in flow.queue.live()]
-        queued.sort(key=lambda t: t.seq, reverse=True)
+        queued.sort(key=lambda t: t._seq, reverse=True)
         for ticket in queued:
             if freed_requests >= need_requests and freed_bytes >= need_bytes:
                 break
             victims.append(ticket)
             freed_requests += 1
-            freed_bytes += ticket.size
+            freed_bytes += ticket._size
     if freed_requests >= need_requests and freed_bytes >= need_bytes:
         return victims
     return None

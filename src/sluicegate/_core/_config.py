@@ -57,8 +57,8 @@ class BandConfig:
 
     Args:
         ordering: order inside a flow: ``fcfs``, ``edf`` or ``slo-deadline``.
-        fairness: choice between the flows of the band: ``global-strict`` or
-            ``round-robin``.
+        fairness: choice between the flows of the band: ``global-strict``,
+            ``round-robin`` or ``token-fair`` (see `FAIRNESS_POLICIES`).
         queue: ``fifo`` or ``heap``; None picks ``heap`` when the ordering needs it,
             else ``fifo``.
         max_requests: most requests waiting in the band; None = unlimited; 0 = never

@@ -139,7 +139,7 @@ class GlobalStrict:
         if head is None:
             heads.pop(flow, None)
             return
-        key = head.sort_key
+        key = head._sort_key
         if heads.get(flow, _NO_KEY) == key:
             return
         heads[flow] = key
@@ -161,7 +161,7 @@ class GlobalStrict:
         while heap:
             key, flow = heap[0]
             head = flow.queue.peek()
-            if head is not None and head.sort_key == key:
+            if head is not None and head._sort_key == key:
                 return flow
             heapq.heappop(heap)
             if head is None:

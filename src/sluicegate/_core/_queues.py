@@ -100,7 +100,7 @@ class FifoQueue:
         items = self._items
         while items:
             head = items[0]
-            if head.state is State.QUEUED:
+            if head._state is State.QUEUED:
                 return head
             items.popleft()
         return None
@@ -120,7 +120,7 @@ class FifoQueue:
         self._live -= 1
         if len(self._items) > 2 * self._live + _COMPACT_SLACK:
             self._items = deque(
-                t for t in self._items if t.state is State.QUEUED and t is not ticket
+                t for t in self._items if t._state is State.QUEUED and t is not ticket
             )
         return False
 
@@ -131,7 +131,7 @@ class FifoQueue:
         return live
 
     def live(self) -> list[Ticket]:
-        return [t for t in self._items if t.state is State.QUEUED]
+        return [t for t in self._items if t._state is State.QUEUED]
 
 
 @final
@@ -151,7 +151,7 @@ class HeapQueue:
         return self._live
 
     def push(self, ticket: Ticket, /) -> bool:
-        heapq.heappush(self._heap, (ticket.sort_key, ticket))
+        heapq.heappush(self._heap, (ticket._sort_key, ticket))
         self._live += 1
         return self.peek() is ticket
 
@@ -163,7 +163,7 @@ class HeapQueue:
         heap = self._heap
         while heap:
             head = heap[0][1]
-            if head.state is State.QUEUED:
+            if head._state is State.QUEUED:
                 return head
             heapq.heappop(heap)
         return None
@@ -183,7 +183,7 @@ class HeapQueue:
         self._live -= 1
         if len(self._heap) > 2 * self._live + _COMPACT_SLACK:
             self._heap = [
-                e for e in self._heap if e[1].state is State.QUEUED and e[1] is not ticket
+                e for e in self._heap if e[1]._state is State.QUEUED and e[1] is not ticket
             ]
             heapq.heapify(self._heap)
         return False
@@ -192,13 +192,13 @@ class HeapQueue:
         live: list[Ticket] = []
         while self._heap:
             ticket = heapq.heappop(self._heap)[1]
-            if ticket.state is State.QUEUED:
+            if ticket._state is State.QUEUED:
                 live.append(ticket)
         self._live = 0
         return live
 
     def live(self) -> list[Ticket]:
-        return [t for _, t in self._heap if t.state is State.QUEUED]
+        return [t for _, t in self._heap if t._state is State.QUEUED]
 
 
 QUEUES: Final[Mapping[str, Callable[[], Queue]]] = MappingProxyType(

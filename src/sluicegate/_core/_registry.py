@@ -136,6 +136,21 @@ class Band:
         """True when nothing is queued or in flight here."""
         return self.queued_requests == 0 and self.in_flight == 0
 
+    def rebuild(self) -> None:
+        """New policy objects and queues after a config change: every queued ticket is
+        re-inserted in its old order under its new key. No flow may be parked."""
+        config = self.config
+        self.ordering = ORDERING_POLICIES[config.ordering]()
+        self.fairness = FAIRNESS_POLICIES[config.fairness]()
+        for flow in self.flows.values():
+            tickets = flow.queue.drain()
+            flow.queue = QUEUES[config.queue_name]()
+            for ticket in tickets:
+                ticket._sort_key = self.ordering.sort_key(ticket)
+                flow.queue.push(ticket)
+            if tickets:
+                self.fairness.head_changed(flow)
+
     def __repr__(self) -> str:
         return (
             f"<Band {self.priority} flows={len(self.flows)} queued={self.queued_requests}"

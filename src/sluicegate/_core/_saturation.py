@@ -31,7 +31,9 @@ class SaturationDetector(Protocol):
     `is_saturated`, `has_endpoints` MUST be cheap and MUST NOT block. `on_dispatch` is
     called right after a request is dispatched (before the next `is_saturated`), and
     `on_release` when its in-flight slot is given back; a detector may store what it
-    decided (e.g. the backend) in `ticket.assignment`.
+    decided (e.g. the backend) in `ticket.assignment`. A method that raises is isolated:
+    the pool counts as saturated (`is_saturated`, `utilization`) or as having endpoints
+    (`has_endpoints`), a failed hook changes nothing, and the controller logs it.
     """
 
     #: Seconds between re-checks while blocked, for detectors that never notify; else None.

@@ -18,14 +18,16 @@ Dispatch walks the bands from the highest priority down. Inside a band the fairn
 policy picks a flow and the flow's queue (ordered by the band's ordering policy) gives
 the ticket. Before each dispatch the gate (saturation detector) is asked; once it says
 saturated, the pass stops: no lower band jumps ahead of a blocked higher one.
+
+Plugins (the gate, fairness policies) may fail: the step isolates each failure (a
+failing gate counts as saturated, a failing policy skips its band for the pass),
+counts it in `faults` and reports it to `on_fault`. The core never logs; the shell does.
 """
 
 from __future__ import annotations
 
-import heapq
-import logging
 import math
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, TypeAlias, final
 
 from .._errors import (
     ControllerClosedError,
@@ -34,45 +36,46 @@ from .._errors import (
     QueueFullError,
     WouldBlock,
 )
-from .._types import (
-    ControllerStatistics,
-    FlowKey,
-    Outcome,
+from .._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
+from ._admission import (
+    displacement_victims,
+    early_rejection,
+    estimate_wait,
+    limit_refusal,
+    shortfall,
 )
-from ._admission import deadline_budget, displacement_victims, estimate_wait, shortfall
 from ._headroom import DemandHeadroom
 from ._registry import Registry
-from ._statistics import snapshot
+from ._statistics import band_statistics, flow_snapshot
 from ._tenants import Tenants
 from ._ticket import State, Ticket
-from ._tokens import MAX_REQUEST_TOKENS, charge, learn_output, record_usage
+from ._timers import TTL, Deadlines
+from ._tokens import MAX_REQUEST_TOKENS, charge, estimate, learn_output, record_usage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from ._config import FlowControlConfig
     from ._registry import Band, Flow
     from ._saturation import SaturationDetector
 
+    #: Receives each plugin failure: a message and the exception (None if none was raised).
+    FaultSink: TypeAlias = Callable[[str, BaseException | None], None]
+
 __all__ = ["MAX_REQUEST_TOKENS", "Scheduler"]
-
-_log = logging.getLogger("sluicegate")
-
-_TTL: Final = 0
-_NO_ENDPOINT: Final = 1
-#: Prompt-size estimate when the caller gives none: about 4 bytes of text per token.
-_BYTES_PER_TOKEN: Final = 4
-#: Output estimate for a flow with no history and no max_tokens.
-_DEFAULT_OUTPUT_TOKENS: Final = 256
-#: Dead timer entries tolerated beyond twice the live ones before the heap is rebuilt.
-_TIMER_SLACK: Final = 64
 
 
 @final
 class Scheduler:
-    """All flow-control state, and the synchronous steps that change it."""
+    """All flow-control state, and the synchronous steps that change it.
 
-    def __init__(self, config: FlowControlConfig) -> None:
+    Args:
+        config: the configuration.
+        on_fault: told of each plugin failure (the shell logs it); None = only counted.
+            Called in the middle of a step: it must not raise or call back into the core.
+    """
+
+    def __init__(self, config: FlowControlConfig, on_fault: FaultSink | None = None) -> None:
         self.registry = Registry(config)
         #: Per-tenant ceilings (`_tenants`); empty when none are configured.
         self.tenants = Tenants(config.tenants)
@@ -86,7 +89,10 @@ class Scheduler:
         self.blocked = False
         #: True when it stopped because the gate is saturated: no band can dispatch
         #: until the gate changes (a band's ceiling stops only that band and below).
-        self.full = False
+        self.saturated = False
+        #: Plugin failures (saturation detector, fairness policy) isolated so far.
+        self.faults = 0
+        self._on_fault = on_fault
         self._seq = 0
         #: Tickets taken back from flight and queued again (`requeue`).
         self.requeued = 0
@@ -95,12 +101,18 @@ class Scheduler:
         #: Tickets evicted by displacement in the last `submit`, for the shell to fail
         #: (`take_displaced`).
         self._displaced: list[Ticket] = []
-        # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
-        self._timers: list[tuple[float, int, int, Ticket]] = []
+        #: The TTL and no-endpoint deadlines of queued tickets.
+        self._deadlines = Deadlines()
 
     @property
     def config(self) -> FlowControlConfig:
         return self.registry.config
+
+    def _fault(self, message: str, error: BaseException | None = None) -> None:
+        """Count a plugin failure and report it (the core never logs)."""
+        self.faults += 1
+        if self._on_fault is not None:
+            self._on_fault(message, error)
 
     # -- admission -----------------------------------------------------------------
 
@@ -151,52 +163,30 @@ class Scheduler:
         self.headroom.arrived(band.priority, now)
         if fallback:
             band.fallback_requests += 1
-        ticket = self._ticket(key, size, ttl, slo, now, band, input_tokens, output_tokens)
+        self._seq += 1
+        expires_at, slo_at = self._deadlines_of(ttl, slo, now)
+        eta = None  # raises if refused: no flow is made then
+        if not immediate:
+            eta = self._check_admission(key, size, band, gate, now, expires_at, slo_at)
+        flow = registry.flow_for(band, key.id)
+        ticket = Ticket(key, flow, size, now, self._seq, expires_at=expires_at, slo_at=slo_at)
+        estimate(ticket, flow, input_tokens, output_tokens)
         if immediate:
-            ticket.flow = registry.flow_for(band, key.id)
             self._start(ticket, now, gate)
             return ticket
-        self._check_admission(ticket, band, gate, now)
-        flow = ticket.flow = registry.flow_for(band, key.id)
-        self._enqueue(ticket, band, flow, now)
+        ticket._eta = eta
+        self._queue(ticket, band, flow, now, front=False)
+        self._arm_timers(ticket, now)
         return ticket
 
-    def _ticket(
-        self,
-        key: FlowKey,
-        size: int,
-        ttl: float | None,
-        slo: float | None,
-        now: float,
-        band: Band,
-        input_tokens: int | None,
-        output_tokens: int | None,
-    ) -> Ticket:
-        """A new ticket with its deadlines and (clamped) token estimates; no flow yet."""
+    def _deadlines_of(
+        self, ttl: float | None, slo: float | None, now: float
+    ) -> tuple[float | None, float | None]:
+        """(expires_at, slo_at) of a request submitted at `now`; ttl None = the default."""
         if ttl is None:
             ttl = self.registry.config.default_ttl
-        self._seq += 1
-        ticket = Ticket(
-            key,
-            size,
-            now,
-            self._seq,
-            None if ttl is None or ttl == math.inf else now + ttl,
-            None if slo is None else now + slo,
-        )
-        ticket.band, ticket.priority = band, band.priority
-        if input_tokens is None:
-            input_tokens = -(-size // _BYTES_PER_TOKEN)
-        if output_tokens is None:
-            # The flow's own history, else its band's, else a fixed prior.
-            flow = band.flows.get(key.id)
-            average = None if flow is None else flow.output_average
-            if average is None:
-                average = band.output_average
-            output_tokens = _DEFAULT_OUTPUT_TOKENS if average is None else round(average)
-        ticket.input_tokens = min(input_tokens, MAX_REQUEST_TOKENS)
-        ticket.output_tokens = min(output_tokens, MAX_REQUEST_TOKENS)
-        return ticket
+        expires_at = None if ttl is None or ttl == math.inf else now + ttl
+        return expires_at, None if slo is None else now + slo
 
     def _may_start(self, band: Band, gate: SaturationDetector, flow_id: str) -> bool:
         """True when a request for `band` may be dispatched on arrival: its tenant is
@@ -214,72 +204,50 @@ class Scheduler:
         return self.can_dispatch(gate, band)
 
     def _check_admission(
-        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
-    ) -> None:
+        self,
+        key: FlowKey,
+        size: int,
+        band: Band,
+        gate: SaturationDetector,
+        now: float,
+        expires_at: float | None,
+        slo_at: float | None,
+    ) -> float | None:
         """Refuse the arrival (raise) or make room for it (displacement); see
-        `_admission.py` for the order and the semantics."""
+        `_admission.py` for the order and the semantics. Returns its wait estimate."""
         config = self.registry.config
         error: Exception | None = None
-        tenant = self.tenants.get(ticket.key.id) if self.tenants else None
-        if config.no_endpoint_ttl == 0 and not _has_endpoints(gate):
-            error = NoEndpointsError(f"no backend is available for {ticket.key}")
-        elif (
-            tenant is not None
-            and (limit := tenant.max_queued) is not None
-            and tenant.queued >= limit
-        ):
-            error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
-        elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
-            error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
-        elif (
-            limit := band.config.max_bytes
-        ) is not None and band.queued_bytes + ticket.size > limit:
-            error = QueueFullError(
-                f"band {band.priority} would exceed max_bytes={limit} "
-                f"({band.queued_bytes} queued + {ticket.size})"
-            )
+        eta: float | None = None
+        if config.no_endpoint_ttl == 0 and not self._has_endpoints(gate):
+            error = NoEndpointsError(f"no backend is available for {key}")
         else:
-            error = self._check_deadline(ticket, band, now) or self._make_room(ticket, now)
+            tenant = self.tenants.get(key.id) if self.tenants else None
+            error = limit_refusal(band, tenant, size)
+            if error is None:
+                eta, position = self.estimate_wait(band.priority)
+                error = early_rejection(config, key, (eta, position), now, expires_at, slo_at)
+                error = error or self._make_room(size, band.priority, now)
         if error is not None:
             assert isinstance(error, QueueFullError | NoEndpointsError | DeadlineUnreachableError)
-            self._finish(ticket, error.outcome)
+            self.outcomes[error.outcome] += 1
             self.registry.forget_if_unused(band)
             raise error
+        return eta
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated queue wait of a new request at `priority`, its queue position)."""
         return estimate_wait(self.registry.levels, priority, self.headroom, self.in_flight)
 
-    def _check_deadline(
-        self, ticket: Ticket, band: Band, now: float
-    ) -> DeadlineUnreachableError | None:
-        """Early rejection: the deadline cannot be met given the work ahead."""
-        config = self.registry.config
-        wait, position = self.estimate_wait(band.priority)
-        ticket.eta = wait
-        budget = deadline_budget(ticket, now)
-        if not config.early_reject or wait is None or budget is None:
-            return None
-        if wait <= budget * (1.0 + config.early_reject_margin):
-            return None
-        which = "SLO" if ticket.slo_at is not None else "TTL"
-        return DeadlineUnreachableError(
-            f"{ticket.key} cannot start within its {which} ({budget:.3f} s): about "
-            f"{wait:.3f} s of work is queued ahead of it (position {position})",
-            wait_s=wait,
-            position=position,
-        )
-
-    def _make_room(self, ticket: Ticket, now: float) -> QueueFullError | None:
+    def _make_room(self, size: int, priority: int, now: float) -> QueueFullError | None:
         """Global limits: fit, displace lower-priority work to fit, or the error."""
         config = self.registry.config
         need_requests = shortfall(config.max_requests, self.queued_requests, 1)
-        need_bytes = shortfall(config.max_bytes, self.queued_bytes, ticket.size)
+        need_bytes = shortfall(config.max_bytes, self.queued_bytes, size)
         if not need_requests and not need_bytes:
             return None
-        if config.displacement and (config.max_bytes is None or ticket.size <= config.max_bytes):
+        if config.displacement and (config.max_bytes is None or size <= config.max_bytes):
             victims = displacement_victims(
-                self.registry.levels, ticket.priority, need_requests, need_bytes
+                self.registry.levels, priority, need_requests, need_bytes
             )
             if victims is not None:
                 for victim in victims:
@@ -290,7 +258,7 @@ class Scheduler:
             return QueueFullError(f"the controller holds its max_requests={config.max_requests}")
         return QueueFullError(
             f"the controller would exceed max_bytes={config.max_bytes} "
-            f"({self.queued_bytes} queued + {ticket.size})"
+            f"({self.queued_bytes} queued + {size})"
         )
 
     def take_displaced(self) -> list[Ticket]:
@@ -298,17 +266,13 @@ class Scheduler:
         displaced, self._displaced = self._displaced, []
         return displaced
 
-    def _enqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
-        self._queue(ticket, band, flow, now, front=False)
-        self._arm_timers(ticket, now)
-
     def _queue(self, ticket: Ticket, band: Band, flow: Flow, now: float, *, front: bool) -> None:
         """Put `ticket` in its flow's queue (at the head for a requeue) and count it."""
         # A ticket dispatched on arrival never had its key; the same ordering gives a
         # requeued one the place it had (its arrival precedes what queued after it).
-        ticket.sort_key = band.ordering.sort_key(ticket)
-        ticket.state = State.QUEUED
-        size = ticket.size
+        ticket._sort_key = band.ordering.sort_key(ticket)
+        ticket._state = State.QUEUED
+        size = ticket._size
         self.queued_requests += 1
         self.queued_bytes += size
         band.queued_requests += 1
@@ -321,28 +285,9 @@ class Scheduler:
             band.fairness.head_changed(flow)
 
     def _arm_timers(self, ticket: Ticket, now: float) -> None:
-        """Push the ticket's TTL and no-endpoint deadlines. An entry counts only while it
-        names the ticket's current deadline (a requeued ticket gets new ones)."""
-        timers = self._compact_timers()
-        if ticket.expires_at is not None:
-            heapq.heappush(timers, (ticket.expires_at, ticket.seq, _TTL, ticket))
+        """Give a ticket just queued its TTL and no-endpoint deadlines."""
         no_endpoint_ttl = self.registry.config.no_endpoint_ttl
-        if no_endpoint_ttl is not None:
-            ticket.no_endpoint_at = now + no_endpoint_ttl
-            heapq.heappush(timers, (ticket.no_endpoint_at, ticket.seq, _NO_ENDPOINT, ticket))
-
-    def _compact_timers(self) -> list[tuple[float, int, int, Ticket]]:
-        """The timer heap, rebuilt when dead entries outnumber the live ones.
-
-        Entries of tickets that left the queue are skipped lazily at the top; one long
-        waiter at the top, or mass cancellation, would let them pile up.
-        """
-        timers = self._timers
-        if len(timers) > 4 * self.queued_requests + _TIMER_SLACK:
-            # In place: `expire` may be popping from this very list.
-            timers[:] = [e for e in timers if e[3].state is State.QUEUED]
-            heapq.heapify(timers)
-        return timers
+        self._deadlines.arm(ticket, no_endpoint_ttl, now, self.queued_requests)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -353,7 +298,7 @@ class Scheduler:
         (EvictedCancelled), never dispatched.
         """
         out: list[Ticket] = []
-        self.blocked = self.full = False
+        self.blocked = self.saturated = False
         if not self.queued_requests:
             return out
         tenants = self.tenants
@@ -361,22 +306,24 @@ class Scheduler:
             while band.queued_requests > band.held_requests:
                 if not self.can_dispatch(gate, band):
                     self.blocked = True
-                    self.full = not self.can_dispatch(gate)
+                    self.saturated = not self.can_dispatch(gate)
                     return out
                 try:
                     flow = band.fairness.select()
-                except Exception:
-                    _log.exception("fairness policy of band %d failed; skipping it", band.priority)
+                except Exception as error:
+                    self._fault(
+                        f"fairness policy of band {band.priority} failed; skipping it", error
+                    )
                     break
                 if flow is None:
-                    _log.error("fairness policy of band %d found no flow", band.priority)
+                    self._fault(f"fairness policy of band {band.priority} found no flow")
                     break
                 if tenants and (tenant := tenants.get(flow.key.id)) is not None and tenant.full:
                     tenants.park(tenant, flow)  # others go on; back when it has room
                     continue
                 ticket = flow.queue.pop()
                 self._unqueue(ticket, band, flow, now)
-                waiter = ticket.waiter
+                waiter = ticket._waiter
                 if waiter is not None and waiter.cancelled():
                     self._finish(ticket, Outcome.EVICTED_CANCELLED)
                     band.fairness.head_changed(flow)
@@ -397,8 +344,8 @@ class Scheduler:
             if ceiling < 1.0 and gate.utilization() >= ceiling:
                 return False
             return band is None or self._headroom_allows(gate, band)
-        except Exception:
-            _log.exception("saturation detector failed; treating the pool as saturated")
+        except Exception as error:
+            self._fault("saturation detector failed; treating the pool as saturated", error)
             return False
 
     def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
@@ -411,22 +358,31 @@ class Scheduler:
             return True
         return self.headroom.allows(band.priority, *counted)
 
+    def _has_endpoints(self, gate: SaturationDetector) -> bool:
+        """The gate's answer; a failing gate counts as having endpoints (nothing is
+        evicted for the detector's own failure)."""
+        try:
+            return gate.has_endpoints()
+        except Exception as error:
+            self._fault("saturation detector failed in has_endpoints", error)
+            return True
+
     def _start(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
-        ticket.state = State.DISPATCHED
-        ticket.dispatched_at = now
-        ticket.outcome = Outcome.DISPATCHED
+        ticket._state = State.DISPATCHED
+        ticket._dispatched_at = now
+        ticket._outcome = Outcome.DISPATCHED
         self.outcomes[Outcome.DISPATCHED] += 1
         self.in_flight += 1
-        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        flow = ticket._flow
         flow.band.in_flight += 1
         flow.in_flight += 1
         if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
             tenant.in_flight += 1
-        self._charge(flow, ticket.input_tokens, ticket.output_tokens, now)
+        self._charge(flow, ticket._input_tokens, ticket._output_tokens, now)
         try:
             gate.on_dispatch(ticket)
-        except Exception:
-            _log.exception("saturation detector failed in on_dispatch")
+        except Exception as error:
+            self._fault("saturation detector failed in on_dispatch", error)
 
     def _charge(self, flow: Flow, input_tokens: int, output_tokens: int, now: float) -> None:
         """Account tokens served to `flow` (negative counts refund an over-estimate)."""
@@ -445,7 +401,7 @@ class Scheduler:
 
         Only a final output count feeds the flow's output estimate (when released).
         """
-        if ticket.state not in (State.DISPATCHED, State.RELEASED):
+        if ticket._state not in (State.DISPATCHED, State.RELEASED):
             return False
         window = self.registry.config.fairness_window
         record_usage(ticket, input_tokens, output_tokens, now, window, final=final)
@@ -453,7 +409,7 @@ class Scheduler:
 
     def _unqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
         flow.last_backlogged = now
-        size = ticket.size
+        size = ticket._size
         self.queued_requests -= 1
         self.queued_bytes -= size
         band.queued_requests -= 1
@@ -463,28 +419,28 @@ class Scheduler:
             tenant.queued -= 1
 
     def _finish(self, ticket: Ticket, outcome: Outcome) -> None:
-        ticket.state = State.FINISHED
-        ticket.outcome = outcome
+        ticket._state = State.FINISHED
+        ticket._outcome = outcome
         self.outcomes[outcome] += 1
 
     # -- leaving: release, cancel, revoke, expire, close -------------------------------
 
     def release(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
         """Give back a dispatched ticket's in-flight slot. Returns False if not in flight."""
-        if ticket.state is not State.DISPATCHED:
+        if ticket._state is not State.DISPATCHED:
             return False
-        ticket.state = State.RELEASED
-        if ticket.usage_known:
-            learn_output(ticket.flow, ticket.output_tokens)  # type: ignore[arg-type]  # set by submit
+        ticket._state = State.RELEASED
+        if ticket._usage_known:
+            learn_output(ticket._flow, ticket._output_tokens)
         self._end_flight(ticket, now, gate)
         return True
 
     def _end_flight(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
-        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        flow = ticket._flow
         self.in_flight -= 1
         flow.band.in_flight -= 1
         flow.in_flight -= 1
-        held = now - ticket.dispatched_at if ticket.dispatched_at is not None else 0.0
+        held = now - ticket._dispatched_at if ticket._dispatched_at is not None else 0.0
         self.headroom.completed(flow.band.priority, held, now)
         if self.tenants and (tenant := self.tenants.get(flow.key.id)) is not None:
             tenant.in_flight -= 1
@@ -492,8 +448,8 @@ class Scheduler:
                 self.tenants.unpark(tenant)
         try:
             gate.on_release(ticket)
-        except Exception:
-            _log.exception("saturation detector failed in on_release")
+        except Exception as error:
+            self._fault("saturation detector failed in on_release", error)
         self.registry.settle(flow, now)
 
     def revoke(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
@@ -501,7 +457,7 @@ class Scheduler:
 
         The outcome becomes EvictedCancelled and the in-flight slot is given back.
         """
-        if ticket.state is not State.DISPATCHED or ticket.handed_over:
+        if ticket._state is not State.DISPATCHED or ticket._handed_over:
             return False
         self.outcomes[Outcome.DISPATCHED] -= 1
         self._finish(ticket, Outcome.EVICTED_CANCELLED)
@@ -520,9 +476,9 @@ class Scheduler:
         again from now (so it cannot expire at once for a wait it did not choose, nor
         wait forever). The caller sets a new waiter and runs a dispatch pass.
         """
-        if ticket.state is not State.DISPATCHED:
+        if ticket._state is not State.DISPATCHED:
             return False
-        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        flow = ticket._flow
         band = flow.band
         self.outcomes[Outcome.DISPATCHED] -= 1
         self.in_flight -= 1
@@ -533,29 +489,29 @@ class Scheduler:
             tenant.in_flight -= 1
         try:
             gate.on_release(ticket)
-        except Exception:
-            _log.exception("saturation detector failed in on_release")
-        self._charge(flow, -ticket.input_tokens, -ticket.output_tokens, now)
-        ticket.requeues += 1
+        except Exception as error:
+            self._fault("saturation detector failed in on_release", error)
+        self._charge(flow, -ticket._input_tokens, -ticket._output_tokens, now)
+        ticket._requeues += 1
         self.requeued += 1
-        ticket.dispatched_at = None
-        ticket.outcome = None
+        ticket._dispatched_at = None
+        ticket._outcome = None
         ticket.assignment = None
-        ticket.handed_over = False
-        ticket.usage_known = False
+        ticket._handed_over = False
+        ticket._usage_known = False
         self._queue(ticket, band, flow, now, front=True)
         if tenant is not None and tenant.parked and not tenant.full:
             self.tenants.unpark(tenant)
-        if ticket.expires_at is not None:
-            ticket.expires_at = now + ticket.ttl
+        if ticket._expires_at is not None:
+            ticket._expires_at = now + ticket._ttl
         self._arm_timers(ticket, now)
         return True
 
     def evict(self, ticket: Ticket, outcome: Outcome, now: float) -> bool:
         """Remove a queued ticket with `outcome`. Returns False if it was not queued."""
-        if ticket.state is not State.QUEUED:
+        if ticket._state is not State.QUEUED:
             return False
-        flow: Flow = ticket.flow  # type: ignore[assignment]  # set by submit
+        flow = ticket._flow
         band = flow.band
         head_changed = flow.queue.discard(ticket)
         self._unqueue(ticket, band, flow, now)
@@ -563,7 +519,7 @@ class Scheduler:
         if head_changed:
             band.fairness.head_changed(flow)
         self.registry.settle(flow, now)
-        self._compact_timers()
+        self._deadlines.compact(self.queued_requests)
         return True
 
     def cancel(self, ticket: Ticket, now: float) -> bool:
@@ -574,10 +530,7 @@ class Scheduler:
         """The earliest time at which `expire` has work to do, or None."""
         if self.closed:
             return None
-        timers = self._timers
-        while timers and timers[0][3].state is not State.QUEUED:
-            heapq.heappop(timers)
-        at = timers[0][0] if timers else None
+        at = self._deadlines.earliest()
         gc_at = self.registry.next_collection_at()
         if gc_at is not None and (at is None or gc_at < at):
             at = gc_at
@@ -590,20 +543,15 @@ class Scheduler:
             the evicted tickets (EvictedTTL or EvictedNoEndpoints).
         """
         out: list[Ticket] = []
-        timers = self._timers
         no_endpoints: bool | None = None
-        while timers and timers[0][0] <= now:
-            at, _, kind, ticket = heapq.heappop(timers)
-            if ticket.state is not State.QUEUED:
-                continue
-            if at != (ticket.expires_at if kind == _TTL else ticket.no_endpoint_at):
-                continue  # a deadline the ticket no longer has (it was requeued)
-            if kind == _TTL:
+        while (due := self._deadlines.pop_due(now)) is not None:
+            kind, ticket = due
+            if kind == TTL:
                 self.evict(ticket, Outcome.EVICTED_TTL, now)
                 out.append(ticket)
                 continue
             if no_endpoints is None:
-                no_endpoints = not _has_endpoints(gate)
+                no_endpoints = not self._has_endpoints(gate)
             if no_endpoints:
                 self.evict(ticket, Outcome.EVICTED_NO_ENDPOINTS, now)
                 out.append(ticket)
@@ -619,7 +567,7 @@ class Scheduler:
             for band in self.registry.levels
             for flow in list(band.flows.values())
             for t in _queued(flow)
-            if t.no_endpoint_at is not None and t.no_endpoint_at <= now
+            if t._no_endpoint_at is not None and t._no_endpoint_at <= now
         ]
         for ticket in due:
             self.evict(ticket, Outcome.EVICTED_NO_ENDPOINTS, now)
@@ -636,7 +584,7 @@ class Scheduler:
         ]
         for ticket in evicted:
             self.evict(ticket, Outcome.EVICTED_OTHER, now)
-        self._timers.clear()
+        self._deadlines.clear()
         return evicted
 
     # -- configuration ----------------------------------------------------------------
@@ -654,34 +602,39 @@ class Scheduler:
         has no flow).
         """
         changed = self.registry.reconfigure(config, now)
+        # Tenants first: that unparks every flow, so each rebuilt queue is a plain one.
         self.tenants.reconfigure(config.tenants, self.registry.levels)
         for band in changed:
-            self._rebuild(band)
-
-    def _rebuild(self, band: Band) -> None:
-        from ._policies import FAIRNESS_POLICIES, ORDERING_POLICIES
-        from ._queues import QUEUES
-
-        band.ordering = ORDERING_POLICIES[band.config.ordering]()
-        band.fairness = FAIRNESS_POLICIES[band.config.fairness]()
-        for flow in band.flows.values():
-            tickets = flow.queue.drain()
-            flow.queue = QUEUES[band.config.queue_name]()
-            for ticket in tickets:
-                ticket.sort_key = band.ordering.sort_key(ticket)
-                flow.queue.push(ticket)
-            if tickets:
-                band.fairness.head_changed(flow)
+            band.rebuild()
 
     # -- statistics -------------------------------------------------------------------
 
-    def statistics(self, now: float | None = None) -> ControllerStatistics:
+    def statistics(self, now: float | None = None, top: int | None = None) -> ControllerStatistics:
         """A frozen snapshot; every figure is exact.
 
         Args:
             now: the current time, for the windowed fairness figures (None: omit them).
+            top: include only the `top` largest flows (most queued, then most in flight);
+                None = every flow.
         """
-        return snapshot(self, now)
+        bands, flows = band_statistics(self.registry, now, top)
+        config = self.registry.config
+        return ControllerStatistics(
+            submitted=self.submitted,
+            queued_requests=self.queued_requests,
+            queued_bytes=self.queued_bytes,
+            in_flight=self.in_flight,
+            max_requests=config.max_requests,
+            max_bytes=config.max_bytes,
+            outcomes=dict(self.outcomes),
+            bands=bands,
+            flows=flows,
+            closed=self.closed,
+        )
+
+    def flow_statistics(self, priority: int, flow_id: str) -> FlowStatistics | None:
+        """The snapshot of one flow, or None; O(1)."""
+        return flow_snapshot(self.registry, priority, flow_id)
 
     def __repr__(self) -> str:
         return (
@@ -693,11 +646,3 @@ class Scheduler:
 def _queued(flow: Flow) -> list[Ticket]:
     """The live tickets of a flow, without disturbing its queue."""
     return flow.queue.live()
-
-
-def _has_endpoints(gate: SaturationDetector) -> bool:
-    try:
-        return gate.has_endpoints()
-    except Exception:
-        _log.exception("saturation detector failed in has_endpoints")
-        return True

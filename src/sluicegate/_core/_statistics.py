@@ -1,24 +1,28 @@
-"""Statistics snapshots of the scheduler: exact counters and windowed fairness figures."""
+"""Statistics of the bands and flows: exact counters and windowed fairness figures.
+
+It reads the registry (bands, flows, the service log) and nothing else: the scheduler's
+own counters go into the snapshot where the scheduler builds it (`Scheduler.statistics`),
+so this module knows nothing of the decision step.
+"""
 
 from __future__ import annotations
 
 import heapq
 from typing import TYPE_CHECKING
 
-from .._types import BandStatistics, ControllerStatistics, FlowKey, FlowStatistics
+from .._types import BandStatistics, FlowKey, FlowStatistics
 from ._tenants import waiting
 
 if TYPE_CHECKING:
-    from ._registry import Band, Flow
-    from ._scheduler import Scheduler
+    from ._registry import Band, Flow, Registry
 
-__all__ = ["flow_snapshot", "snapshot"]
+__all__ = ["band_statistics", "flow_snapshot"]
 
 
-def snapshot(
-    scheduler: Scheduler, now: float | None, top: int | None = None
-) -> ControllerStatistics:
-    """A frozen snapshot; every figure is exact.
+def band_statistics(
+    registry: Registry, now: float | None, top: int | None = None
+) -> tuple[dict[int, BandStatistics], dict[FlowKey, FlowStatistics]]:
+    """Every band's snapshot and the flows' snapshots, by priority and by key.
 
     Args:
         now: the current time, for the windowed fairness figures (None: omit them).
@@ -27,8 +31,9 @@ def snapshot(
     """
     bands: dict[int, BandStatistics] = {}
     flows: dict[FlowKey, FlowStatistics] = {}
-    for band in scheduler.registry.levels:
-        jain, gap = _fairness(scheduler, band, now)
+    window = registry.config.fairness_window
+    for band in registry.levels:
+        jain, gap = _fairness(band, window, now)
         cfg = band.config
         bands[band.priority] = BandStatistics(
             priority=band.priority,
@@ -51,31 +56,17 @@ def snapshot(
                 flows[flow.key] = _flow_statistics(flow)
     if top:
         # One pass over counters; a snapshot (which reads the queue) only for the chosen.
-        every = (f for band in scheduler.registry.levels for f in band.flows.values())
+        every = (f for band in registry.levels for f in band.flows.values())
         for flow in heapq.nlargest(top, every, key=_size):
             flows[flow.key] = _flow_statistics(flow)
-    config = scheduler.registry.config
-    return ControllerStatistics(
-        submitted=scheduler.submitted,
-        queued_requests=scheduler.queued_requests,
-        queued_bytes=scheduler.queued_bytes,
-        in_flight=scheduler.in_flight,
-        max_requests=config.max_requests,
-        max_bytes=config.max_bytes,
-        outcomes=dict(scheduler.outcomes),
-        bands=bands,
-        flows=flows,
-        closed=scheduler.closed,
-    )
+    return bands, flows
 
 
-def _fairness(
-    scheduler: Scheduler, band: Band, now: float | None
-) -> tuple[float | None, float | None]:
+def _fairness(band: Band, window: float, now: float | None) -> tuple[float | None, float | None]:
     """Jain's index and the largest service gap over the window, among backlogged flows."""
     if now is None:
         return None, None
-    horizon = now - scheduler.registry.config.fairness_window
+    horizon = now - window
     served: dict[Flow, float] = {}
     for start, bucket in band.service_log:
         if start >= horizon:  # whole buckets: the window is exact to a bucket's width
@@ -90,9 +81,9 @@ def _fairness(
     return jain, max(xs) - min(xs)
 
 
-def flow_snapshot(scheduler: Scheduler, priority: int, flow_id: str) -> FlowStatistics | None:
+def flow_snapshot(registry: Registry, priority: int, flow_id: str) -> FlowStatistics | None:
     """One flow's snapshot, found by key in O(1); None if there is no such flow."""
-    band = scheduler.registry.bands.get(priority)
+    band = registry.bands.get(priority)
     flow = None if band is None else band.flows.get(flow_id)
     return None if flow is None else _flow_statistics(flow)
 
@@ -107,7 +98,7 @@ def _flow_statistics(flow: Flow) -> FlowStatistics:
         queued_requests=waiting(flow),
         queued_bytes=flow.queued_bytes,
         in_flight=flow.in_flight,
-        oldest_arrival=min((t.arrival for t in flow.queue.live()), default=None),
+        oldest_arrival=min((t._arrival for t in flow.queue.live()), default=None),
         weight=flow.weight,
         input_tokens=flow.input_tokens,
         output_tokens=flow.output_tokens,
