@@ -2,8 +2,8 @@
 
 Parts: dispatch throughput of the bare controller, gateway overhead, streaming cost, and
 overload quality against the simulator with flow control on and off. The statistics
-(percentiles, TPOT, goodput, Jain's index) are public so other benchmarks compute their
-figures the same way. Needs the ``server`` extras.
+(TPOT, goodput; percentiles and Jain's index in `sluicegate.testbed`) are public so other
+benchmarks compute their figures the same way. Needs the ``server`` extras.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from ._report import Suite, render_report
 from ._stats import (
     Distribution,
     Slo,
-    censored_percentile,
     distribution,
     goodput,
-    jain_index,
     meets_slo,
-    percentile,
     token_times,
     tokens_until,
     tpot,
@@ -39,14 +36,11 @@ __all__ = [
     "Slo",
     "Suite",
     "Target",
-    "censored_percentile",
     "distribution",
     "equal_tenants",
     "goodput",
-    "jain_index",
     "machine",
     "meets_slo",
-    "percentile",
     "plan_equal_tenants",
     "render_report",
     "run_closed_loop",

@@ -29,6 +29,7 @@ __all__ = [
     "Workload",
     "estimate_capacity",
     "plan_traffic",
+    "service_time_s",
 ]
 
 
