@@ -9,6 +9,7 @@ benchmarks compute their figures the same way. Needs the ``server`` extras.
 from __future__ import annotations
 
 from .._exports import publish
+from ._dispatch import DispatchError, run_dispatch
 from ._figures import Figure, Machine, PartResult, Target, machine
 from ._load import equal_tenants, plan_equal_tenants, run_closed_loop
 from ._overhead import OverheadOptions
@@ -27,6 +28,7 @@ from ._stats import (
 
 __all__ = [
     "DEFAULT_SLOS",
+    "DispatchError",
     "Distribution",
     "Figure",
     "Machine",
@@ -44,6 +46,7 @@ __all__ = [
     "plan_equal_tenants",
     "render_report",
     "run_closed_loop",
+    "run_dispatch",
     "run_overload",
     "token_times",
     "tokens_until",
