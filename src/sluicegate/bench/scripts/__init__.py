@@ -19,7 +19,18 @@ if TYPE_CHECKING:
 __all__ = ["SCRIPTS", "run_script"]
 
 #: The scripts by name; imported only when run, as each needs its own extras.
-SCRIPTS: Final = ("dispatch",)
+SCRIPTS: Final = (
+    "auth_overhead",
+    "core_memory",
+    "dispatch",
+    "fairness",
+    "gateway_hardening",
+    "gateway_hostile",
+    "gateway_overhead",
+    "resume_splice",
+    "sim_engine_tokens",
+    "sim_streams",
+)
 
 
 def run_script(name: str, argv: Sequence[str] | None = None) -> None:
