@@ -173,8 +173,8 @@ async def _stack(options: LookaheadOptions, *, early_reject: bool) -> AsyncItera
     async with serve_many(apps, _HOST, [0] * options.backends) as urls:
         workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
         config = demo_gateway_config("on", urls, workload, max_in_flight=sim.max_num_seqs)
-        fc = config.flow_control.model_copy(update={"early_reject": early_reject})
-        config = config.model_copy(update={"flow_control": fc})
+        flow_control = config.flow_control.model_copy(update={"early_reject": early_reject})
+        config = config.model_copy(update={"flow_control": flow_control})
         async with serve_in_background(config) as gateway:
             yield str(gateway.url).rstrip("/")
 

@@ -76,11 +76,11 @@ def gateway_side(auth: Auth, n: int) -> float:
     began = time.perf_counter()
     for i in range(n):
         now = i * 1e-3
-        cls = auth.classify(scope, OBJECTIVES, 600.0, now)
+        classified = auth.classify(scope, OBJECTIVES, 600.0, now)
         if auth.rewrites:
             auth.outbound(HEADERS, "default")
-        auth.spend(cls.fairness_id, 300, now)
-        auth.spend(cls.fairness_id, -20, now)
+        auth.spend(classified.fairness_id, 300, now)
+        auth.spend(classified.fairness_id, -20, now)
     return (time.perf_counter() - began) / n
 
 
