@@ -87,3 +87,11 @@ def test_an_unknown_script_is_refused() -> None:
     """A name that is not a script says which ones there are."""
     with pytest.raises(ValueError, match="dispatch"):
         run_script("no-such-benchmark", [])
+
+
+def test_a_script_takes_its_arguments_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    """`run_script(name, argv)` parses `argv`, not this process's command line."""
+    run_script("resume_splice", ["--events", "400"])
+    out = capsys.readouterr().out
+    assert "| splicer, never paused |" in out
+    assert "us/event" in out

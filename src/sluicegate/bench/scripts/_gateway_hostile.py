@@ -31,6 +31,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from sluicegate.testbed import percentile
+
 __all__ = ["main"]
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -301,7 +303,7 @@ async def probe_slowloris(n: int, seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "good_ok": good_ok,
         "good_failed": good_fail,
-        "good_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+        "good_p50_ms": round(percentile(latencies, 50) * 1000, 1),
         "good_max_ms": round(latencies[-1] * 1000, 1),
         "slow_still_open_at_end": held,
     }
