@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluicegate.demo import COMPLETED, PlannedRequest, RequestRecord
+from sluicegate.testbed import COMPLETED, PlannedRequest, RequestRecord
 
 TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"w"}}]}\n\n'
 DONE = b"data: [DONE]\n\n"

@@ -11,7 +11,7 @@ from sluicegate.bench._figures import PartResult
 from sluicegate.bench._overload import OverloadOptions, Run, RunMode
 from sluicegate.bench._quality import quality_figures, run_figures, runs_tables
 from sluicegate.bench._report import format_value
-from sluicegate.demo import COMPLETED, UNFINISHED
+from sluicegate.testbed import COMPLETED, UNFINISHED
 
 from .helpers import record
 

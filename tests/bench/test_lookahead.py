@@ -13,7 +13,7 @@ from sluicegate.bench._lookahead import (
     calibration,
     retries,
 )
-from sluicegate.demo import PlannedRequest
+from sluicegate.testbed import PlannedRequest
 
 
 def _sent(

@@ -49,7 +49,7 @@ def test_the_modes_differ_only_in_the_saturation_section_and_pausing() -> None:
         "utilization": "resume",
     }
     flow_control = [c.flow_control for c in configs.values()]
-    assert all(fc == flow_control[0] for fc in flow_control)
+    assert all(each == flow_control[0] for each in flow_control)
 
 
 @pytest.mark.asyncio

@@ -18,8 +18,8 @@ from sluicegate.bench._gateway_parts import run_overhead, run_streaming
 from sluicegate.bench._overhead import free_port
 from sluicegate.bench._overload import run_overload_runs
 from sluicegate.bench._quality import quality_figures, run_figures
-from sluicegate.demo import UNFINISHED, demo_gateway_config
 from sluicegate.gateway import serve_in_background
+from sluicegate.testbed import UNFINISHED, demo_gateway_config
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -11,13 +11,13 @@ from click.testing import CliRunner
 import sluicegate as sg
 import sluicegate.demo
 from sluicegate.cli import main
-from sluicegate.demo import Workload, demo_gateway_config
 from sluicegate.gateway._pool import Pool
+from sluicegate.testbed import Workload, demo_gateway_config
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sluicegate.demo._stack import Mode
+    from sluicegate.testbed import Mode
 
 
 def test_all_names_import_from_the_public_module() -> None:

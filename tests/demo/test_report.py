@@ -10,55 +10,21 @@ import orjson
 import pytest
 
 from sluicegate.demo import (
-    COMPLETED,
-    UNFINISHED,
     DemoOptions,
     DemoResult,
-    Percentile,
-    PlannedRequest,
-    RequestRecord,
     RunResult,
-    Sample,
-    percentile,
     reading,
     render_report,
     summarize,
     summarize_demo,
-    ttft_samples,
     write_report,
 )
+from sluicegate.testbed import COMPLETED, UNFINISHED, PlannedRequest, RequestRecord, Sample
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sluicegate.demo._stack import Mode
-
-
-def test_percentile_nearest_rank() -> None:
-    """Nearest rank: p50 of 1..4 is 2, p99 is 4; empty input has none."""
-    samples = [(float(v), False) for v in (4, 1, 3, 2)]
-    assert percentile(samples, 50) == Percentile(2.0)
-    assert percentile(samples, 99) == Percentile(4.0)
-    assert percentile([], 50) is None
-
-
-def test_censored_samples_make_lower_bounds() -> None:
-    """A request still waiting counts with its wait so far, flagged as a lower bound."""
-    planned = PlannedRequest(0, 0.0, "acme", "interactive", 10, 10, 5)
-    served = RequestRecord(planned, sent_at=0.0)
-    served.meter.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n', 0.2)
-    waiting = RequestRecord(planned, sent_at=1.0)
-    cut = RequestRecord(planned, sent_at=0.0)
-    cut.finish(UNFINISHED, 30.0)
-    refused = RequestRecord(planned, sent_at=0.0)
-    refused.finish("RejectedCapacity", 0.01)
-    samples = ttft_samples([served, waiting, cut, refused], now=5.0)
-    assert sorted(samples) == [(pytest.approx(0.2), False), (4.0, True), (30.0, True)]
-    p99 = percentile(samples, 99)
-    assert p99 is not None
-    assert p99.lower_bound
-    assert p99.format_ms() == ">= 30.0 s"
-    assert Percentile(0.0123).format_ms() == "12 ms"
+    from sluicegate.testbed import Mode
 
 
 def fake_run(mode: Mode, label: str, ttft: float, n: int = 40) -> RunResult:

@@ -2,13 +2,14 @@
 
 Parts: dispatch throughput of the bare controller, gateway overhead, streaming cost, and
 overload quality against the simulator with flow control on and off. The statistics
-(percentiles, TPOT, goodput, Jain's index) are public so other benchmarks compute their
-figures the same way. Needs the ``server`` extras.
+(TPOT, goodput; percentiles and Jain's index in `sluicegate.testbed`) are public so other
+benchmarks compute their figures the same way. Needs the ``server`` extras.
 """
 
 from __future__ import annotations
 
 from .._exports import publish
+from ._dispatch import DispatchError, run_dispatch
 from ._figures import Figure, Machine, PartResult, Target, machine
 from ._load import equal_tenants, plan_equal_tenants, run_closed_loop
 from ._overhead import OverheadOptions
@@ -17,12 +18,9 @@ from ._report import Suite, render_report
 from ._stats import (
     Distribution,
     Slo,
-    censored_percentile,
     distribution,
     goodput,
-    jain_index,
     meets_slo,
-    percentile,
     token_times,
     tokens_until,
     tpot,
@@ -30,6 +28,7 @@ from ._stats import (
 
 __all__ = [
     "DEFAULT_SLOS",
+    "DispatchError",
     "Distribution",
     "Figure",
     "Machine",
@@ -39,17 +38,15 @@ __all__ = [
     "Slo",
     "Suite",
     "Target",
-    "censored_percentile",
     "distribution",
     "equal_tenants",
     "goodput",
-    "jain_index",
     "machine",
     "meets_slo",
-    "percentile",
     "plan_equal_tenants",
     "render_report",
     "run_closed_loop",
+    "run_dispatch",
     "run_overload",
     "token_times",
     "tokens_until",

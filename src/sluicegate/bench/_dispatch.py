@@ -1,14 +1,14 @@
 """Part 1: dispatch throughput of the bare controller over the W x L x P x F matrix.
 
-The measurement itself is `benchmarks/dispatch.py` (the core issue's benchmark), run in a
-fresh process that pins itself to one core, on uvloop as the gateway runs; this module runs
-it, reads its JSON, and turns the cells into the report's figures and table (with the
-script's own `_table`, loaded from its file).
+The measurement itself is the core issue's benchmark (`benchmarks/dispatch.py`, whose code
+is `sluicegate.bench.scripts`), run in a fresh process (``python -m
+sluicegate.bench.scripts dispatch``) that pins itself to one core, on uvloop as the gateway
+runs; this module runs it, reads its JSON, and turns the cells into the report's figures
+and table. Nothing is looked up on disk, so part 1 runs from an installed package.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -19,8 +19,9 @@ from typing import Any, Final
 import orjson
 
 from ._figures import Figure, PartResult, Target
+from .scripts._dispatch import Cell, matrix_table
 
-__all__ = ["DispatchError", "dispatch_script", "run_dispatch"]
+__all__ = ["DispatchError", "run_dispatch"]
 
 #: The configuration the issue sets a target for.
 TARGET_CELL: Final = (1, 5000, 8, 5000)
@@ -28,32 +29,6 @@ TARGET_CELL: Final = (1, 5000, 8, 5000)
 
 class DispatchError(RuntimeError):
     """The dispatch benchmark could not run; the message says why."""
-
-
-def dispatch_script() -> Path:
-    """Where `benchmarks/dispatch.py` is: next to `src/` in a checkout, or under the cwd.
-
-    Raises:
-        DispatchError: neither place has it (an installed package without the repo).
-    """
-    for root in (Path(__file__).resolve().parents[3], Path.cwd()):
-        script = root / "benchmarks" / "dispatch.py"
-        if script.is_file():
-            return script
-    raise DispatchError(
-        "benchmarks/dispatch.py not found: run `sluicegate bench` from a sluicegate checkout"
-    )
-
-
-def _load_script(script: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("_sluicegate_dispatch_benchmark", script)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses looks the module up by name while building the script's `Cell`.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _key(cell: dict[str, Any]) -> tuple[int, int, int, int]:
@@ -119,13 +94,13 @@ def run_dispatch(*, quick: bool, seconds: float | None = None, uvloop: bool = Tr
         uvloop: run the controller on uvloop, as the gateway does.
 
     Raises:
-        DispatchError: the script is missing or failed.
+        DispatchError: the measuring process failed.
     """
-    script = dispatch_script()
-    args = [sys.executable, str(script)]
+    args = [sys.executable, "-m", "sluicegate.bench.scripts", "dispatch"]
     args += ["--quick"] * quick + ["--uvloop"] * uvloop
     if seconds is not None:
         args += ["--seconds", str(seconds)]
+    shown = "python " + " ".join(args[1:])
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "dispatch.json"
@@ -133,18 +108,14 @@ def run_dispatch(*, quick: bool, seconds: float | None = None, uvloop: bool = Tr
             [*args, "--json", str(out)], capture_output=True, text=True, timeout=600
         )
         if proc.returncode != 0:
-            raise DispatchError(f"{script} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            raise DispatchError(f"{shown} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         cells: list[dict[str, Any]] = orjson.loads(out.read_bytes())
-    module = _load_script(script)
-    table = module._table(
-        [module.Cell(**{k: v for k, v in c.items() if k != "rate"}) for c in cells]
-    )
+    table = matrix_table([Cell(**{k: v for k, v in c.items() if k != "rate"}) for c in cells])
     machine_line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("Machine:")), "")
-    shown = " ".join(a for a in args[2:])
     return PartResult(
         part="dispatch",
         title="1. Dispatch throughput of the bare controller",
-        command=f"python benchmarks/dispatch.py {shown}".strip(),
+        command=shown,
         method=(
             "The core issue's matrix: in-flight limit L (free = no limit), concurrent callers "
             "W, priorities P, flows F (Zipf 1.1). Each caller loops enqueue_and_wait -> "

@@ -40,11 +40,12 @@ from typing import TYPE_CHECKING, Final, final
 import aiohttp
 import orjson
 
+from sluicegate.testbed import percentile
+
 from ._epp_floors import measure_lean
 from ._epp_load import RESPONSE as _RESPONSE
 from ._figures import Figure, PartResult, Target
 from ._overhead import OverheadOptions, _can_pin, _pinned, cpu_seconds, free_port, running
-from ._stats import percentile
 from ._upstream import BODY
 
 if TYPE_CHECKING:

@@ -1,11 +1,11 @@
-"""The load generator of part 4: the demo's open-loop sender, plus a closed-loop one.
+"""The load generator of part 4: the testbed's open-loop sender, plus a closed-loop one.
 
-* **Open loop** (Poisson arrivals): `sluicegate.demo.run_traffic` sends a seeded plan at its
+* **Open loop** (Poisson arrivals): `sluicegate.testbed.run_traffic` sends a seeded plan at its
   planned offsets whatever the answers, so a slow server does not slow the arrivals.
 * **Closed loop**: `run_closed_loop` keeps `users` requests open; each user sends the next
   request of the plan as soon as its previous one ended, until `duration` has passed.
 
-Both account for every request with the demo's `RequestRecord` (TTFT from the first
+Both account for every request with the testbed's `RequestRecord` (TTFT from the first
 streamed token, every inter-token gap, end-to-end time, exactly one outcome), so the
 statistics of `_stats` apply to either.
 """
@@ -19,16 +19,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from sluicegate.demo import RequestRecord, Tenant, Workload, plan_traffic
-
-# The demo's per-request sender: one place that turns a planned request into a streamed
-# chat call and its record, shared rather than copied.
-from sluicegate.demo._traffic import _send
+from sluicegate.testbed import RequestRecord, Tenant, Workload, plan_traffic, send_request
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sluicegate.demo import Objective, PlannedRequest
+    from sluicegate.testbed import Objective, PlannedRequest
 
 __all__ = ["equal_tenants", "plan_equal_tenants", "run_closed_loop"]
 
@@ -89,7 +85,7 @@ async def run_closed_loop(
                 return
             record = RequestRecord(planned, loop.time())
             records.append(record)
-            await _send(session, endpoint, model, record)
+            await send_request(session, endpoint, model, record)
 
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
@@ -101,7 +97,7 @@ async def run_closed_loop(
                     await asyncio.gather(*tasks)
         finally:
             # Also on our own cancellation: no request outlives the run. A cancelled user
-            # ends its open record as Unfinished (in `_send`).
+            # ends its open record as Unfinished (in `send_request`).
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

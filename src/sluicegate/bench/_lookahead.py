@@ -29,21 +29,26 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
 
-from sluicegate.demo import DEMO_OBJECTIVES, DEMO_SIM, demo_gateway_config, estimate_capacity
-from sluicegate.demo._traffic import request_body
 from sluicegate.gateway import serve_in_background
 from sluicegate.sim import create_app, serve_many
+from sluicegate.testbed import (
+    DEMO_OBJECTIVES,
+    DEMO_SIM,
+    demo_gateway_config,
+    estimate_capacity,
+    percentile,
+    request_body,
+)
 
 from ._figures import Figure, PartResult, Target
 from ._load import equal_tenants, plan_equal_tenants
 from ._overload import DEFAULT_SLOS
-from ._stats import percentile
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from sluicegate.demo import PlannedRequest
     from sluicegate.sim import SimConfig
+    from sluicegate.testbed import PlannedRequest
 
 __all__ = ["LookaheadOptions", "run_lookahead"]
 
@@ -169,8 +174,8 @@ async def _stack(options: LookaheadOptions, *, early_reject: bool) -> AsyncItera
     async with serve_many(apps, _HOST, [0] * options.backends) as urls:
         workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
         config = demo_gateway_config("on", urls, workload, max_in_flight=sim.max_num_seqs)
-        fc = dataclasses.replace(config.flow_control, early_reject=early_reject)
-        config = config.model_copy(update={"flow_control": fc})
+        flow_control = dataclasses.replace(config.flow_control, early_reject=early_reject)
+        config = config.model_copy(update={"flow_control": flow_control})
         async with serve_in_background(config) as gateway:
             yield str(gateway.url).rstrip("/")
 

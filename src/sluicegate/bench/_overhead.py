@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 
-from ._stats import percentile
+from sluicegate.testbed import percentile
+
 from ._upstream import BODY, STREAM_BODY
 
 if TYPE_CHECKING:

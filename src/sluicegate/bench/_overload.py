@@ -1,6 +1,6 @@
 """Part 4: overload quality. The simulator at 1x and 2x its capacity, flow control on and off.
 
-Each run starts a fresh stack (`sluicegate.demo.demo_stack`: simulators and the gateway in
+Each run starts a fresh stack (`sluicegate.testbed.demo_stack`: simulators and the gateway in
 this process, on loopback) and replays the same seeded plan: the demo's three objectives
 (interactive / standard / batch) spread round-robin over equal tenants. "Off" is the same
 gateway with a concurrency limit no run reaches, so both pay the same proxy cost. A first
@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, final
 
-from sluicegate.demo import (
+from sluicegate.sim import create_app, serve_many
+from sluicegate.testbed import (
     DEMO_OBJECTIVES,
     DEMO_SIM,
     Workload,
@@ -29,7 +30,6 @@ from sluicegate.demo import (
     estimate_capacity,
     run_traffic,
 )
-from sluicegate.sim import create_app, serve_many
 
 from ._figures import PartResult
 from ._load import equal_tenants, plan_equal_tenants, run_closed_loop
@@ -39,8 +39,8 @@ from ._stats import Slo
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from sluicegate.demo import PlannedRequest, RequestRecord
     from sluicegate.sim import SimConfig
+    from sluicegate.testbed import PlannedRequest, RequestRecord
 
 __all__ = ["DEFAULT_SLOS", "OverloadOptions", "Run", "run_overload", "run_overload_runs"]
 

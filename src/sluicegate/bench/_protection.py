@@ -35,9 +35,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-from sluicegate.demo import Objective, Workload, estimate_capacity, run_traffic
 from sluicegate.gateway import Gateway, parse_config, serve_in_background
 from sluicegate.sim import SimConfig, create_app, serve_many
+from sluicegate.testbed import Objective, Workload, estimate_capacity, run_traffic
 
 from ._figures import Figure, PartResult, Target
 from ._load import equal_tenants
@@ -48,8 +48,8 @@ from ._stats import Slo
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from sluicegate.demo import PlannedRequest
     from sluicegate.sim import SimApp
+    from sluicegate.testbed import PlannedRequest
 
 __all__ = [
     "PROTECTION_MODES",
@@ -160,7 +160,7 @@ def _assign_tenants(plan: list[PlannedRequest], workload: Workload) -> tuple[Pla
 def _draw(
     objectives: tuple[Objective, ...], rate: float, span: float, seed: int
 ) -> list[PlannedRequest]:
-    from sluicegate.demo import plan_traffic
+    from sluicegate.testbed import plan_traffic
 
     if rate <= 0 or span <= 0:
         return []

@@ -10,19 +10,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
-from sluicegate.demo import COMPLETED, UNFINISHED, ttft_samples
-
-from ._figures import Figure, Target
-from ._stats import (
-    Distribution,
+from sluicegate.testbed import (
+    COMPLETED,
+    UNFINISHED,
     censored_percentile,
-    distribution,
-    goodput,
     jain_index,
     percentile,
-    tokens_until,
-    tpot,
+    ttft_samples,
 )
+
+from ._figures import Figure, Target
+from ._stats import Distribution, distribution, goodput, tokens_until, tpot
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -92,8 +90,8 @@ def run_figures(run: Run, tenants: Sequence[str], slos: dict[str, Slo]) -> RunFi
     done = [r for r in records if r.outcome == COMPLETED]
     high = [r for r in records if r.planned.objective == HIGH]
     high_ttft = ttft_samples(high)
-    p50 = censored_percentile(high_ttft, 50)[0] if high_ttft else None
-    p99, lower = censored_percentile(high_ttft, 99) if high_ttft else (None, False)
+    p50 = censored_percentile(high_ttft, 50)
+    p99 = censored_percentile(high_ttft, 99)
     high_gaps = [g for r in high for g in r.meter.gaps]
     window_end = run.started_at + run.duration
     per_tenant = dict.fromkeys(tenants, 0)
@@ -107,9 +105,9 @@ def run_figures(run: Run, tenants: Sequence[str], slos: dict[str, Slo]) -> RunFi
         duration=run.duration,
         sent=len(records),
         outcomes=dict(Counter(r.outcome or UNFINISHED for r in records)),
-        high_ttft_p50=p50,
-        high_ttft_p99=p99,
-        high_ttft_lower_bound=lower,
+        high_ttft_p50=None if p50 is None else p50.value,
+        high_ttft_p99=None if p99 is None else p99.value,
+        high_ttft_lower_bound=p99 is not None and p99.lower_bound,
         high_itl_p99=percentile(high_gaps, 99) if high_gaps else None,
         ttft=distribution([t for r in done if (t := r.ttft) is not None]),
         tpot=distribution([t for r in done if (t := tpot(r)) is not None]),

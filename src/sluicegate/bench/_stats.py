@@ -1,4 +1,4 @@
-"""The harness's statistics: percentiles, vLLM-style latency metrics, goodput, Jain's index.
+"""The harness's statistics: vLLM-style latency metrics and goodput.
 
 Pure functions over numbers and `RequestRecord`s; nothing here reads a clock, so every
 figure is unit-tested with literal inputs.
@@ -10,72 +10,32 @@ Definitions (those of vLLM's ``benchmark_serving``, so figures compare):
   output token after the first. Requests with one token have none.
 * **ITL**: every gap between consecutive token arrivals, pooled over all requests.
 * **E2E**: sending to the end of a completed stream.
-* Percentiles interpolate linearly between closest ranks (numpy's default, which vLLM uses).
-
-TTFT percentiles of an overloaded run must not forget the requests that starved: a request
-still waiting for its first token when the run was cut off counts with its wait so far, as
-a *censored* sample, and a percentile that such a sample can move is a lower bound.
+* Percentiles, censored percentiles and Jain's index are `sluicegate.testbed`'s, the one
+  definition the demo and `benchmarks/` use as well.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
-from sluicegate.demo import COMPLETED
+from sluicegate.testbed import COMPLETED, percentile
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from sluicegate.demo import RequestRecord
+    from sluicegate.testbed import RequestRecord
 
 __all__ = [
     "Distribution",
     "Slo",
-    "censored_percentile",
     "distribution",
     "goodput",
-    "jain_index",
     "meets_slo",
-    "percentile",
     "token_times",
     "tokens_until",
     "tpot",
 ]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The `q` percentile (0 <= q <= 100) of `values`, interpolated linearly.
-
-    Raises:
-        ValueError: `values` is empty or `q` is out of range.
-    """
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {q!r}")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def censored_percentile(samples: Sequence[tuple[float, bool]], q: float) -> tuple[float, bool]:
-    """The `q` percentile of (value, censored) samples, and whether it is a lower bound.
-
-    A censored sample is "at least this much". The result is a lower bound when a
-    censored sample sits at or below either rank the interpolation uses: its true value
-    could be larger and would move the percentile up.
-
-    Raises:
-        ValueError: `samples` is empty or `q` is out of range.
-    """
-    value = percentile([v for v, _ in samples], q)
-    ordered = sorted(samples)
-    high = min(math.floor((len(ordered) - 1) * q / 100) + 1, len(ordered) - 1)
-    return value, any(censored for _, censored in ordered[: high + 1])
 
 
 @final
@@ -147,20 +107,3 @@ def goodput(records: Iterable[RequestRecord], slos: dict[str, Slo]) -> int:
         for r in records
         if (slo := slos.get(r.planned.objective)) is not None and meets_slo(r, slo)
     )
-
-
-def jain_index(values: Sequence[float]) -> float:
-    """Jain's fairness index ``(sum x)^2 / (n * sum x^2)``: 1 when all are equal, 1/n
-    when one gets everything. All zeros count as equal (1.0).
-
-    Raises:
-        ValueError: `values` is empty or has a negative value.
-    """
-    if not values:
-        raise ValueError("Jain's index of no values")
-    if any(v < 0 for v in values):
-        raise ValueError(f"Jain's index needs non-negative values, got {list(values)!r}")
-    squares = sum(v * v for v in values)
-    if squares == 0:
-        return 1.0
-    return sum(values) ** 2 / (len(values) * squares)

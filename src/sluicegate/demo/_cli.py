@@ -27,7 +27,8 @@ __all__ = ["demo"]
 
 #: The exit status after Ctrl-C, as shells report a process ended by SIGINT.
 EXIT_INTERRUPTED: Final = 130
-_D = DemoOptions()
+#: The options the flags default to.
+_DEFAULTS = DemoOptions()
 #: Columns assumed without a terminal: wide enough for the summary table.
 _UNWRAPPED_WIDTH: Final = 200
 
@@ -98,29 +99,31 @@ def make_console(file: IO[str] | None = None) -> Console:
 @click.option(
     "--duration",
     type=click.FloatRange(min=1.0),
-    default=_D.duration,
+    default=_DEFAULTS.duration,
     show_default=True,
     help="Seconds of traffic in each run.",
 )
 @click.option(
     "--backends",
     type=click.IntRange(1, 32),
-    default=_D.backends,
+    default=_DEFAULTS.backends,
     show_default=True,
     help="Simulated model servers behind the gateway.",
 )
 @click.option(
     "--load",
     type=click.FloatRange(min=0.05, max=20.0),
-    default=_D.load,
+    default=_DEFAULTS.load,
     show_default=True,
     help="Offered load as a multiple of the backends' estimated capacity.",
 )
-@click.option("--seed", type=int, default=_D.seed, show_default=True, help="Seeds the traffic.")
+@click.option(
+    "--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seeds the traffic."
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=_D.out,
+    default=_DEFAULTS.out,
     show_default=True,
     help="Where to write the HTML report.",
 )

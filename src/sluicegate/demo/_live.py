@@ -20,15 +20,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ._stats import percentile, ttft_samples
-from ._traffic import COMPLETED
+from sluicegate.testbed import COMPLETED, censored_percentile, ttft_samples
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from ._stack import Sample
+    from sluicegate.testbed import Sample, Workload
+
     from ._stats import RunResult
-    from ._workload import Workload
 
 __all__ = ["LiveView"]
 
@@ -53,7 +52,7 @@ def _outcomes(result: RunResult) -> Counter[str]:
 
 
 def _fmt_pct(samples: list[tuple[float, bool]], q: float) -> str:
-    found = percentile(samples, q)
+    found = censored_percentile(samples, q)
     return "-" if found is None else found.format_ms()
 
 

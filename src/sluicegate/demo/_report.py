@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._stats import percentile, ttft_over_time, ttft_samples
+from sluicegate.testbed import censored_percentile, ttft_samples
+
+from ._stats import ttft_over_time
 from ._summary import reading, summary_rows
 from ._svg import Bar, Series, bar_chart, line_chart, nice_max
 
@@ -79,7 +81,7 @@ def _ttft_chart(
         )
     if demo.baseline is not None:
         top = demo.options.workload.objectives[0].name
-        found = percentile(ttft_samples(r for r in demo.baseline.records), 99)
+        found = censored_percentile(ttft_samples(r for r in demo.baseline.records), 99)
         if found is not None:
             flat = [(0.0, found.value), (run.duration, found.value)]
             series.append(Series(f"{top} p99 unloaded", "#000000", flat, dotted=True))

@@ -16,19 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, final
 
+from sluicegate.testbed import (
+    DEMO_SIM,
+    HOST,
+    Workload,
+    demo_stack,
+    estimate_capacity,
+    plan_traffic,
+    run_traffic,
+)
+
 from ._live import LiveView
-from ._stack import HOST, demo_stack
 from ._stats import RunResult
-from ._traffic import run_traffic
-from ._workload import DEMO_SIM, Workload, estimate_capacity, plan_traffic
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from sluicegate.sim import SimConfig
-
-    from ._stack import Mode, Stack
-    from ._workload import PlannedRequest
+    from sluicegate.testbed import Mode, PlannedRequest, Stack
 
 __all__ = ["DemoError", "DemoOptions", "DemoResult", "run_demo"]
 

@@ -2,92 +2,41 @@
 
 Pure functions over finished (or in-progress) records. TTFT percentiles count the
 requests that never got a token as *censored* samples: a request cut off after waiting
-30 s contributes "at least 30 s", not nothing, so a run where requests starve cannot look
-better than one where they are served late. A percentile that lands on a censored sample
-is a lower bound and is shown with ">=".
+30 s contributes "at least 30 s", not nothing (`sluicegate.testbed.censored_percentile`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
-from ._traffic import COMPLETED, UNFINISHED
+from sluicegate.testbed import (
+    COMPLETED,
+    UNFINISHED,
+    Percentile,
+    censored_percentile,
+    percentile,
+    ttft_samples,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ._stack import Mode, Sample
-    from ._traffic import RequestRecord
-    from ._workload import Workload
+    from sluicegate.testbed import Mode, RequestRecord, Sample, Workload
 
 __all__ = [
-    "Percentile",
     "PriorityFigures",
     "RunResult",
     "RunSummary",
     "TenantFigures",
-    "percentile",
     "summarize",
     "ttft_over_time",
-    "ttft_samples",
 ]
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Percentile:
-    """A percentile of possibly censored samples; `lower_bound` means "at least"."""
-
-    value: float
-    lower_bound: bool = False
-
-    def format_ms(self) -> str:
-        """E.g. ``"412 ms"``, ``"3.2 s"``, ``">= 31 s"``."""
-        prefix = ">= " if self.lower_bound else ""
-        if self.value < 1.0:
-            return f"{prefix}{self.value * 1000:.0f} ms"
-        return f"{prefix}{self.value:.1f} s"
-
-
-def percentile(samples: Iterable[tuple[float, bool]], q: float) -> Percentile | None:
-    """The nearest-rank `q` percentile (0 < q <= 100) of (value, censored) samples.
-
-    Returns None when there are no samples.
-    """
-    ordered = sorted(samples)
-    if not ordered:
-        return None
-    rank = max(math.ceil(q / 100 * len(ordered)), 1)
-    value, censored = ordered[rank - 1]
-    return Percentile(value, censored)
-
-
-def ttft_samples(
-    records: Iterable[RequestRecord], now: float | None = None
-) -> list[tuple[float, bool]]:
-    """(TTFT, censored) per request: measured, or the wait so far when no token came.
-
-    Requests refused or failed without a token have no TTFT and are left out; open
-    requests count only when `now` is given (the live view).
-    """
-    out: list[tuple[float, bool]] = []
-    for record in records:
-        ttft = record.ttft
-        if ttft is not None:
-            out.append((ttft, False))
-        elif record.outcome == UNFINISHED and record.finished_at is not None:
-            out.append((record.finished_at - record.sent_at, True))
-        elif record.outcome is None and now is not None:
-            out.append((now - record.sent_at, True))
-    return out
-
-
-def _plain(values: Iterable[float], q: float) -> float | None:
-    found = percentile(((v, False) for v in values), q)
-    return None if found is None else found.value
+def _plain(values: Sequence[float], q: float) -> float | None:
+    return percentile(values, q) if values else None
 
 
 @final
@@ -179,8 +128,8 @@ def _priority_figures(
         priority=priority,
         sent=len(records),
         completed=sum(1 for r in records if r.outcome == COMPLETED),
-        ttft_p50=percentile(ttft, 50),
-        ttft_p99=percentile(ttft, 99),
+        ttft_p50=censored_percentile(ttft, 50),
+        ttft_p99=censored_percentile(ttft, 99),
         itl_p50=_plain(gaps, 50),
         itl_p99=_plain(gaps, 99),
         e2e_p50=_plain(e2e, 50),
@@ -233,7 +182,7 @@ def ttft_over_time(
     out = []
     for index in sorted(buckets):
         samples = ttft_samples(buckets[index])
-        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        p50, p99 = censored_percentile(samples, 50), censored_percentile(samples, 99)
         if p50 is not None and p99 is not None:
             out.append(((index + 0.5) * bucket_s, p50, p99))
     return out

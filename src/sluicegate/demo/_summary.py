@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, final
 
 from rich.table import Table
 
+from sluicegate.testbed import UNFINISHED
+
 from ._stats import summarize
-from ._traffic import UNFINISHED
 
 if TYPE_CHECKING:
+    from sluicegate.testbed import Percentile
+
     from ._run import DemoResult
-    from ._stats import Percentile, RunSummary
+    from ._stats import RunSummary
 
 __all__ = ["DemoSummary", "reading", "summarize_demo", "summary_rows", "summary_table"]
 

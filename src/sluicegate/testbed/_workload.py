@@ -1,4 +1,5 @@
-"""The demo's workload: objectives, tenants, the simulated backends and a seeded traffic plan.
+"""The demo's workload (the bench suite's too): objectives, tenants, the simulated backends
+and a seeded traffic plan.
 
 Everything here is pure and deterministic: the same seed, rate and duration give the same
 plan (arrival offsets, tenants, objectives, prompt and output lengths), so the run with
@@ -29,6 +30,7 @@ __all__ = [
     "Workload",
     "estimate_capacity",
     "plan_traffic",
+    "service_time_s",
 ]
 
 

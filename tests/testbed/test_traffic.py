@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sluicegate.demo import (
+from sluicegate.testbed import (
     COMPLETED,
     DEMO_SIM,
     FAILED,
@@ -17,8 +17,8 @@ from sluicegate.demo import (
     classify_outcome,
     estimate_capacity,
     plan_traffic,
+    request_body,
 )
-from sluicegate.demo._traffic import request_body
 
 PLANNED = PlannedRequest(0, 0.0, "acme", "interactive", 10, 50, 3)
 

@@ -37,6 +37,7 @@ __all__ = [
     "classify_outcome",
     "request_body",
     "run_traffic",
+    "send_request",
 ]
 
 #: The stream ended with ``data: [DONE]`` after a 200.
@@ -229,7 +230,7 @@ def _headers(planned: PlannedRequest) -> dict[str, str]:
     }
 
 
-async def _send(
+async def send_request(
     session: aiohttp.ClientSession, url: str, model: str, record: RequestRecord
 ) -> None:
     """Send one request and account for its stream; always ends the record."""
@@ -295,7 +296,7 @@ async def run_traffic(
                         break
                     record = RequestRecord(planned, loop.time())
                     records.append(record)
-                    tasks.append(tg.create_task(_send(session, endpoint, model, record)))
+                    tasks.append(tg.create_task(send_request(session, endpoint, model, record)))
                     if on_sent is not None:
                         on_sent(record)
                 await _wait_open(tasks, loop.time() + grace_s, stop)
