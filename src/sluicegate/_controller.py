@@ -213,6 +213,19 @@ class FlowController:
         """Tickets taken back from flight and queued again since the start."""
         return self._core.requeued
 
+    def retry_reservations(self) -> dict[str, int]:
+        """Places promised with Retry-After by full bands (`retry_reservations`), since
+        the start: ``made`` = ``honoured`` + ``lapsed`` + ``outstanding``; ``refused``
+        counts refusals that could promise nothing (band or table full)."""
+        r = self._core.reservations
+        return {
+            "made": r.made,
+            "honoured": r.honoured,
+            "lapsed": r.lapsed,
+            "refused": r.refused,
+            "outstanding": r.outstanding,
+        }
+
     def enqueue_nowait(
         self,
         key: FlowKey,

@@ -67,10 +67,24 @@ class RejectedError(FlowControlError):
 
 
 class QueueFullError(RejectedError):
-    """A band or global capacity limit is reached. Retry later, or raise the limit."""
+    """A band or global capacity limit is reached. Retry later, or raise the limit.
+
+    Attributes:
+        retry_after: whole seconds after which a place should be free (from the drain
+            estimate), or None when unknown.
+        reserved: a place is promised to this flow around `retry_after` seconds from
+            now (`FlowControlConfig.retry_reservations`).
+    """
 
     outcome = Outcome.REJECTED_CAPACITY
     status_hint = 429
+
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, reserved: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reserved = reserved
 
 
 class NoEndpointsError(RejectedError):

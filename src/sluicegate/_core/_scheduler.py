@@ -42,6 +42,7 @@ from .._types import (
 from ._admission import deadline_budget, displacement_victims, estimate_wait, shortfall
 from ._headroom import DemandHeadroom
 from ._registry import Registry
+from ._reservations import Reservations, advised_delay
 from ._statistics import snapshot
 from ._tenants import Tenants
 from ._ticket import State, Ticket
@@ -95,6 +96,8 @@ class Scheduler:
         #: Tickets evicted by displacement in the last `submit`, for the shell to fail
         #: (`take_displaced`).
         self._displaced: list[Ticket] = []
+        #: Places promised with Retry-After in full bands (`_reservations.py`).
+        self.reservations = Reservations()
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
 
@@ -155,10 +158,12 @@ class Scheduler:
         if immediate:
             ticket.flow = registry.flow_for(band, key.id)
             self._start(ticket, now, gate)
+            self._redeem(band, key.id, now)
             return ticket
         self._check_admission(ticket, band, gate, now)
         flow = ticket.flow = registry.flow_for(band, key.id)
         self._enqueue(ticket, band, flow, now)
+        self._redeem(band, key.id, now)
         return ticket
 
     def _ticket(
@@ -229,8 +234,10 @@ class Scheduler:
             and tenant.queued >= limit
         ):
             error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
-        elif (limit := band.config.max_requests) is not None and band.queued_requests >= limit:
-            error = QueueFullError(f"band {band.priority} holds its max_requests={limit}")
+        elif (limit := band.config.max_requests) is not None and (
+            band.queued_requests + self._places_held(band, ticket.key.id, now) >= limit
+        ):
+            error = self._refuse_full_band(band, ticket.key.id, limit, now)
         elif (
             limit := band.config.max_bytes
         ) is not None and band.queued_bytes + ticket.size > limit:
@@ -245,6 +252,43 @@ class Scheduler:
             self._finish(ticket, error.outcome)
             self.registry.forget_if_unused(band)
             raise error
+
+    def _places_held(self, band: Band, flow_id: str, now: float) -> int:
+        """Places of `band` a fresh arrival may not take (promised with Retry-After);
+        0 for an arrival whose flow holds a due reservation (it may take any)."""
+        reservations = self.reservations
+        if not self.registry.config.retry_reservations or not reservations.outstanding:
+            return 0
+        if reservations.due(band.priority, flow_id, now) is not None:
+            return 0
+        return reservations.held(band.priority, now)
+
+    def _refuse_full_band(self, band: Band, flow_id: str, limit: int, now: float) -> QueueFullError:
+        """The refusal of a full band: advise when a place should be free and, with
+        `retry_reservations`, promise it (`_reservations.py`)."""
+        config = self.registry.config
+        wait, position = self.estimate_wait(band.priority)
+        held = self.reservations.held(band.priority, now)
+        delay = advised_delay(wait, position, held)
+        reserved = False
+        if delay is not None and config.retry_reservations and limit > 0:
+            grace = config.retry_grace
+            reserved = self.reservations.reserve(band.priority, flow_id, now, delay, grace, limit)
+        return QueueFullError(
+            f"band {band.priority} holds its max_requests={limit}"
+            + (f" ({held} places promised to retries)" if held else ""),
+            retry_after=delay,
+            reserved=reserved,
+        )
+
+    def _redeem(self, band: Band, flow_id: str, now: float) -> None:
+        """An admitted arrival uses up its flow's due reservation, if it has one."""
+        reservations = self.reservations
+        if (
+            reservations.outstanding
+            and (due := reservations.due(band.priority, flow_id, now)) is not None
+        ):
+            reservations.honour(due)
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated queue wait of a new request at `priority`, its queue position)."""

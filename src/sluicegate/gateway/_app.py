@@ -530,7 +530,7 @@ class Gateway:
             ex.queued = False
             self._record(ex, exc.outcome.value, reason=str(exc), status=exc.status_hint)
             if exc.status_hint == 429 and ex.pool is not None and ex.classification is not None:
-                retry_after = ex.pool.retry_after(ex.classification.priority)
+                retry_after = ex.pool.retry_after(ex.classification.priority, exc)
                 queue = ex.pool.controller.estimate_wait(ex.classification.priority)
         elif not isinstance(exc, GatewayError | sg.FlowControlError):
             _log.exception("unexpected error on %s %s", ex.scope["method"], ex.scope["path"])

@@ -126,6 +126,11 @@ class FlowControlSettings(_Model):
     early_reject: bool = True
     #: Reject only when the estimated wait exceeds the deadline x (1 + margin).
     early_reject_margin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.25
+    #: A full band's 429 promises the flow a place after its Retry-After: fresh
+    #: arrivals may not take promised places; the flow's retry in time may.
+    retry_reservations: bool = True
+    #: Seconds a promised place is kept after its Retry-After.
+    retry_grace: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 2.0
 
     @field_validator("flow_weights")
     @classmethod
@@ -167,6 +172,8 @@ class FlowControlSettings(_Model):
             displacement=self.displacement,
             early_reject=self.early_reject,
             early_reject_margin=self.early_reject_margin,
+            retry_reservations=self.retry_reservations,
+            retry_grace=self.retry_grace,
         )
 
 

@@ -172,11 +172,14 @@ class Pool:
             meter = self._meters[priority] = DrainMeter()
         meter.record(now)
 
-    def retry_after(self, priority: int) -> int:
-        """Seconds after which band `priority` should have room: the time the pool needs
-        to drain what waits at that priority and above (the flow controller's wait
-        estimate, which early rejection uses too); before the pool has a drain rate,
-        the band's own recent dispatch rate."""
+    def retry_after(self, priority: int, exc: Exception | None = None) -> int:
+        """Seconds after which band `priority` should have room: the delay the refusal
+        `exc` advised (a full band's, which may hold a place for it), else the time the
+        pool needs to drain what waits at that priority and above (the flow
+        controller's wait estimate, which early rejection uses too); before the pool has
+        a drain rate, the band's own recent dispatch rate."""
+        if isinstance(exc, sg.QueueFullError) and exc.retry_after is not None:
+            return exc.retry_after
         wait, _ = self.controller.estimate_wait(priority)  # O(bands): runs on every 429
         if wait is None:
             queued = self.controller.queued_requests(priority)

@@ -1,0 +1,221 @@
+"""Retry-After as a promise (`_core/_reservations.py`), in literal time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+import sluicegate as sg
+from sluicegate._core._reservations import EARLY, Reservations, advised_delay
+from sluicegate._core._scheduler import Scheduler
+from sluicegate._core._ticket import State
+from sluicegate.testing import ManualDetector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .conftest import Harness
+
+
+def _full_band(
+    make: Callable[..., Harness], limit: int = 2, *, grace: float = 2.0, on: bool = True
+) -> Harness:
+    """Band 0 with `limit` places, a known drain rate (10 done in [0, 1): 3.33/s) and
+    full at t=1."""
+    config = sg.FlowControlConfig(
+        bands={0: sg.BandConfig(max_requests=limit)}, retry_grace=grace, retry_reservations=on
+    )
+    h = make(config)
+    h.gate.saturated = False
+    for i in range(10):
+        h.release(h.submit("warm", 0, now=i / 10), now=i / 10)
+    h.gate.saturated = True
+    for _ in range(limit):
+        h.submit("q", 0, now=1.0)
+    return h
+
+
+def _refuse(h: Harness, fid: str, now: float) -> sg.QueueFullError:
+    with pytest.raises(sg.QueueFullError) as caught:
+        h.submit(fid, 0, now=now)
+    return caught.value
+
+
+def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]) -> None:
+    """2 queued, position 3 at 3.33/s: about 0.9 s, advised as 1 s and promised then.
+    The place that frees meanwhile is kept from a fresh arrival for the flow's retry."""
+    h = _full_band(make)
+    refusal = _refuse(h, "r", 1.0)
+    assert refusal.retry_after == 1 and refusal.reserved
+    assert h.core.reservations.outstanding == 1
+    h.dispatch_one(now=1.5)  # one place frees
+    assert "1 places promised" in str(_refuse(h, "fresh", 1.6))
+    retry = h.submit("r", 0, now=2.0)  # 1 s after the refusal
+    assert retry.state is State.QUEUED
+    r = h.core.reservations
+    assert (r.made, r.honoured, r.lapsed, r.outstanding) == (2, 1, 0, 1)  # "fresh" holds one
+
+
+def test_a_retry_before_its_window_is_a_fresh_arrival(make: Callable[..., Harness]) -> None:
+    h = _full_band(make)
+    _refuse(h, "r", 1.0)
+    h.dispatch_one(now=1.1)
+    _refuse(h, "r", 1.0 + 1 - EARLY - 0.01)  # the held place is not its yet
+    assert h.core.reservations.honoured == 0
+
+
+def test_an_unused_promise_lapses_after_its_grace(make: Callable[..., Harness]) -> None:
+    """The window closes at refusal + delay + grace; the next look drops it, and the
+    place is free for anyone again."""
+    h = _full_band(make, grace=2.0)
+    _refuse(h, "r", 1.0)
+    h.dispatch_one(now=1.5)
+    assert h.submit("fresh", 0, now=4.01).state is State.QUEUED  # 1 + 1 + 2 < 4.01
+    r = h.core.reservations
+    assert (r.made, r.honoured, r.lapsed, r.outstanding, len(r)) == (1, 0, 1, 0, 0)
+
+
+def test_a_promise_never_overfills_the_band(make: Callable[..., Harness]) -> None:
+    """A retry in its window while the band is still full is refused again (and gets a
+    new promise); the band limit holds."""
+    h = _full_band(make)
+    _refuse(h, "r", 1.0)
+    again = _refuse(h, "r", 2.0)
+    assert again.reserved
+    stats = h.core.statistics()
+    assert stats.bands[0].queued_requests == 2
+    assert h.core.reservations.honoured == 0
+
+
+def test_a_band_promises_at_most_its_places(make: Callable[..., Harness]) -> None:
+    h = _full_band(make, limit=2)
+    assert [_refuse(h, f"r{i}", 1.0).reserved for i in range(4)] == [True, True, False, False]
+    r = h.core.reservations
+    assert (r.made, r.refused, r.outstanding) == (2, 2, 2)
+
+
+def test_later_promises_are_advised_later(make: Callable[..., Harness]) -> None:
+    """Each promise adds a place to drain before the next one's: the delay grows."""
+    h = _full_band(make, limit=8)
+    delays = [_refuse(h, f"r{i}", 1.0).retry_after or 0 for i in range(8)]
+    assert delays == sorted(delays) and 0 < delays[0] < delays[-1]
+
+
+def test_no_drain_rate_no_promise(make: Callable[..., Harness]) -> None:
+    h = make(sg.FlowControlConfig(bands={0: sg.BandConfig(max_requests=1)}))
+    h.submit("q", 0)
+    refusal = _refuse(h, "r", 0.0)
+    assert refusal.retry_after is None and not refusal.reserved
+    assert h.core.reservations.made == 0
+
+
+def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
+    """Off: the delay is still advised, nothing is promised or held back."""
+    h = _full_band(make, on=False)
+    refusal = _refuse(h, "r", 1.0)
+    assert refusal.retry_after == 1 and not refusal.reserved
+    h.dispatch_one(now=1.5)
+    assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
+
+
+def test_a_flow_dispatched_on_arrival_uses_its_promise(make: Callable[..., Harness]) -> None:
+    h = _full_band(make, limit=1)
+    _refuse(h, "r", 1.0)
+    h.dispatch_one(now=1.2)
+    h.gate.saturated = False
+    assert h.submit("r", 0, now=2.0).state is State.DISPATCHED
+    assert h.core.reservations.honoured == 1
+
+
+def test_advised_delay() -> None:
+    assert advised_delay(None, 3, 0) is None
+    assert advised_delay(0.9, 3, 0) == 1
+    assert advised_delay(0.9, 3, 3) == 2  # 1.8 s
+    assert advised_delay(1e6, 1, 0) == 60
+
+
+def test_the_table_is_bounded() -> None:
+    r = Reservations(limit=3)
+    assert [r.reserve(0, "a", 0.0, 1, 1.0, cap=100) for _ in range(4)] == [True] * 3 + [False]
+    due = r.due(0, "a", 1.0)
+    assert due is not None
+    r.honour(due)
+    # A used entry still counts until its window closes: memory, not places.
+    assert (len(r), r.outstanding) == (3, 2)
+    assert not r.reserve(0, "a", 1.5, 1, 1.0, cap=100)
+    assert r.reserve(0, "a", 2.01, 1, 1.0, cap=100)  # all three windows closed at 2.0
+    assert (r.lapsed, r.outstanding, len(r)) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("retry_reservations", 1), ("retry_grace", 0), ("retry_grace", float("inf"))],
+)
+def test_reservation_settings_are_validated(field: str, value: object) -> None:
+    with pytest.raises(sg.ConfigError, match=field):
+        sg.FlowControlConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# -- property: random arrivals, dispatches and time ----------------------------------------
+
+_LIMIT = 3
+_STEP = st.one_of(
+    st.tuples(st.just("submit"), st.sampled_from("abc"), st.sampled_from([-1, 0, 1])),
+    st.tuples(st.just("dispatch"), st.just(""), st.just(0)),
+    st.tuples(st.just("release"), st.just(""), st.just(0)),
+    st.tuples(st.just("wait"), st.just(""), st.integers(1, 30)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_STEP, max_size=120))
+def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
+    """After every step: band limits hold, promises are bounded (per band by its
+    places, in all by the table), made = honoured + lapsed + outstanding, requests
+    conserve, and displacement (a global limit is set too) only ever evicts strictly
+    lower priority."""
+    config = sg.FlowControlConfig(
+        default_ttl=None,
+        max_requests=7,
+        bands={p: sg.BandConfig(max_requests=_LIMIT) for p in (-1, 0, 1)},
+        retry_grace=1.0,
+    )
+    core = Scheduler(config)
+    core.reservations.limit = 6
+    gate = ManualDetector(saturated=False)
+    for i in range(10):  # a known drain rate
+        core.release(core.submit(sg.FlowKey("warm", 0), 0, None, None, i / 10, gate), i / 10, gate)
+    gate.saturated = True
+    now, running = 1.0, []
+    for kind, fid, value in steps:
+        if kind == "submit":
+            try:
+                ticket = core.submit(sg.FlowKey(fid, value), 0, None, None, now, gate)
+            except sg.QueueFullError:
+                pass
+            else:
+                if ticket.state is State.DISPATCHED:
+                    running.append(ticket)
+                for victim in core.take_displaced():
+                    assert victim.priority < value
+        elif kind == "dispatch":
+            gate.saturated = False
+            running += core.dispatch(now, gate)
+            gate.saturated = True
+        elif kind == "release" and running:
+            core.release(running.pop(0), now, gate)
+        else:
+            now += value / 10
+        r = core.reservations
+        assert r.made == r.honoured + r.lapsed + r.outstanding
+        assert len(r) <= r.limit and r.outstanding <= len(r)
+        for band in core.registry.bands.values():
+            assert band.queued_requests <= _LIMIT
+            assert r.held(band.priority, now) <= _LIMIT
+        stats = core.statistics()
+        assert stats.submitted == stats.dispatched + stats.rejected + stats.evicted + (
+            stats.queued_requests
+        )
