@@ -213,6 +213,11 @@ class FlowController:
         """Tickets taken back from flight and queued again since the start."""
         return self._core.requeued
 
+    @property
+    def dispatched(self) -> int:
+        """Requests dispatched since the start (less those taken back); O(1)."""
+        return self._core.outcomes[Outcome.DISPATCHED]
+
     def retry_reservations(self) -> dict[str, int]:
         """Places promised with Retry-After by full bands (`retry_reservations`), since
         the start: ``made`` = ``honoured`` + ``lapsed`` + ``outstanding``; ``refused``

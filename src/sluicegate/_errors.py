@@ -70,10 +70,9 @@ class QueueFullError(RejectedError):
     """A band or global capacity limit is reached. Retry later, or raise the limit.
 
     Attributes:
-        retry_after: whole seconds after which a place should be free (from the drain
-            estimate), or None when unknown.
-        reserved: a place is promised to this flow around `retry_after` seconds from
-            now (`FlowControlConfig.retry_reservations`).
+        retry_after: whole seconds after which the place promised to this flow is due
+            (`FlowControlConfig.retry_reservations`), or None: nothing was promised.
+        reserved: a place is promised (`retry_after` is set).
     """
 
     outcome = Outcome.REJECTED_CAPACITY

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 
 import sluicegate as sg
-from sluicegate._core._reservations import EARLY, Reservations, advised_delay
+from sluicegate._core._reservations import EARLY, MAX_DELAY, Reservations, advised_delay
 from sluicegate._core._scheduler import Scheduler
 from sluicegate._core._ticket import State
 from sluicegate.testing import ManualDetector
@@ -23,15 +23,16 @@ if TYPE_CHECKING:
 def _full_band(
     make: Callable[..., Harness], limit: int = 2, *, grace: float = 2.0, on: bool = True
 ) -> Harness:
-    """Band 0 with `limit` places, a known drain rate (10 done in [0, 1): 3.33/s) and
-    full at t=1."""
+    """Band 0 with `limit` places, full at t=1, draining 2 a second: one request in
+    flight, a mean service time of 0.5 s (10 done, each held 0.5 s)."""
     config = sg.FlowControlConfig(
         bands={0: sg.BandConfig(max_requests=limit)}, retry_grace=grace, retry_reservations=on
     )
     h = make(config)
     h.gate.saturated = False
     for i in range(10):
-        h.release(h.submit("warm", 0, now=i / 10), now=i / 10)
+        h.release(h.submit("warm", 0, now=i / 20), now=i / 20 + 0.5)
+    h.submit("running", 0, now=0.9)
     h.gate.saturated = True
     for _ in range(limit):
         h.submit("q", 0, now=1.0)
@@ -45,8 +46,8 @@ def _refuse(h: Harness, fid: str, now: float) -> sg.QueueFullError:
 
 
 def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]) -> None:
-    """2 queued, position 3 at 3.33/s: about 0.9 s, advised as 1 s and promised then.
-    The place that frees meanwhile is kept from a fresh arrival for the flow's retry."""
+    """Full, draining 2/s: one request must leave, 0.5 s, advised as 1 s and promised
+    then. The place that frees meanwhile is kept from a fresh arrival for the retry."""
     h = _full_band(make)
     refusal = _refuse(h, "r", 1.0)
     assert refusal.retry_after == 1 and refusal.reserved
@@ -90,18 +91,24 @@ def test_a_promise_never_overfills_the_band(make: Callable[..., Harness]) -> Non
     assert h.core.reservations.honoured == 0
 
 
-def test_a_band_promises_at_most_its_places(make: Callable[..., Harness]) -> None:
+def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harness]) -> None:
+    """Each promise is one more request to drain (at 2/s): 1, 1, 2, 2, 3 s..., past the
+    band's 2 places, up to MAX_DELAY; later ones promise nothing."""
     h = _full_band(make, limit=2)
-    assert [_refuse(h, f"r{i}", 1.0).reserved for i in range(4)] == [True, True, False, False]
+    delays = [_refuse(h, f"r{i}", 1.0).retry_after for i in range(6)]
+    assert delays == [1, 1, 2, 2, 3, 3]
+    h.core.reservations.limit = 6
+    refusal = _refuse(h, "late", 1.0)
+    assert refusal.retry_after is None and not refusal.reserved
     r = h.core.reservations
-    assert (r.made, r.refused, r.outstanding) == (2, 2, 2)
+    assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
 
-def test_later_promises_are_advised_later(make: Callable[..., Harness]) -> None:
-    """Each promise adds a place to drain before the next one's: the delay grows."""
-    h = _full_band(make, limit=8)
-    delays = [_refuse(h, f"r{i}", 1.0).retry_after or 0 for i in range(8)]
-    assert delays == sorted(delays) and 0 < delays[0] < delays[-1]
+def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
+    h = _full_band(make, limit=1)
+    for i in range(MAX_DELAY * 2):
+        assert _refuse(h, f"r{i}", 1.0).reserved
+    assert not _refuse(h, "beyond", 1.0).reserved
 
 
 def test_no_drain_rate_no_promise(make: Callable[..., Harness]) -> None:
@@ -113,10 +120,10 @@ def test_no_drain_rate_no_promise(make: Callable[..., Harness]) -> None:
 
 
 def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
-    """Off: the delay is still advised, nothing is promised or held back."""
+    """Off: nothing is promised or held back (the gateway advises its own delay)."""
     h = _full_band(make, on=False)
     refusal = _refuse(h, "r", 1.0)
-    assert refusal.retry_after == 1 and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved
     h.dispatch_one(now=1.5)
     assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
 
@@ -131,22 +138,24 @@ def test_a_flow_dispatched_on_arrival_uses_its_promise(make: Callable[..., Harne
 
 
 def test_advised_delay() -> None:
-    assert advised_delay(None, 3, 0) is None
-    assert advised_delay(0.9, 3, 0) == 1
-    assert advised_delay(0.9, 3, 3) == 2  # 1.8 s
-    assert advised_delay(1e6, 1, 0) == 60
+    assert advised_delay(3, None) is None
+    assert advised_delay(3, 0.0) is None
+    assert advised_delay(1, 10.0) == 1  # never less than a second
+    assert advised_delay(3, 2.0) == 2  # 1.5 s, rounded up
+    assert advised_delay(120, 2.0) == MAX_DELAY
+    assert advised_delay(121, 2.0) is None
 
 
 def test_the_table_is_bounded() -> None:
     r = Reservations(limit=3)
-    assert [r.reserve(0, "a", 0.0, 1, 1.0, cap=100) for _ in range(4)] == [True] * 3 + [False]
+    assert [r.reserve(0, "a", 0.0, 1, 1.0) for _ in range(4)] == [True] * 3 + [False]
     due = r.due(0, "a", 1.0)
     assert due is not None
     r.honour(due)
     # A used entry still counts until its window closes: memory, not places.
     assert (len(r), r.outstanding) == (3, 2)
-    assert not r.reserve(0, "a", 1.5, 1, 1.0, cap=100)
-    assert r.reserve(0, "a", 2.01, 1, 1.0, cap=100)  # all three windows closed at 2.0
+    assert not r.reserve(0, "a", 1.5, 1, 1.0)
+    assert r.reserve(0, "a", 2.01, 1, 1.0)  # all three windows closed at 2.0
     assert (r.lapsed, r.outstanding, len(r)) == (2, 1, 1)
 
 
@@ -162,8 +171,12 @@ def test_reservation_settings_are_validated(field: str, value: object) -> None:
 # -- property: random arrivals, dispatches and time ----------------------------------------
 
 _LIMIT = 3
+_SUBMIT = st.tuples(st.just("submit"), st.sampled_from("abc"), st.sampled_from([-1, 0, 0, 1]))
 _STEP = st.one_of(
-    st.tuples(st.just("submit"), st.sampled_from("abc"), st.sampled_from([-1, 0, 1])),
+    _SUBMIT,
+    _SUBMIT,
+    _SUBMIT,
+    _SUBMIT,
     st.tuples(st.just("dispatch"), st.just(""), st.just(0)),
     st.tuples(st.just("release"), st.just(""), st.just(0)),
     st.tuples(st.just("wait"), st.just(""), st.integers(1, 30)),
@@ -171,23 +184,26 @@ _STEP = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(_STEP, max_size=120))
+@given(st.lists(_STEP, min_size=10, max_size=120))
 def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
-    """After every step: band limits hold, promises are bounded (per band by its
-    places, in all by the table), made = honoured + lapsed + outstanding, requests
+    """After every step: band limits hold (a promise never overfills a band), the
+    promises are bounded by the table, made = honoured + lapsed + outstanding, requests
     conserve, and displacement (a global limit is set too) only ever evicts strictly
     lower priority."""
     config = sg.FlowControlConfig(
         default_ttl=None,
-        max_requests=7,
+        max_requests=8,
         bands={p: sg.BandConfig(max_requests=_LIMIT) for p in (-1, 0, 1)},
         retry_grace=1.0,
     )
     core = Scheduler(config)
     core.reservations.limit = 6
     gate = ManualDetector(saturated=False)
-    for i in range(10):  # a known drain rate
-        core.release(core.submit(sg.FlowKey("warm", 0), 0, None, None, i / 10, gate), i / 10, gate)
+    for p in (-1, 0, 1):  # every band drains 2/s: 0.5 s service, one always in flight
+        for i in range(10):
+            ticket = core.submit(sg.FlowKey("warm", p), 0, None, None, i / 20, gate)
+            core.release(ticket, i / 20 + 0.5, gate)
+        core.submit(sg.FlowKey("running", p), 0, None, None, 0.9, gate)
     gate.saturated = True
     now, running = 1.0, []
     for kind, fid, value in steps:
@@ -214,7 +230,7 @@ def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
         assert len(r) <= r.limit and r.outstanding <= len(r)
         for band in core.registry.bands.values():
             assert band.queued_requests <= _LIMIT
-            assert r.held(band.priority, now) <= _LIMIT
+            assert r.held(band.priority, now) <= r.outstanding
         stats = core.statistics()
         assert stats.submitted == stats.dispatched + stats.rejected + stats.evicted + (
             stats.queued_requests

@@ -7,9 +7,10 @@ whatever the delay (10-14 % at 2x overload, docs/benchmarks.md part 6).
 
 What. When a band's ``max_requests`` refuses an arrival, the refusal reserves a place for
 its flow (priority, fairness id) and advises the delay ``T`` after which the place is
-due: the time the pool needs to drain what waits at that priority and above *plus the
-places already reserved in the band*, at the drain rate early rejection uses
-(`advised_delay`). From then on:
+due (`advised_delay`): the time the band needs to let out enough requests for this place
+to be free -- ``queued + reserved + 1 - max_requests`` of them, the places promised
+before it included -- at the band's own drain rate (its requests in flight over their
+mean service time, Little's law), rounded up to whole seconds. From then on:
 
 * a *fresh* arrival in the band is admitted only into a place nobody holds:
   ``queued + reserved < max_requests`` -- the band's inflow of new work drops while
@@ -18,13 +19,21 @@ places already reserved in the band*, at the drain rate early rejection uses
   ``[refused + T - EARLY, refused + T + grace]`` contains now) may take any free place,
   ``queued < max_requests``, and uses up that reservation (honoured).
 
+Promises may outnumber the band's places: they are spread out in time, one more place
+to drain each, so a refused flow learns when the band can take it instead of competing
+again with every fresh arrival. Then every fresh arrival is refused (and promised a
+later place) until the promises are honoured or lapse: under overload the band becomes a
+queue kept by the clients, in Retry-After order.
+
 Nothing is ever evicted for a reservation, so no higher-priority request is displaced by
 a lower one and band limits hold. A reservation nobody uses lapses at the end of its
 window: it is dropped lazily, the next time its band is looked at (an arrival or a
-refusal there; no sweeper). The table is bounded: at most ``max_requests`` live
-reservations per band (a band cannot hold more places than it has) and `limit` entries
-in all, live or used; beyond either, a refusal still advises its delay but promises
-nothing (``refused``). Counts conserve: ``made == honoured + lapsed + outstanding``.
+refusal there; no sweeper); until then its place stays empty, the price of a client
+that does not come back. The table is bounded: no delay beyond `MAX_DELAY`, and `limit`
+entries in all, live or used. When no promise can be made (no band drain rate yet,
+a delay beyond `MAX_DELAY`, a full table) the refusal advises the delay as before and
+promises nothing (``refused``). Counts conserve:
+``made == honoured + lapsed + outstanding``.
 
 A reservation is per flow, not per request: the gateway cannot tell a retry from a new
 request, so any request of the flow arriving in the window redeems it.
@@ -48,15 +57,14 @@ EARLY: Final = 0.25
 MAX_DELAY: Final = 60
 
 
-def advised_delay(wait: float | None, position: int, reserved: int) -> int | None:
-    """Whole seconds (1..`MAX_DELAY`) after which a place refused now should be free:
-    the estimated wait of a new request (`wait` for `position` requests ahead, itself
-    included) scaled to also drain the `reserved` places promised before it. None while
-    the drain rate is unknown (then nothing is promised)."""
-    if wait is None or position < 1:
+def advised_delay(to_drain: int, rate: float | None) -> int | None:
+    """Whole seconds (at least 1) after which `to_drain` more requests have left a band
+    draining `rate` requests a second; None when the rate is unknown or the delay would
+    exceed `MAX_DELAY` (then nothing is promised)."""
+    if rate is None or rate <= 0.0:
         return None
-    seconds = wait * (position + reserved) / position
-    return max(1, min(MAX_DELAY, math.ceil(seconds)))
+    seconds = max(1, math.ceil(max(1, to_drain) / rate))
+    return seconds if seconds <= MAX_DELAY else None
 
 
 @final
@@ -122,14 +130,11 @@ class Reservations:
         self._drop(reservation)
         self.honoured += 1
 
-    def reserve(
-        self, priority: int, flow_id: str, now: float, delay: float, grace: float, cap: int
-    ) -> bool:
+    def reserve(self, priority: int, flow_id: str, now: float, delay: float, grace: float) -> bool:
         """Promise band `priority` a place for `flow_id` due in `delay` seconds and kept
-        `grace` seconds after; False (nothing promised) when the band already holds
-        `cap` live reservations or the table is full."""
+        `grace` seconds after; False (nothing promised) when the table is full."""
         self._lapse(priority, now)
-        if self._live.get(priority, 0) >= cap or self._entries >= self.limit:
+        if self._entries >= self.limit:
             self.refused += 1
             return False
         reservation = Reservation(priority, flow_id, now + delay, now + delay + grace)

@@ -264,21 +264,24 @@ class Scheduler:
         return reservations.held(band.priority, now)
 
     def _refuse_full_band(self, band: Band, flow_id: str, limit: int, now: float) -> QueueFullError:
-        """The refusal of a full band: advise when a place should be free and, with
-        `retry_reservations`, promise it (`_reservations.py`)."""
+        """The refusal of a full band; with `retry_reservations`, a promised place and
+        the delay after which it is due (`_reservations.py`)."""
         config = self.registry.config
-        wait, position = self.estimate_wait(band.priority)
-        held = self.reservations.held(band.priority, now)
-        delay = advised_delay(wait, position, held)
-        reserved = False
-        if delay is not None and config.retry_reservations and limit > 0:
-            grace = config.retry_grace
-            reserved = self.reservations.reserve(band.priority, flow_id, now, delay, grace, limit)
+        if not config.retry_reservations:
+            return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
+        reservations = self.reservations
+        held = reservations.held(band.priority, now)
+        rate = self.headroom.band_drain_rate(band.priority, band.in_flight)
+        delay = advised_delay(band.queued_requests + held + 1 - limit, rate)
+        if delay is None:
+            reservations.refused += 1
+        elif not reservations.reserve(band.priority, flow_id, now, delay, config.retry_grace):
+            delay = None
         return QueueFullError(
             f"band {band.priority} holds its max_requests={limit}"
             + (f" ({held} places promised to retries)" if held else ""),
             retry_after=delay,
-            reserved=reserved,
+            reserved=delay is not None,
         )
 
     def _redeem(self, band: Band, flow_id: str, now: float) -> None:

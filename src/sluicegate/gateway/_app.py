@@ -32,6 +32,7 @@ from ._metrics import GatewayMetrics
 from ._pause import Resumable
 from ._pool import Pool, Router
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
+from ._queue_events import QueueEvents
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 from ._upstream import sse_error_event
 
@@ -130,6 +131,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
+        #: Streamed requests waiting with ``x-sluicegate-queue-events: 1``.
+        self.queue_events = QueueEvents()
         self._bodies = BodyBudget(config.server.body_memory_budget)
         self._routes = self._route_table()
         self._paths = frozenset(path for _, path in self._routes)
@@ -402,15 +405,16 @@ class Gateway:
         if not pool.has_free_slot():
             # It would wait: take a slot back from lower work, or pause some (_preempt.py).
             pool.preemption.make_room(cls.priority)
-        # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
-        ticket = await ctl.enqueue_and_wait(
-            key,
-            size=len(body),
-            ttl=cls.ttl,
-            slo=cls.slo,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
+        # Dispatched at once if nothing waits; else queue events, if asked for, as it waits.
+        async with self.queue_events.around(ex, ctl, cls.priority, stream=stream):
+            ticket = await ctl.enqueue_and_wait(
+                key,
+                size=len(body),
+                ttl=cls.ttl,
+                slo=cls.slo,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
         ex.queued = False
         meter = UsageMeter(ticket, pool.observe(ticket))
         charged = ticket.input_tokens + ticket.output_tokens
