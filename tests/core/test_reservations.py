@@ -23,17 +23,15 @@ if TYPE_CHECKING:
 def _full_band(
     make: Callable[..., Harness], limit: int = 2, *, grace: float = 2.0, on: bool = True
 ) -> Harness:
-    """Band 0 with `limit` places, full at t=1, draining 2 a second: one request in
-    flight, a mean service time of 0.5 s (10 done, each held 0.5 s)."""
+    """Band 0 with `limit` places, full at t=1; 20 requests left its queue in [0, 1), so
+    it drains 2 a second (over the 10 s window)."""
     config = sg.FlowControlConfig(
         bands={0: sg.BandConfig(max_requests=limit)}, retry_grace=grace, retry_reservations=on
     )
     h = make(config)
-    h.gate.saturated = False
-    for i in range(10):
-        h.release(h.submit("warm", 0, now=i / 20), now=i / 20 + 0.5)
-    h.submit("running", 0, now=0.9)
-    h.gate.saturated = True
+    for i in range(20):
+        h.submit("warm", 0, now=i / 20)
+        h.dispatch_one(now=i / 20)
     for _ in range(limit):
         h.submit("q", 0, now=1.0)
     return h
@@ -58,6 +56,25 @@ def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]
     assert retry.state is State.QUEUED
     r = h.core.reservations
     assert (r.made, r.honoured, r.lapsed, r.outstanding) == (2, 1, 0, 1)  # "fresh" holds one
+
+
+def test_a_claimed_place_is_kept_from_the_flow_s_other_requests(
+    make: Callable[..., Harness],
+) -> None:
+    """A flow is often a whole tenant: with a claim (the gateway's body digest), only
+    the refused request itself redeems its place, not the tenant's next request."""
+    h = _full_band(make)
+    args = (0, None, None, 1.0, h.gate)
+    with pytest.raises(sg.QueueFullError) as caught:
+        h.core.submit(sg.FlowKey("tenant", 0), *args, claim=lambda: b"first")
+    assert caught.value.retry_after == 1
+    h.dispatch_one(now=1.5)
+    later = (0, None, None, 2.0, h.gate)
+    with pytest.raises(sg.QueueFullError):
+        h.core.submit(sg.FlowKey("tenant", 0), *later, claim=lambda: b"another")
+    retry = h.core.submit(sg.FlowKey("tenant", 0), *later, claim=lambda: b"first")
+    assert retry.state is State.QUEUED
+    assert h.core.reservations.honoured == 1
 
 
 def test_a_retry_before_its_window_is_a_fresh_arrival(make: Callable[..., Harness]) -> None:
@@ -198,13 +215,13 @@ def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
     )
     core = Scheduler(config)
     core.reservations.limit = 6
-    gate = ManualDetector(saturated=False)
-    for p in (-1, 0, 1):  # every band drains 2/s: 0.5 s service, one always in flight
-        for i in range(10):
-            ticket = core.submit(sg.FlowKey("warm", p), 0, None, None, i / 20, gate)
-            core.release(ticket, i / 20 + 0.5, gate)
-        core.submit(sg.FlowKey("running", p), 0, None, None, 0.9, gate)
-    gate.saturated = True
+    gate = ManualDetector(saturated=True)
+    for p in (-1, 0, 1):  # 20 left each band's queue in [0, 1): 2/s
+        for i in range(20):
+            core.submit(sg.FlowKey("warm", p), 0, None, None, i / 20, gate)
+            gate.saturated = False
+            core.dispatch(i / 20, gate)
+            gate.saturated = True
     now, running = 1.0, []
     for kind, fid, value in steps:
         if kind == "submit":

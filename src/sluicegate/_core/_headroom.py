@@ -130,14 +130,6 @@ class DemandHeadroom:
             mu = max(mu, busy_slots / self._mean_service)
         return mu if mu > 0.0 else None
 
-    def band_drain_rate(self, priority: int, in_flight: int) -> float | None:
-        """Requests per second band `priority` finishes, by Little's law (its requests
-        in flight / its mean service time); None with nothing in flight or no sample."""
-        service = self._service.get(priority)
-        if not in_flight or not service or service <= 0.0:
-            return None
-        return in_flight / service
-
     def rate(self, priority: int) -> float:
         """Arrivals per second of band `priority` over the window (as last refreshed)."""
         return self._rates.get(priority, 0.0)

@@ -9,8 +9,10 @@ What. When a band's ``max_requests`` refuses an arrival, the refusal reserves a 
 its flow (priority, fairness id) and advises the delay ``T`` after which the place is
 due (`advised_delay`): the time the band needs to let out enough requests for this place
 to be free -- ``queued + reserved + 1 - max_requests`` of them, the places promised
-before it included -- at the band's own drain rate (its requests in flight over their
-mean service time, Little's law), rounded up to whole seconds. From then on:
+before it included -- at the rate requests have left the band's queue (dispatched or
+evicted) over the last `OUTFLOW_WINDOW` seconds, rounded up to whole seconds. (The
+band's service rate, in flight over mean service time, overstates it: its dispatches
+also wait for higher bands and the band's utilisation ceiling.) From then on:
 
 * a *fresh* arrival in the band is admitted only into a place nobody holds:
   ``queued + reserved < max_requests`` -- the band's inflow of new work drops while
@@ -35,8 +37,13 @@ a delay beyond `MAX_DELAY`, a full table) the refusal advises the delay as befor
 promises nothing (``refused``). Counts conserve:
 ``made == honoured + lapsed + outstanding``.
 
-A reservation is per flow, not per request: the gateway cannot tell a retry from a new
-request, so any request of the flow arriving in the window redeems it.
+Which arrival redeems it. A flow is often a whole tenant, whose fresh requests would
+take the places promised to its retries. So a refusal may carry a *claim*: a value
+naming the request (the gateway's is a digest of the request body, which a retry sends
+unchanged: no client cooperation). A promise made with a claim is redeemed only by an
+arrival of the flow with the same claim; one made without (library callers that give
+none) by any arrival of the flow. The claim is a callable, asked only when the flow
+holds a promise in the band or is being refused, so requests pay nothing otherwise.
 
 Sans-I/O: every step takes ``now``.
 """
@@ -45,16 +52,26 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
-__all__ = ["EARLY", "MAX_DELAY", "Reservation", "Reservations", "advised_delay"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+    #: What names a request for its promise (see the module doc); None: nothing.
+    Claim = Callable[[], Hashable] | None
+
+__all__ = ["EARLY", "MAX_DELAY", "OUTFLOW_WINDOW", "Reservation", "Reservations", "advised_delay"]
 
 #: Seconds before its due time a reservation may already be redeemed (client timers
 #: and the network are not exact; the gateway rounds the delay up to whole seconds).
 EARLY: Final = 0.25
 #: The longest delay advised (Retry-After), in seconds.
 MAX_DELAY: Final = 60
+#: Seconds over which the rate requests leave a band's queue is counted.
+OUTFLOW_WINDOW: Final = 10.0
+_UNASKED: Final = object()
 
 
 def advised_delay(to_drain: int, rate: float | None) -> int | None:
@@ -77,6 +94,8 @@ class Reservation:
     flow_id: str
     opens_at: float
     closes_at: float
+    #: The request it is for (None: any request of the flow).
+    claim: object = None
     live: bool = True
 
 
@@ -100,6 +119,30 @@ class Reservations:
         # priority -> flow id -> its live reservations, in the order they were made.
         self._flows: dict[int, dict[str, list[Reservation]]] = {}
         self._live: dict[int, int] = {}
+        # priority -> when requests left its queue, over the last OUTFLOW_WINDOW seconds
+        # (kept only for bands with a max_requests, the only ones that promise).
+        self._left: dict[int, deque[float]] = {}
+
+    def left(self, priority: int, now: float) -> None:
+        """A request left the queue of band `priority` (dispatched or evicted)."""
+        times = self._left.get(priority)
+        if times is None:
+            times = self._left[priority] = deque()
+        times.append(now)
+        horizon = now - OUTFLOW_WINDOW
+        while times[0] < horizon:
+            times.popleft()
+
+    def outflow(self, priority: int, now: float) -> float | None:
+        """Requests a second that left band `priority`'s queue lately, or None."""
+        times = self._left.get(priority)
+        horizon = now - OUTFLOW_WINDOW
+        while times and times[0] < horizon:
+            times.popleft()
+        if not times:
+            self._left.pop(priority, None)
+            return None
+        return len(times) / OUTFLOW_WINDOW
 
     def __len__(self) -> int:
         """Entries held (live and used ones not yet dropped), at most `limit`."""
@@ -112,14 +155,24 @@ class Reservations:
         self._lapse(priority, now)
         return self._live.get(priority, 0)
 
-    def due(self, priority: int, flow_id: str, now: float) -> Reservation | None:
-        """The flow's earliest reservation in band `priority` redeemable at `now`."""
+    def due(
+        self, priority: int, flow_id: str, now: float, claim: Claim = None
+    ) -> Reservation | None:
+        """The flow's earliest reservation in band `priority` redeemable at `now` by an
+        arrival with `claim` (asked at most once, only if a claimed one is due)."""
         flows = self._flows.get(priority)
         if not flows or flow_id not in flows:
             return None
         self._lapse(priority, now)
+        key: object = _UNASKED
         for reservation in flows.get(flow_id, ()):
-            if reservation.opens_at - EARLY <= now:
+            if reservation.opens_at - EARLY > now:
+                continue
+            if reservation.claim is None:
+                return reservation
+            if key is _UNASKED:
+                key = None if claim is None else claim()
+            if key == reservation.claim:
                 return reservation
         return None
 
@@ -130,14 +183,24 @@ class Reservations:
         self._drop(reservation)
         self.honoured += 1
 
-    def reserve(self, priority: int, flow_id: str, now: float, delay: float, grace: float) -> bool:
-        """Promise band `priority` a place for `flow_id` due in `delay` seconds and kept
-        `grace` seconds after; False (nothing promised) when the table is full."""
+    def reserve(
+        self,
+        priority: int,
+        flow_id: str,
+        now: float,
+        delay: float,
+        grace: float,
+        claim: Claim = None,
+    ) -> bool:
+        """Promise band `priority` a place for `flow_id` (the request `claim` names)
+        due in `delay` seconds and kept `grace` seconds after; False (nothing promised)
+        when the table is full."""
         self._lapse(priority, now)
         if self._entries >= self.limit:
             self.refused += 1
             return False
-        reservation = Reservation(priority, flow_id, now + delay, now + delay + grace)
+        key = None if claim is None else claim()
+        reservation = Reservation(priority, flow_id, now + delay, now + delay + grace, key)
         self._seq += 1
         heapq.heappush(
             self._heaps.setdefault(priority, []), (reservation.closes_at, self._seq, reservation)

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from ._config import FlowControlConfig
     from ._registry import Band, Flow
+    from ._reservations import Claim
     from ._saturation import SaturationDetector
 
 __all__ = ["MAX_REQUEST_TOKENS", "Scheduler"]
@@ -125,6 +126,7 @@ class Scheduler:
         output_tokens: int | None = None,
         *,
         nowait: bool = False,
+        claim: Claim = None,
     ) -> Ticket:
         """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
 
@@ -138,6 +140,8 @@ class Scheduler:
             output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
                 recent average of actual output.
             nowait: dispatch at once or raise `WouldBlock` (counting nothing); never queue.
+            claim: names the request for a promise made with Retry-After
+                (`_reservations.py`); None: any request of its flow redeems one.
 
         Returns:
             the ticket, DISPATCHED or QUEUED (never QUEUED with `nowait`).
@@ -158,12 +162,12 @@ class Scheduler:
         if immediate:
             ticket.flow = registry.flow_for(band, key.id)
             self._start(ticket, now, gate)
-            self._redeem(band, key.id, now)
+            self._redeem(band, key.id, now, claim)
             return ticket
-        self._check_admission(ticket, band, gate, now)
+        self._check_admission(ticket, band, gate, now, claim)
         flow = ticket.flow = registry.flow_for(band, key.id)
         self._enqueue(ticket, band, flow, now)
-        self._redeem(band, key.id, now)
+        self._redeem(band, key.id, now, claim)
         return ticket
 
     def _ticket(
@@ -219,7 +223,7 @@ class Scheduler:
         return self.can_dispatch(gate, band)
 
     def _check_admission(
-        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
+        self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float, claim: Claim
     ) -> None:
         """Refuse the arrival (raise) or make room for it (displacement); see
         `_admission.py` for the order and the semantics."""
@@ -235,9 +239,9 @@ class Scheduler:
         ):
             error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
         elif (limit := band.config.max_requests) is not None and (
-            band.queued_requests + self._places_held(band, ticket.key.id, now) >= limit
+            band.queued_requests + self._places_held(band, ticket.key.id, now, claim) >= limit
         ):
-            error = self._refuse_full_band(band, ticket.key.id, limit, now)
+            error = self._refuse_full_band(band, ticket.key.id, limit, now, claim)
         elif (
             limit := band.config.max_bytes
         ) is not None and band.queued_bytes + ticket.size > limit:
@@ -253,17 +257,19 @@ class Scheduler:
             self.registry.forget_if_unused(band)
             raise error
 
-    def _places_held(self, band: Band, flow_id: str, now: float) -> int:
+    def _places_held(self, band: Band, flow_id: str, now: float, claim: Claim) -> int:
         """Places of `band` a fresh arrival may not take (promised with Retry-After);
         0 for an arrival whose flow holds a due reservation (it may take any)."""
         reservations = self.reservations
         if not self.registry.config.retry_reservations or not reservations.outstanding:
             return 0
-        if reservations.due(band.priority, flow_id, now) is not None:
+        if reservations.due(band.priority, flow_id, now, claim) is not None:
             return 0
         return reservations.held(band.priority, now)
 
-    def _refuse_full_band(self, band: Band, flow_id: str, limit: int, now: float) -> QueueFullError:
+    def _refuse_full_band(
+        self, band: Band, flow_id: str, limit: int, now: float, claim: Claim
+    ) -> QueueFullError:
         """The refusal of a full band; with `retry_reservations`, a promised place and
         the delay after which it is due (`_reservations.py`)."""
         config = self.registry.config
@@ -271,11 +277,13 @@ class Scheduler:
             return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
         reservations = self.reservations
         held = reservations.held(band.priority, now)
-        rate = self.headroom.band_drain_rate(band.priority, band.in_flight)
+        rate = reservations.outflow(band.priority, now)
         delay = advised_delay(band.queued_requests + held + 1 - limit, rate)
         if delay is None:
             reservations.refused += 1
-        elif not reservations.reserve(band.priority, flow_id, now, delay, config.retry_grace):
+        elif not reservations.reserve(
+            band.priority, flow_id, now, delay, config.retry_grace, claim
+        ):
             delay = None
         return QueueFullError(
             f"band {band.priority} holds its max_requests={limit}"
@@ -284,12 +292,12 @@ class Scheduler:
             reserved=delay is not None,
         )
 
-    def _redeem(self, band: Band, flow_id: str, now: float) -> None:
-        """An admitted arrival uses up its flow's due reservation, if it has one."""
+    def _redeem(self, band: Band, flow_id: str, now: float, claim: Claim) -> None:
+        """An admitted arrival uses up its due reservation, if it has one."""
         reservations = self.reservations
         if (
             reservations.outstanding
-            and (due := reservations.due(band.priority, flow_id, now)) is not None
+            and (due := reservations.due(band.priority, flow_id, now, claim)) is not None
         ):
             reservations.honour(due)
 
@@ -500,6 +508,8 @@ class Scheduler:
 
     def _unqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
         flow.last_backlogged = now
+        if band.config.max_requests is not None:  # a place freed: Retry-After promises
+            self.reservations.left(band.priority, now)
         size = ticket.size
         self.queued_requests -= 1
         self.queued_bytes -= size

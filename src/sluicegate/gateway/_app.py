@@ -30,7 +30,7 @@ from ._health import relay_with_retry
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pause import Resumable
-from ._pool import Pool, Router
+from ._pool import Pool, Router, body_claim
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._queue_events import QueueEvents
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
@@ -394,7 +394,6 @@ class Gateway:
         ex.classification = cls
         if auth.rewrites:
             ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
-        key = sg.FlowKey(cls.fairness_id, cls.priority)
         ctl = pool.controller
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
@@ -408,12 +407,13 @@ class Gateway:
         # Dispatched at once if nothing waits; else queue events, if asked for, as it waits.
         async with self.queue_events.around(ex, ctl, cls.priority, stream=stream):
             ticket = await ctl.enqueue_and_wait(
-                key,
+                sg.FlowKey(cls.fairness_id, cls.priority),
                 size=len(body),
                 ttl=cls.ttl,
                 slo=cls.slo,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
+                claim=functools.partial(body_claim, body),  # Retry-After promises
             )
         ex.queued = False
         meter = UsageMeter(ticket, pool.observe(ticket))

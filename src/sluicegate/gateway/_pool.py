@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import math
 import re
 from collections import deque
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from ._config import PoolSettings
 
-__all__ = ["DrainMeter", "Pool", "Router"]
+__all__ = ["DrainMeter", "Pool", "Router", "body_claim"]
 
 #: Retry-After when a band has not drained at all lately, so no rate is known.
 UNKNOWN_RETRY_AFTER: Final = 10
@@ -192,6 +193,12 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.controller!r}>"
+
+
+def body_claim(body: bytes | bytearray) -> bytes:
+    """What names a request for a place promised with Retry-After (the flow
+    controller's ``claim``): a digest of its body, which a retry sends unchanged."""
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 #: The detector of a pool, by its saturation type.
