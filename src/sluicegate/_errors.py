@@ -70,9 +70,9 @@ class QueueFullError(RejectedError):
     """A band or global capacity limit is reached. Retry later, or raise the limit.
 
     Attributes:
-        retry_after: whole seconds after which the place promised to this flow is due
-            (`FlowControlConfig.retry_reservations`), or None: nothing was promised.
-        reserved: a place is promised (`retry_after` is set).
+        retry_after: whole seconds to wait before retrying, from the band's outflow
+            (`FlowControlConfig.retry_reservations`), or None: the caller advises its own.
+        reserved: a place is promised to this request after `retry_after` seconds.
     """
 
     outcome = Outcome.REJECTED_CAPACITY

@@ -45,6 +45,10 @@ def test_calibration_counts_errors_and_false_rejects() -> None:
 def test_retries_count_only_those_not_refused_again() -> None:
     run = LookaheadRun("x", early_reject=True)
     a, b, c = (_sent(1000, None, 0, outcome="RejectedCapacity") for _ in range(3))
+    for refused in (a, b, c):
+        assert refused.first is not None
+        refused.first.status = 429
+    a.first.reserved = True  # type: ignore[union-attr]  # set just above
     a.retry = Attempt(1.0, 200, "Dispatched")
     b.retry = Attempt(1.0, 429, "RejectedCapacity")
     run.sent = [a, b, c]
@@ -53,6 +57,7 @@ def test_retries_count_only_those_not_refused_again() -> None:
     assert got["first_outcomes"] == {"RejectedCapacity": 3}
     assert got["answered"] == 3 and got["first_admitted_share"] == 0.0
     assert got["served_share"] == pytest.approx(1 / 3)
+    assert got["promised"] == 1 and got["promised_in"] == 1
 
 
 @pytest.mark.e2e

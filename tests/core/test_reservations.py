@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 
 import sluicegate as sg
-from sluicegate._core._reservations import EARLY, MAX_DELAY, Reservations, advised_delay
+from sluicegate._core._reservations import (
+    EARLY,
+    MAX_DELAY,
+    OUTFLOW_WINDOW,
+    Reservations,
+    advised_delay,
+)
 from sluicegate._core._scheduler import Scheduler
 from sluicegate._core._ticket import State
 from sluicegate.testing import ManualDetector
@@ -115,25 +121,28 @@ def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harn
     delays = [_refuse(h, f"r{i}", 1.0).retry_after for i in range(6)]
     assert delays == [1, 1, 2, 2, 3, 3]
     h.core.reservations.limit = 6
-    refusal = _refuse(h, "late", 1.0)
-    assert refusal.retry_after is None and not refusal.reserved
+    refusal = _refuse(h, "late", 1.0)  # the table is full: the delay, no promise
+    assert refusal.retry_after == 4 and not refusal.reserved
     r = h.core.reservations
     assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
 
 def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
+    """Past MAX_DELAY nothing is promised and MAX_DELAY is advised."""
     h = _full_band(make, limit=1)
     for i in range(MAX_DELAY * 2):
         assert _refuse(h, f"r{i}", 1.0).reserved
-    assert not _refuse(h, "beyond", 1.0).reserved
+    beyond = _refuse(h, "beyond", 1.0)
+    assert beyond.retry_after == MAX_DELAY and not beyond.reserved
 
 
-def test_no_drain_rate_no_promise(make: Callable[..., Harness]) -> None:
+def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
+    """Nothing left the band in the window: no promise, and that window is advised."""
     h = make(sg.FlowControlConfig(bands={0: sg.BandConfig(max_requests=1)}))
     h.submit("q", 0)
     refusal = _refuse(h, "r", 0.0)
-    assert refusal.retry_after is None and not refusal.reserved
-    assert h.core.reservations.made == 0
+    assert refusal.retry_after == OUTFLOW_WINDOW and not refusal.reserved
+    assert (h.core.reservations.made, h.core.reservations.refused) == (0, 1)
 
 
 def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
@@ -159,8 +168,7 @@ def test_advised_delay() -> None:
     assert advised_delay(3, 0.0) is None
     assert advised_delay(1, 10.0) == 1  # never less than a second
     assert advised_delay(3, 2.0) == 2  # 1.5 s, rounded up
-    assert advised_delay(120, 2.0) == MAX_DELAY
-    assert advised_delay(121, 2.0) is None
+    assert advised_delay(121, 2.0) == 61  # `promise` does not promise beyond MAX_DELAY
 
 
 def test_the_table_is_bounded() -> None:

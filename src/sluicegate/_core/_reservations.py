@@ -76,12 +76,10 @@ _UNASKED: Final = object()
 
 def advised_delay(to_drain: int, rate: float | None) -> int | None:
     """Whole seconds (at least 1) after which `to_drain` more requests have left a band
-    draining `rate` requests a second; None when the rate is unknown or the delay would
-    exceed `MAX_DELAY` (then nothing is promised)."""
+    draining `rate` requests a second; None when the rate is unknown."""
     if rate is None or rate <= 0.0:
         return None
-    seconds = max(1, math.ceil(max(1, to_drain) / rate))
-    return seconds if seconds <= MAX_DELAY else None
+    return max(1, math.ceil(max(1, to_drain) / rate))
 
 
 @final
@@ -182,6 +180,22 @@ class Reservations:
             return
         self._drop(reservation)
         self.honoured += 1
+
+    def promise(
+        self, priority: int, flow_id: str, now: float, to_drain: int, grace: float, claim: Claim
+    ) -> tuple[int, bool]:
+        """(the Retry-After to advise, whether a place is promised) for a refusal in band
+        `priority` with `to_drain` requests to leave first (the promised ones counted).
+
+        No promise when nothing left the band lately (advise `OUTFLOW_WINDOW`: nothing
+        drained in that long), when the delay would exceed `MAX_DELAY` (advise that), or
+        when the table is full (advise the delay all the same).
+        """
+        delay = advised_delay(to_drain, self.outflow(priority, now))
+        if delay is None or delay > MAX_DELAY:
+            self.refused += 1
+            return (int(OUTFLOW_WINDOW) if delay is None else MAX_DELAY), False
+        return delay, self.reserve(priority, flow_id, now, delay, grace, claim)
 
     def reserve(
         self,

@@ -42,7 +42,7 @@ from .._types import (
 from ._admission import deadline_budget, displacement_victims, estimate_wait, shortfall
 from ._headroom import DemandHeadroom
 from ._registry import Registry
-from ._reservations import Reservations, advised_delay
+from ._reservations import Reservations
 from ._statistics import snapshot
 from ._tenants import Tenants
 from ._ticket import State, Ticket
@@ -277,19 +277,15 @@ class Scheduler:
             return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
         reservations = self.reservations
         held = reservations.held(band.priority, now)
-        rate = reservations.outflow(band.priority, now)
-        delay = advised_delay(band.queued_requests + held + 1 - limit, rate)
-        if delay is None:
-            reservations.refused += 1
-        elif not reservations.reserve(
-            band.priority, flow_id, now, delay, config.retry_grace, claim
-        ):
-            delay = None
+        to_drain = band.queued_requests + held + 1 - limit
+        delay, reserved = reservations.promise(
+            band.priority, flow_id, now, to_drain, config.retry_grace, claim
+        )
         return QueueFullError(
             f"band {band.priority} holds its max_requests={limit}"
             + (f" ({held} places promised to retries)" if held else ""),
             retry_after=delay,
-            reserved=delay is not None,
+            reserved=reserved,
         )
 
     def _redeem(self, band: Band, flow_id: str, now: float, claim: Claim) -> None:

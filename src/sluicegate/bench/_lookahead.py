@@ -83,6 +83,8 @@ class Attempt:
     queue_ms: float | None = None
     eta_ms: float | None = None
     retry_after: float | None = None
+    #: The 429 promised a place after its Retry-After (``x-sluicegate-retry-reserved``).
+    reserved: bool = False
 
 
 @dataclass(slots=True)
@@ -136,6 +138,7 @@ async def _attempt(
             attempt.queue_ms = _number(h.get("x-sluicegate-queue-ms"))
             attempt.eta_ms = _number(h.get("x-sluicegate-queue-eta-ms"))
             attempt.retry_after = _number(h.get("retry-after"))
+            attempt.reserved = h.get("x-sluicegate-retry-reserved") == "1"
             async for _ in resp.content.iter_any():
                 pass
     except (aiohttp.ClientError, TimeoutError):
@@ -308,8 +311,11 @@ def calibration(run: LookaheadRun) -> dict[str, Any]:
 def retries(run: LookaheadRun) -> dict[str, Any]:
     """First retries after Retry-After sent while arrivals lasted, and how many got in
     (were not refused again)."""
-    tried = [s.retry for s in run.sent if s.retry is not None and s.retry.status is not None]
+    retried = [s for s in run.sent if s.retry is not None and s.retry.status is not None]
+    tried = [s.retry for s in retried if s.retry is not None]
     got_in = sum(a.status != 429 for a in tried)
+    promised = [s.retry for s in retried if s.first is not None and s.first.reserved]
+    promised_in = sum(a is not None and a.status != 429 for a in promised)
     outcomes: dict[str, int] = {}
     answered = first_in = served = 0
     for sent in run.sent:
@@ -326,6 +332,8 @@ def retries(run: LookaheadRun) -> dict[str, Any]:
         "retries": len(tried),
         "got_in": got_in,
         "share": got_in / len(tried) if tried else 0.0,
+        "promised": len(promised),
+        "promised_in": promised_in,
         "first_outcomes": outcomes,
         "answered": answered,
         "first_admitted_share": first_in / answered if answered else 0.0,
@@ -383,6 +391,12 @@ def _figures(
                 f"{ret_on['got_in']} of {ret_on['retries']} retries; reservations off: "
                 f"{ret_off['got_in']} of {ret_off['retries']}"
             ),
+        ),
+        Figure(
+            f"{arrivals}: first retry after a 429 that promised a place gets in",
+            ret_on["promised_in"] / ret_on["promised"] * 100.0 if ret_on["promised"] else 0.0,
+            "%",
+            note=f"{ret_on['promised_in']} of {ret_on['promised']} such retries",
         ),
         Figure(
             f"{arrivals}: first attempts admitted (not 429)",
