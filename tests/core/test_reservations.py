@@ -13,6 +13,7 @@ from sluicegate._core._reservations import (
     EARLY,
     MAX_DELAY,
     OUTFLOW_WINDOW,
+    SAFETY,
     Reservations,
     advised_delay,
 )
@@ -50,8 +51,9 @@ def _refuse(h: Harness, fid: str, now: float) -> sg.QueueFullError:
 
 
 def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]) -> None:
-    """Full, draining 2/s: one request must leave, 0.5 s, advised as 1 s and promised
-    then. The place that frees meanwhile is kept from a fresh arrival for the retry."""
+    """Full, draining 2/s: one request must leave, 0.5 s (x SAFETY 1.5), advised as
+    1 s and promised then. The place that frees meanwhile is kept from a fresh arrival
+    for the retry."""
     h = _full_band(make)
     refusal = _refuse(h, "r", 1.0)
     assert refusal.retry_after == 1 and refusal.reserved
@@ -115,14 +117,14 @@ def test_a_promise_never_overfills_the_band(make: Callable[..., Harness]) -> Non
 
 
 def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harness]) -> None:
-    """Each promise is one more request to drain (at 2/s): 1, 1, 2, 2, 3 s..., past the
-    band's 2 places, up to MAX_DELAY; later ones promise nothing."""
+    """Each promise is one more request to drain (at 2/s, x SAFETY 1.5): 0.75, 1.5,
+    2.25... s, rounded up, past the band's 2 places; a full table promises nothing."""
     h = _full_band(make, limit=2)
     delays = [_refuse(h, f"r{i}", 1.0).retry_after for i in range(6)]
-    assert delays == [1, 1, 2, 2, 3, 3]
+    assert delays == [1, 2, 3, 3, 4, 5]
     h.core.reservations.limit = 6
     refusal = _refuse(h, "late", 1.0)  # the table is full: the delay, no promise
-    assert refusal.retry_after == 4 and not refusal.reserved
+    assert refusal.retry_after == 6 and not refusal.reserved
     r = h.core.reservations
     assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
@@ -130,7 +132,7 @@ def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harn
 def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
     """Past MAX_DELAY nothing is promised and MAX_DELAY is advised."""
     h = _full_band(make, limit=1)
-    for i in range(MAX_DELAY * 2):
+    for i in range(round(MAX_DELAY * 2 / SAFETY)):  # 2/s: up to 80 requests ahead
         assert _refuse(h, f"r{i}", 1.0).reserved
     beyond = _refuse(h, "beyond", 1.0)
     assert beyond.retry_after == MAX_DELAY and not beyond.reserved
@@ -167,8 +169,8 @@ def test_advised_delay() -> None:
     assert advised_delay(3, None) is None
     assert advised_delay(3, 0.0) is None
     assert advised_delay(1, 10.0) == 1  # never less than a second
-    assert advised_delay(3, 2.0) == 2  # 1.5 s, rounded up
-    assert advised_delay(121, 2.0) == 61  # `promise` does not promise beyond MAX_DELAY
+    assert advised_delay(3, 2.0) == 3  # 1.5 s x SAFETY 1.5, rounded up
+    assert advised_delay(121, 2.0) == 91  # `promise` does not promise beyond MAX_DELAY
 
 
 def test_the_table_is_bounded() -> None:

@@ -9,10 +9,12 @@ What. When a band's ``max_requests`` refuses an arrival, the refusal reserves a 
 its flow (priority, fairness id) and advises the delay ``T`` after which the place is
 due (`advised_delay`): the time the band needs to let out enough requests for this place
 to be free -- ``queued + reserved + 1 - max_requests`` of them, the places promised
-before it included -- at the rate requests have left the band's queue (dispatched or
-evicted) over the last `OUTFLOW_WINDOW` seconds, rounded up to whole seconds. (The
+before it included -- at the rate requests were dispatched from the band's queue over
+the last `OUTFLOW_WINDOW` seconds, times `SAFETY`, rounded up to whole seconds. (The
 band's service rate, in flight over mean service time, overstates it: its dispatches
-also wait for higher bands and the band's utilisation ceiling.) From then on:
+also wait for higher bands and the band's utilisation ceiling. Evictions free places
+too, but in bursts -- a wave of TTL expiries -- that promised places no one could keep;
+left out, they only make the promise conservative.) From then on:
 
 * a *fresh* arrival in the band is admitted only into a place nobody holds:
   ``queued + reserved < max_requests`` -- the band's inflow of new work drops while
@@ -62,13 +64,24 @@ if TYPE_CHECKING:
     #: What names a request for its promise (see the module doc); None: nothing.
     Claim = Callable[[], Hashable] | None
 
-__all__ = ["EARLY", "MAX_DELAY", "OUTFLOW_WINDOW", "Reservation", "Reservations", "advised_delay"]
+__all__ = [
+    "EARLY",
+    "MAX_DELAY",
+    "OUTFLOW_WINDOW",
+    "SAFETY",
+    "Reservation",
+    "Reservations",
+    "advised_delay",
+]
 
 #: Seconds before its due time a reservation may already be redeemed (client timers
 #: and the network are not exact; the gateway rounds the delay up to whole seconds).
 EARLY: Final = 0.25
 #: The longest delay advised (Retry-After), in seconds.
 MAX_DELAY: Final = 60
+#: Factor on the delay: the band's outflow varies (it waits for higher bands), and a
+#: promise kept late is better than a retry refused.
+SAFETY: Final = 1.5
 #: Seconds over which the rate requests leave a band's queue is counted.
 OUTFLOW_WINDOW: Final = 10.0
 _UNASKED: Final = object()
@@ -79,7 +92,7 @@ def advised_delay(to_drain: int, rate: float | None) -> int | None:
     draining `rate` requests a second; None when the rate is unknown."""
     if rate is None or rate <= 0.0:
         return None
-    return max(1, math.ceil(max(1, to_drain) / rate))
+    return max(1, math.ceil(SAFETY * max(1, to_drain) / rate))
 
 
 @final
@@ -122,7 +135,7 @@ class Reservations:
         self._left: dict[int, deque[float]] = {}
 
     def left(self, priority: int, now: float) -> None:
-        """A request left the queue of band `priority` (dispatched or evicted)."""
+        """A request was dispatched from the queue of band `priority`."""
         times = self._left.get(priority)
         if times is None:
             times = self._left[priority] = deque()
@@ -132,7 +145,7 @@ class Reservations:
             times.popleft()
 
     def outflow(self, priority: int, now: float) -> float | None:
-        """Requests a second that left band `priority`'s queue lately, or None."""
+        """Requests a second dispatched from band `priority`'s queue lately, or None."""
         times = self._left.get(priority)
         horizon = now - OUTFLOW_WINDOW
         while times and times[0] < horizon:

@@ -435,6 +435,8 @@ class Scheduler:
                     continue
                 self._start(ticket, now, gate)
                 band.fairness.dispatched(flow, ticket)
+                if band.config.max_requests is not None:  # feeds Retry-After promises
+                    self.reservations.left(band.priority, now)
                 out.append(ticket)
         return out
 
@@ -504,8 +506,6 @@ class Scheduler:
 
     def _unqueue(self, ticket: Ticket, band: Band, flow: Flow, now: float) -> None:
         flow.last_backlogged = now
-        if band.config.max_requests is not None:  # a place freed: Retry-After promises
-            self.reservations.left(band.priority, now)
         size = ticket.size
         self.queued_requests -= 1
         self.queued_bytes -= size
