@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import hypothesis.strategies as st
@@ -153,6 +154,15 @@ def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
     refusal = _refuse(h, "r", 1.0)
     assert refusal.retry_after is None and not refusal.reserved
     h.dispatch_one(now=1.5)
+    assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
+
+
+def test_reconfigure_turns_promises_off(make: Callable[..., Harness]) -> None:
+    """Off by `reconfigure`: the places promised are no longer held back."""
+    h = _full_band(make)
+    assert _refuse(h, "r", 1.0).reserved
+    h.dispatch_one(now=1.5)
+    h.core.reconfigure(dataclasses.replace(h.core.config, retry_reservations=False), 1.6)
     assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
 
 

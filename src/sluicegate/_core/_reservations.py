@@ -58,8 +58,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
+from .._errors import QueueFullError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
+
+    from ._config import FlowControlConfig
+    from ._registry import Band
 
     #: What names a request for its promise (see the module doc); None: nothing.
     Claim = Callable[[], Hashable] | None
@@ -114,7 +119,10 @@ class Reservation:
 class Reservations:
     """The promised places of every band, with their counters."""
 
-    def __init__(self, limit: int = 10_000) -> None:
+    def __init__(self, config: FlowControlConfig | None = None, limit: int = 10_000) -> None:
+        #: The controller's configuration (`retry_reservations`, `retry_grace`); a
+        #: `reconfigure` replaces it. None: promises on, a 2 s grace.
+        self.config = config
         #: Entries (live or used, not yet dropped) allowed in all: bounds the memory.
         self.limit = limit
         self.made = 0
@@ -154,6 +162,46 @@ class Reservations:
             self._left.pop(priority, None)
             return None
         return len(times) / OUTFLOW_WINDOW
+
+    # -- the scheduler's three hooks ------------------------------------------------------
+
+    def held_against(self, priority: int, flow_id: str, now: float, claim: Claim) -> int:
+        """Places of band `priority` an arrival may not take (promised to others): 0 for
+        an arrival that holds a due promise (it may take any free place)."""
+        if not self.outstanding or (self.config is not None and not self.config.retry_reservations):
+            return 0
+        if self.due(priority, flow_id, now, claim) is not None:
+            return 0
+        return self.held(priority, now)
+
+    def refusal(
+        self, band: Band, flow_id: str, limit: int, now: float, claim: Claim
+    ) -> QueueFullError:
+        """The refusal of a full band: with `retry_reservations`, the delay to advise
+        and, if it can, a promised place (`promise`)."""
+        config = self.config
+        message = f"band {band.priority} holds its max_requests={limit}"
+        if config is not None and not config.retry_reservations:
+            return QueueFullError(message)
+        held = self.held(band.priority, now)
+        delay, reserved = self.promise(
+            band.priority,
+            flow_id,
+            now,
+            band.queued_requests + held + 1 - limit,
+            2.0 if config is None else config.retry_grace,
+            claim,
+        )
+        if held:
+            message += f" ({held} places promised to retries)"
+        return QueueFullError(message, retry_after=delay, reserved=reserved)
+
+    def redeem(self, priority: int, flow_id: str, now: float, claim: Claim) -> None:
+        """An admitted arrival uses up its due promise, if it has one."""
+        if self.outstanding and (due := self.due(priority, flow_id, now, claim)) is not None:
+            self.honour(due)
+
+    # -- the table ----------------------------------------------------------------------
 
     def __len__(self) -> int:
         """Entries held (live and used ones not yet dropped), at most `limit`."""

@@ -98,7 +98,7 @@ class Scheduler:
         #: (`take_displaced`).
         self._displaced: list[Ticket] = []
         #: Places promised with Retry-After in full bands (`_reservations.py`).
-        self.reservations = Reservations()
+        self.reservations = Reservations(config)
         # (deadline, seq, kind, ticket); entries of tickets no longer queued are skipped.
         self._timers: list[tuple[float, int, int, Ticket]] = []
 
@@ -162,12 +162,12 @@ class Scheduler:
         if immediate:
             ticket.flow = registry.flow_for(band, key.id)
             self._start(ticket, now, gate)
-            self._redeem(band, key.id, now, claim)
+            self.reservations.redeem(band.priority, key.id, now, claim)
             return ticket
         self._check_admission(ticket, band, gate, now, claim)
         flow = ticket.flow = registry.flow_for(band, key.id)
         self._enqueue(ticket, band, flow, now)
-        self._redeem(band, key.id, now, claim)
+        self.reservations.redeem(band.priority, key.id, now, claim)
         return ticket
 
     def _ticket(
@@ -239,9 +239,11 @@ class Scheduler:
         ):
             error = QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
         elif (limit := band.config.max_requests) is not None and (
-            band.queued_requests + self._places_held(band, ticket.key.id, now, claim) >= limit
-        ):
-            error = self._refuse_full_band(band, ticket.key.id, limit, now, claim)
+            band.queued_requests
+            + self.reservations.held_against(band.priority, ticket.key.id, now, claim)
+            >= limit
+        ):  # places promised with Retry-After are held against it (`_reservations.py`)
+            error = self.reservations.refusal(band, ticket.key.id, limit, now, claim)
         elif (
             limit := band.config.max_bytes
         ) is not None and band.queued_bytes + ticket.size > limit:
@@ -256,46 +258,6 @@ class Scheduler:
             self._finish(ticket, error.outcome)
             self.registry.forget_if_unused(band)
             raise error
-
-    def _places_held(self, band: Band, flow_id: str, now: float, claim: Claim) -> int:
-        """Places of `band` a fresh arrival may not take (promised with Retry-After);
-        0 for an arrival whose flow holds a due reservation (it may take any)."""
-        reservations = self.reservations
-        if not self.registry.config.retry_reservations or not reservations.outstanding:
-            return 0
-        if reservations.due(band.priority, flow_id, now, claim) is not None:
-            return 0
-        return reservations.held(band.priority, now)
-
-    def _refuse_full_band(
-        self, band: Band, flow_id: str, limit: int, now: float, claim: Claim
-    ) -> QueueFullError:
-        """The refusal of a full band; with `retry_reservations`, a promised place and
-        the delay after which it is due (`_reservations.py`)."""
-        config = self.registry.config
-        if not config.retry_reservations:
-            return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
-        reservations = self.reservations
-        held = reservations.held(band.priority, now)
-        to_drain = band.queued_requests + held + 1 - limit
-        delay, reserved = reservations.promise(
-            band.priority, flow_id, now, to_drain, config.retry_grace, claim
-        )
-        return QueueFullError(
-            f"band {band.priority} holds its max_requests={limit}"
-            + (f" ({held} places promised to retries)" if held else ""),
-            retry_after=delay,
-            reserved=reserved,
-        )
-
-    def _redeem(self, band: Band, flow_id: str, now: float, claim: Claim) -> None:
-        """An admitted arrival uses up its due reservation, if it has one."""
-        reservations = self.reservations
-        if (
-            reservations.outstanding
-            and (due := reservations.due(band.priority, flow_id, now, claim)) is not None
-        ):
-            reservations.honour(due)
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated queue wait of a new request at `priority`, its queue position)."""
@@ -708,6 +670,7 @@ class Scheduler:
         """
         changed = self.registry.reconfigure(config, now)
         self.tenants.reconfigure(config.tenants, self.registry.levels)
+        self.reservations.config = config
         for band in changed:
             self._rebuild(band)
 
