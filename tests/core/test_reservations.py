@@ -140,11 +140,15 @@ def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
 
 
 def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
-    """Nothing left the band in the window: no promise, and that window is advised."""
+    """Nothing dispatched from the band in the window (starved): no promise, and the
+    longest delay is advised."""
     h = make(sg.FlowControlConfig(bands={0: sg.BandConfig(max_requests=1)}))
     h.submit("q", 0)
     refusal = _refuse(h, "r", 0.0)
-    assert refusal.retry_after == OUTFLOW_WINDOW and not refusal.reserved
+    assert refusal.retry_after == MAX_DELAY and not refusal.reserved
+    h2 = _full_band(make)  # dispatched from in [0, 1): an outflow until 10.0
+    assert _refuse(h2, "r", 1.0 + OUTFLOW_WINDOW - 1.01).reserved
+    assert not _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW).reserved
     assert (h.core.reservations.made, h.core.reservations.refused) == (0, 1)
 
 

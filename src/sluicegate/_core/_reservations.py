@@ -248,14 +248,15 @@ class Reservations:
         """(the Retry-After to advise, whether a place is promised) for a refusal in band
         `priority` with `to_drain` requests to leave first (the promised ones counted).
 
-        No promise when nothing left the band lately (advise `OUTFLOW_WINDOW`: nothing
-        drained in that long), when the delay would exceed `MAX_DELAY` (advise that), or
-        when the table is full (advise the delay all the same).
+        No promise when nothing was dispatched from the band for `OUTFLOW_WINDOW`
+        seconds (it is starved: there is no rate to promise by) or when the delay would
+        exceed `MAX_DELAY`: then `MAX_DELAY` is advised, since a retry any sooner would
+        find every place promised. A full table advises the delay, promising nothing.
         """
         delay = advised_delay(to_drain, self.outflow(priority, now))
         if delay is None or delay > MAX_DELAY:
             self.refused += 1
-            return (int(OUTFLOW_WINDOW) if delay is None else MAX_DELAY), False
+            return MAX_DELAY, False
         return delay, self.reserve(priority, flow_id, now, delay, grace, claim)
 
     def reserve(
