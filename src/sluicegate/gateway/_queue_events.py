@@ -28,7 +28,8 @@ insertion-ordered table; one loop timer, armed only while the table is not empty
 at the earliest due time and one writer task sends what is due (headers at once, a
 comment every `interval`), one request after the other. A request leaving the table
 (dispatched, failed, gone) first waits for a send to it in progress, so a comment can
-never land inside the backend's answer.
+never land inside the backend's answer; a send waits at most one interval for a client
+that does not read, so one stuck client cannot hold back the others' comments.
 
 The position and wait are estimates: the position it had when it was queued (the work
 at its priority and above), less the requests the pool has dispatched since, and at most
@@ -200,8 +201,11 @@ class QueueEvents:
                 entry.due = now + self.interval
                 entry.sending = loop.create_future()
                 try:
-                    await self._send(entry)
-                except Exception:  # a client gone: its own handler finds out
+                    # A client that does not read (its socket full) must not stall the
+                    # others: its comment waits at most one interval.
+                    async with asyncio.timeout(self.interval):
+                        await self._send(entry)
+                except Exception:  # a client gone or stuck: its own handler finds out
                     _log.debug("queue event not sent", exc_info=True)
                 finally:
                     entry.sending.set_result(None)
