@@ -30,7 +30,7 @@ from ._errors import (
 from ._types import ControllerStatistics, FlowKey, FlowStatistics, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Callable, Hashable, Iterable
     from types import TracebackType
 
     from ._core._saturation import SaturationDetector
@@ -129,6 +129,7 @@ class FlowController:
         slo: float | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        claim: Callable[[], Hashable] | None = None,
     ) -> Ticket:
         """Wait until the request may proceed; return its ticket.
 
@@ -144,6 +145,10 @@ class FlowController:
             input_tokens: estimated prompt tokens, for token accounting; None = size / 4.
             output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
                 recent average. Correct both later with `ticket.record_usage()`.
+            claim: names this request (e.g. a digest of its body, which a retry repeats)
+                so that a place promised to it when a full band refused it
+                (`QueueFullError.retry_after`) is kept for it, not for any request of its
+                flow. Called only when needed.
 
         Raises:
             QueueFullError: a capacity limit is reached (429).
@@ -156,7 +161,7 @@ class FlowController:
             ControllerClosedEvictedError: the controller closed while it waited (503).
             ValueError: `size`, `ttl` or `slo` is invalid.
         """
-        ticket = self._submit(key, size, ttl, slo, input_tokens, output_tokens)
+        ticket = self._submit(key, size, ttl, slo, input_tokens, output_tokens, claim=claim)
         if ticket._state is State.DISPATCHED:
             ticket._handed_over = True
             return ticket
@@ -216,6 +221,24 @@ class FlowController:
     def requeued(self) -> int:
         """Tickets taken back from flight and queued again since the start."""
         return self._core.requeued
+
+    @property
+    def dispatched(self) -> int:
+        """Requests dispatched since the start (less those taken back); O(1)."""
+        return self._core.outcomes[Outcome.DISPATCHED]
+
+    def retry_reservations(self) -> dict[str, int]:
+        """Places promised with Retry-After by full bands (`retry_reservations`), since
+        the start: ``made`` = ``honoured`` + ``lapsed`` + ``outstanding``; ``refused``
+        counts refusals that could promise nothing (band or table full)."""
+        r = self._core.reservations
+        return {
+            "made": r.made,
+            "honoured": r.honoured,
+            "lapsed": r.lapsed,
+            "refused": r.refused,
+            "outstanding": r.outstanding,
+        }
 
     def enqueue_nowait(
         self,
@@ -280,6 +303,7 @@ class FlowController:
         output_tokens: int | None,
         *,
         nowait: bool = False,
+        claim: Callable[[], Hashable] | None = None,
     ) -> Ticket:
         if not isinstance(key, FlowKey):
             raise TypeError(f"key must be a FlowKey, got {key!r}")
@@ -307,6 +331,7 @@ class FlowController:
                 input_tokens,
                 output_tokens,
                 nowait=nowait,
+                claim=claim,
             )
         except RejectedError:
             self._arm_collection()

@@ -67,10 +67,23 @@ class RejectedError(FlowControlError):
 
 
 class QueueFullError(RejectedError):
-    """A band or global capacity limit is reached. Retry later, or raise the limit."""
+    """A band or global capacity limit is reached. Retry later, or raise the limit.
+
+    Attributes:
+        retry_after: whole seconds to wait before retrying, from the band's outflow
+            (`FlowControlConfig.retry_reservations`), or None: the caller advises its own.
+        reserved: a place is promised to this request after `retry_after` seconds.
+    """
 
     outcome = Outcome.REJECTED_CAPACITY
     status_hint = 429
+
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, reserved: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reserved = reserved
 
 
 class NoEndpointsError(RejectedError):

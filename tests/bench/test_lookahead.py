@@ -45,12 +45,19 @@ def test_calibration_counts_errors_and_false_rejects() -> None:
 def test_retries_count_only_those_not_refused_again() -> None:
     run = LookaheadRun("x", early_reject=True)
     a, b, c = (_sent(1000, None, 0, outcome="RejectedCapacity") for _ in range(3))
+    for refused in (a, b, c):
+        assert refused.first is not None
+        refused.first.status = 429
+    a.first.reserved = True  # type: ignore[union-attr]  # set just above
     a.retry = Attempt(1.0, 200, "Dispatched")
     b.retry = Attempt(1.0, 429, "RejectedCapacity")
     run.sent = [a, b, c]
     got = retries(run)
     assert got["retries"] == 2 and got["got_in"] == 1 and got["share"] == 0.5
     assert got["first_outcomes"] == {"RejectedCapacity": 3}
+    assert got["answered"] == 3 and got["first_admitted_share"] == 0.0
+    assert got["served_share"] == pytest.approx(1 / 3)
+    assert got["promised"] == 1 and got["promised_in"] == 1
 
 
 @pytest.mark.e2e
@@ -60,7 +67,8 @@ async def test_a_tiny_run_answers_every_request() -> None:
     and answers came (requests cut off at the end of the run may have none)."""
     options = LookaheadOptions(duration=1.0, grace_s=1.0, backends=1)
     runs = await _runs(options)
-    assert [r.early_reject for r in runs] == [False, True, False, True]
+    assert [r.early_reject for r in runs] == [False, True, True] * 2
+    assert [r.reservations for r in runs] == [True, True, False] * 2
     for run in runs:
         assert run.sent
         assert all(s.first is not None for s in run.sent)

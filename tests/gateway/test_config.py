@@ -151,6 +151,8 @@ flow_control:
   displacement: false
   early_reject: false
   early_reject_margin: 0.5
+  retry_reservations: false
+  retry_grace: 3
 """
 
 

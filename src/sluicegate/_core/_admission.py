@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from .._errors import DeadlineUnreachableError, QueueFullError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from .._types import FlowKey
     from ._config import FlowControlConfig
@@ -51,15 +51,25 @@ __all__ = [
 ]
 
 
-def limit_refusal(band: Band, tenant: Tenant | None, size: int) -> QueueFullError | None:
+def limit_refusal(
+    band: Band,
+    tenant: Tenant | None,
+    size: int,
+    held: int = 0,
+    full: Callable[[int], QueueFullError] | None = None,
+) -> QueueFullError | None:
     """The queue limit of the tenant or of the band that an arrival would break, or None.
 
-    Checked before the global limits: those alone can be met by displacement.
+    Checked before the global limits: those alone can be met by displacement. `held`
+    places of the band are promised to others (`_reservations.py`); `full(limit)` makes
+    the refusal by the band's `max_requests` (the one that may promise a place).
     """
     if tenant is not None and (limit := tenant.max_queued) is not None and tenant.queued >= limit:
         return QueueFullError(f"tenant {tenant.id} holds its max_queued={limit}")
     config = band.config
-    if (limit := config.max_requests) is not None and band.queued_requests >= limit:
+    if (limit := config.max_requests) is not None and band.queued_requests + held >= limit:
+        if full is not None:
+            return full(limit)
         return QueueFullError(f"band {band.priority} holds its max_requests={limit}")
     if (limit := config.max_bytes) is not None and band.queued_bytes + size > limit:
         return QueueFullError(

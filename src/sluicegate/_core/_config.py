@@ -214,6 +214,11 @@ class FlowControlConfig:
         early_reject_margin: how far beyond its deadline the estimated wait must be
             before an early rejection: reject when wait > deadline x (1 + margin).
             Larger = fewer false rejects, more doomed requests queued.
+        retry_reservations: a band's `max_requests` refusal promises its flow a place
+            after the advised delay (`QueueFullError.retry_after`, the gateway's
+            Retry-After): until then fresh arrivals may not take the places promised,
+            and an arrival of the flow in its window may take any free place.
+        retry_grace: seconds a promised place is kept after it is due.
     """
 
     default_ttl: float | None = 30.0
@@ -233,6 +238,8 @@ class FlowControlConfig:
     displacement: bool = True
     early_reject: bool = True
     early_reject_margin: float = 0.25
+    retry_reservations: bool = True
+    retry_grace: float = 2.0
 
     def __post_init__(self) -> None:
         _check_duration("default_ttl", self.default_ttl, allow_none=True)
@@ -264,7 +271,10 @@ class FlowControlConfig:
         if not isinstance(self.demand_headroom, bool):
             raise ConfigError(f"demand_headroom must be a bool, got {self.demand_headroom!r}")
         object.__setattr__(self, "tenants", _frozen_tenants(self.tenants))
-        for name in ("displacement", "early_reject"):
+        _check_duration("retry_grace", self.retry_grace, allow_none=False)
+        if self.retry_grace == math.inf:
+            raise ConfigError("retry_grace must be finite: a promise held forever")
+        for name in ("displacement", "early_reject", "retry_reservations"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be a bool, got {getattr(self, name)!r}")
         margin = self.early_reject_margin

@@ -46,6 +46,7 @@ from ._admission import (
 )
 from ._headroom import DemandHeadroom
 from ._registry import Registry
+from ._reservations import Reservations
 from ._statistics import band_statistics, flow_snapshot
 from ._tenants import Tenants
 from ._ticket import State, Ticket
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
     from ._config import FlowControlConfig
     from ._registry import Band, Flow
+    from ._reservations import Claim
     from ._saturation import SaturationDetector
 
     #: Receives each plugin failure: a message and the exception (None if none was raised).
@@ -103,6 +105,8 @@ class Scheduler:
         self._displaced: list[Ticket] = []
         #: The TTL and no-endpoint deadlines of queued tickets.
         self._deadlines = Deadlines()
+        #: Places promised with Retry-After in full bands (`_reservations.py`).
+        self.reservations = Reservations(config)
 
     @property
     def config(self) -> FlowControlConfig:
@@ -134,6 +138,7 @@ class Scheduler:
         output_tokens: int | None = None,
         *,
         nowait: bool = False,
+        claim: Claim = None,
     ) -> Ticket:
         """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
 
@@ -147,6 +152,8 @@ class Scheduler:
             output_tokens: estimated output tokens (e.g. max_tokens); None = the flow's
                 recent average of actual output.
             nowait: dispatch at once or raise `WouldBlock` (counting nothing); never queue.
+            claim: names the request for a promise made with Retry-After
+                (`_reservations.py`); None: any request of its flow redeems one.
 
         Returns:
             the ticket, DISPATCHED or QUEUED (never QUEUED with `nowait`).
@@ -167,16 +174,18 @@ class Scheduler:
         expires_at, slo_at = self._deadlines_of(ttl, slo, now)
         eta = None  # raises if refused: no flow is made then
         if not immediate:
-            eta = self._check_admission(key, size, band, gate, now, expires_at, slo_at)
+            eta = self._check_admission(key, size, band, gate, now, expires_at, slo_at, claim)
         flow = registry.flow_for(band, key.id)
         ticket = Ticket(key, flow, size, now, self._seq, expires_at=expires_at, slo_at=slo_at)
         estimate(ticket, flow, input_tokens, output_tokens)
         if immediate:
             self._start(ticket, now, gate)
+            self.reservations.redeem(band.priority, key.id, now, claim)
             return ticket
         ticket._eta = eta
         self._queue(ticket, band, flow, now, front=False)
         self._arm_timers(ticket, now)
+        self.reservations.redeem(band.priority, key.id, now, claim)
         return ticket
 
     def _deadlines_of(
@@ -212,6 +221,7 @@ class Scheduler:
         now: float,
         expires_at: float | None,
         slo_at: float | None,
+        claim: Claim,
     ) -> float | None:
         """Refuse the arrival (raise) or make room for it (displacement); see
         `_admission.py` for the order and the semantics. Returns its wait estimate."""
@@ -222,7 +232,12 @@ class Scheduler:
             error = NoEndpointsError(f"no backend is available for {key}")
         else:
             tenant = self.tenants.get(key.id) if self.tenants else None
-            error = limit_refusal(band, tenant, size)
+            # Places promised with Retry-After are held against the band's limit.
+            held = self.reservations.held_against(band.priority, key.id, now, claim)
+            refuse = self.reservations.refusal
+            error = limit_refusal(
+                band, tenant, size, held, lambda limit: refuse(band, key.id, limit, now, claim)
+            )
             if error is None:
                 eta, position = self.estimate_wait(band.priority)
                 error = early_rejection(config, key, (eta, position), now, expires_at, slo_at)
@@ -331,6 +346,8 @@ class Scheduler:
                     continue
                 self._start(ticket, now, gate)
                 band.fairness.dispatched(flow, ticket)
+                if band.config.max_requests is not None:  # feeds Retry-After promises
+                    self.reservations.left(band.priority, now)
                 out.append(ticket)
         return out
 
@@ -604,6 +621,7 @@ class Scheduler:
         changed = self.registry.reconfigure(config, now)
         # Tenants first: that unparks every flow, so each rebuilt queue is a plain one.
         self.tenants.reconfigure(config.tenants, self.registry.levels)
+        self.reservations.config = config
         for band in changed:
             band.rebuild()
 

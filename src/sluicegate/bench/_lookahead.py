@@ -12,6 +12,9 @@ wait that long and retry once.
   within their SLO are the false rejects.
 * ``on``: early rejection on (the default): how many were refused at once, and how
   often a client that waits the advised Retry-After gets in on its first retry.
+* ``reservations off``: as ``on`` but a full band's 429 promises nothing
+  (``retry_reservations: false``): the same-run baseline of first-retry success, and of
+  what the promises cost fresh arrivals (first attempts admitted, requests served).
 
 Only retries sent while arrivals last count (after that the queue empties and any
 retry gets in).
@@ -86,6 +89,8 @@ class Attempt:
     queue_ms: float | None = None
     eta_ms: float | None = None
     retry_after: float | None = None
+    #: The 429 promised a place after its Retry-After (``x-sluicegate-retry-reserved``).
+    reserved: bool = False
 
 
 @dataclass(slots=True)
@@ -103,6 +108,7 @@ class LookaheadRun:
     label: str
     early_reject: bool
     closed: bool = False
+    reservations: bool = True
     started_at: float = 0.0
     sent: list[Sent] = field(default_factory=list)
 
@@ -138,6 +144,7 @@ async def _attempt(
             attempt.queue_ms = _number(h.get("x-sluicegate-queue-ms"))
             attempt.eta_ms = _number(h.get("x-sluicegate-queue-eta-ms"))
             attempt.retry_after = _number(h.get("retry-after"))
+            attempt.reserved = h.get("x-sluicegate-retry-reserved") == "1"
             async for _ in resp.content.iter_any():
                 pass
     except (aiohttp.ClientError, TimeoutError):
@@ -167,14 +174,19 @@ async def _client(
 
 
 @contextlib.asynccontextmanager
-async def _stack(options: LookaheadOptions, *, early_reject: bool) -> AsyncIterator[str]:
-    """Part 4's flow-control-on stack, with early rejection on or off."""
+async def _stack(
+    options: LookaheadOptions, *, early_reject: bool, reservations: bool = True
+) -> AsyncIterator[str]:
+    """Part 4's flow-control-on stack, with early rejection and retry reservations on
+    or off."""
     sim = options.sim
     apps = [create_app(sim.replace(seed=options.seed + i)) for i in range(options.backends)]
     async with serve_many(apps, _HOST, [0] * options.backends) as urls:
         workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
         config = demo_gateway_config("on", urls, workload, max_in_flight=sim.max_num_seqs)
-        flow_control = dataclasses.replace(config.flow_control, early_reject=early_reject)
+        flow_control = dataclasses.replace(
+            config.flow_control, early_reject=early_reject, retry_reservations=reservations
+        )
         config = config.model_copy(update={"flow_control": flow_control})
         async with serve_in_background(config) as gateway:
             yield str(gateway.url).rstrip("/")
@@ -185,7 +197,7 @@ async def _measure(
 ) -> None:
     loop = asyncio.get_running_loop()
     async with (
-        _stack(options, early_reject=run.early_reject) as url,
+        _stack(options, early_reject=run.early_reject, reservations=run.reservations) as url,
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
@@ -252,11 +264,16 @@ async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
     workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
     rate = options.load * estimate_capacity(workload, options.sim, options.backends)
     plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
-    runs = [LookaheadRun("open loop, early rejection off", False), LookaheadRun("open loop", True)]
+    runs = [
+        LookaheadRun("open loop, early rejection off", False),
+        LookaheadRun("open loop", True),
+        LookaheadRun("open loop, reservations off", True, reservations=False),
+    ]
     if options.closed_loop:
         runs += [
             LookaheadRun("closed loop, early rejection off", False, closed=True),
             LookaheadRun("closed loop", True, closed=True),
+            LookaheadRun("closed loop, reservations off", True, closed=True, reservations=False),
         ]
     # Closed loop: the plan is only a source of shapes; make it long enough (as part 4).
     shapes = plan_equal_tenants(
@@ -300,24 +317,43 @@ def calibration(run: LookaheadRun) -> dict[str, Any]:
 def retries(run: LookaheadRun) -> dict[str, Any]:
     """First retries after Retry-After sent while arrivals lasted, and how many got in
     (were not refused again)."""
-    tried = [s.retry for s in run.sent if s.retry is not None and s.retry.status is not None]
+    retried = [s for s in run.sent if s.retry is not None and s.retry.status is not None]
+    tried = [s.retry for s in retried if s.retry is not None]
     got_in = sum(a.status != 429 for a in tried)
+    promised = [s.retry for s in retried if s.first is not None and s.first.reserved]
+    promised_in = sum(a is not None and a.status != 429 for a in promised)
     outcomes: dict[str, int] = {}
+    answered = first_in = served = 0
     for sent in run.sent:
-        if sent.first is not None and sent.first.outcome is not None:
-            outcomes[sent.first.outcome] = outcomes.get(sent.first.outcome, 0) + 1
+        first = sent.first
+        if first is None or first.status is None:
+            continue
+        answered += 1
+        if first.outcome is not None:
+            outcomes[first.outcome] = outcomes.get(first.outcome, 0) + 1
+        first_in += first.status != 429
+        retry = sent.retry
+        served += first.status == 200 or (retry is not None and retry.status == 200)
     return {
         "retries": len(tried),
         "got_in": got_in,
         "share": got_in / len(tried) if tried else 0.0,
+        "promised": len(promised),
+        "promised_in": promised_in,
         "first_outcomes": outcomes,
+        "answered": answered,
+        "first_admitted_share": first_in / answered if answered else 0.0,
+        "served_share": served / answered if answered else 0.0,
     }
 
 
-def _figures(shadow: LookaheadRun, on: LookaheadRun, arrivals: str) -> list[Figure]:
-    """The headline figures of one pair of runs (early rejection off, then on)."""
+def _figures(
+    shadow: LookaheadRun, on: LookaheadRun, unreserved: LookaheadRun, arrivals: str
+) -> list[Figure]:
+    """The headline figures of one set of runs (early rejection off, on, on without
+    retry reservations)."""
     cal = calibration(shadow)
-    ret_shadow, ret_on = retries(shadow), retries(on)
+    ret_on, ret_off = retries(on), retries(unreserved)
     early = ret_on["first_outcomes"].get("RejectedDeadline", 0)
     actual = "median actual queue wait, same run"
     return [
@@ -354,10 +390,34 @@ def _figures(shadow: LookaheadRun, on: LookaheadRun, arrivals: str) -> list[Figu
             f"{arrivals}: first retry after Retry-After gets in",
             ret_on["share"] * 100.0,
             "%",
-            ret_shadow["share"] * 100.0,
-            "same, early rejection off",
+            ret_off["share"] * 100.0,
+            "same, retry reservations off",
             target=Target(">=", 80.0, ">= 80 %") if ret_on["retries"] else None,
-            note=f"{ret_on['got_in']} of {ret_on['retries']} retries",
+            note=(
+                f"{ret_on['got_in']} of {ret_on['retries']} retries; reservations off: "
+                f"{ret_off['got_in']} of {ret_off['retries']}"
+            ),
+        ),
+        Figure(
+            f"{arrivals}: first retry after a 429 that promised a place gets in",
+            ret_on["promised_in"] / ret_on["promised"] * 100.0 if ret_on["promised"] else 0.0,
+            "%",
+            note=f"{ret_on['promised_in']} of {ret_on['promised']} such retries",
+        ),
+        Figure(
+            f"{arrivals}: first attempts admitted (not 429)",
+            ret_on["first_admitted_share"] * 100.0,
+            "%",
+            ret_off["first_admitted_share"] * 100.0,
+            "same, retry reservations off",
+            note=f"{ret_on['answered']} / {ret_off['answered']} answered first attempts",
+        ),
+        Figure(
+            f"{arrivals}: requests served (200 on the first attempt or the retry)",
+            ret_on["served_share"] * 100.0,
+            "%",
+            ret_off["served_share"] * 100.0,
+            "same, retry reservations off",
         ),
     ]
 
@@ -387,9 +447,9 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
     """
     began = time.monotonic()
     runs = _run_loop(options)
-    figures = _figures(runs[0], runs[1], "open loop")
-    if len(runs) == 4:
-        figures += _figures(runs[2], runs[3], "closed loop")
+    figures = _figures(runs[0], runs[1], runs[2], "open loop")
+    if len(runs) == 6:
+        figures += _figures(runs[3], runs[4], runs[5], "closed loop")
     slos = ", ".join(f"{name} {s.ttft_s:g} s" for name, s in DEFAULT_SLOS.items())
     return PartResult(
         part="lookahead",
@@ -404,17 +464,21 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
             "retry once after Retry-After on a 429 (only retries sent while arrivals last "
             "count). Open loop: Poisson arrivals; closed loop: load x batch slots users, "
             "each waiting for its answer (and its retry) before the next request. Each "
-            "runs twice on the same plan: early rejection off (predictions are still made "
-            "and sent back) and on (the default). Calibration covers dispatched requests "
-            "that waited in the queue; a false reject is a request the rule would have "
-            f"refused (predicted wait > SLO x {1 + _MARGIN:g}) whose actual queue wait "
-            "was within its SLO."
+            "runs three times on the same plan: early rejection off (predictions are "
+            "still made and sent back), on (the default), and on with retry reservations "
+            "off (a full band's 429 promises nothing: the baseline). Calibration covers "
+            "dispatched requests that waited in the queue; a false reject is a request "
+            f"the rule would have refused (predicted wait > SLO x {1 + _MARGIN:g}) whose "
+            "actual queue wait was within its SLO."
         ),
         figures=figures,
         notes=[
             "The prediction is the work queued at the request's priority and above, "
             "divided by the pool's completion rate; it leaves out higher-priority "
             "arrivals during the wait, so it errs low (towards admitting).",
+            "Retry reservations: a full band's 429 promises the refused flow a place "
+            "after its Retry-After; fresh arrivals may not take promised places, so "
+            "they are refused more often while promises are outstanding.",
         ],
         seconds=time.monotonic() - began,
         raw={"runs": [_raw(run) for run in runs]},

@@ -257,7 +257,7 @@ class EndpointPicker:
         except sg.FlowControlError as exc:
             queue_s = time.perf_counter() - began
             self._refused(pool, cls, exc, queue_s)
-            retry_after = pool.retry_after(cls.priority) if exc.status_hint == 429 else None
+            retry_after = pool.retry_after(cls.priority, exc) if exc.status_hint == 429 else None
             raise Refusal(exc, queue_s, retry_after) from None
         except asyncio.CancelledError:  # cancelled while queued: Envoy or the client left
             self._record(cls, sg.Outcome.EVICTED_CANCELLED.value, time.perf_counter() - began)

@@ -30,8 +30,9 @@ from ._health import relay_with_retry
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pause import Resumable
-from ._pool import Pool, Router
+from ._pool import Pool, Router, body_claim
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
+from ._queue_events import QueueEvents
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 from ._upstream import sse_error_event
 
@@ -130,6 +131,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
+        #: Streamed requests waiting with ``x-sluicegate-queue-events: 1``.
+        self.queue_events = QueueEvents()
         self._bodies = BodyBudget(config.server.body_memory_budget)
         self._routes = self._route_table()
         self._paths = frozenset(path for _, path in self._routes)
@@ -391,7 +394,6 @@ class Gateway:
         ex.classification = cls
         if auth.rewrites:
             ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
-        key = sg.FlowKey(cls.fairness_id, cls.priority)
         ctl = pool.controller
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
@@ -402,15 +404,17 @@ class Gateway:
         if not pool.has_free_slot():
             # It would wait: take a slot back from lower work, or pause some (_preempt.py).
             pool.preemption.make_room(cls.priority)
-        # enqueue_and_wait dispatches at once, without waiting, when nothing is queued.
-        ticket = await ctl.enqueue_and_wait(
-            key,
-            size=len(body),
-            ttl=cls.ttl,
-            slo=cls.slo,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-        )
+        # Dispatched at once if nothing waits; else queue events, if asked for, as it waits.
+        async with self.queue_events.around(ex, ctl, cls.priority, stream=stream):
+            ticket = await ctl.enqueue_and_wait(
+                sg.FlowKey(cls.fairness_id, cls.priority),
+                size=len(body),
+                ttl=cls.ttl,
+                slo=cls.slo,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                claim=functools.partial(body_claim, body),  # Retry-After promises
+            )
         ex.queued = False
         meter = UsageMeter(ticket, pool.observe(ticket))
         charged = ticket.input_tokens + ticket.output_tokens
@@ -530,7 +534,7 @@ class Gateway:
             ex.queued = False
             self._record(ex, exc.outcome.value, reason=str(exc), status=exc.status_hint)
             if exc.status_hint == 429 and ex.pool is not None and ex.classification is not None:
-                retry_after = ex.pool.retry_after(ex.classification.priority)
+                retry_after = ex.pool.retry_after(ex.classification.priority, exc)
                 queue = ex.pool.controller.estimate_wait(ex.classification.priority)
         elif not isinstance(exc, GatewayError | sg.FlowControlError):
             _log.exception("unexpected error on %s %s", ex.scope["method"], ex.scope["path"])

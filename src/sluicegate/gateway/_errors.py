@@ -119,6 +119,8 @@ def error_reply(
     ]
     if status == 429 and retry_after is not None:
         headers.append((b"retry-after", str(max(1, retry_after)).encode()))
+        if isinstance(exc, sg.QueueFullError) and exc.reserved:  # a place is kept for it
+            headers.append((b"x-sluicegate-retry-reserved", b"1"))
     if isinstance(exc, sg.DeadlineUnreachableError):
         queue = (exc.wait_s, exc.position)
     if queue is not None:

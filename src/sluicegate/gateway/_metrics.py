@@ -237,6 +237,29 @@ class _StateCollector(Collector):
         yield self._learned_limits()
         yield self._requeues()
         yield from self._pauses()
+        yield from self._reservations()
+
+    def _reservations(self) -> Iterator[Metric]:
+        """Places promised with Retry-After by full bands, by what became of them."""
+        counts = CounterMetricFamily(
+            f"{self._prefix}retry_reservations",
+            "Places a full band promised with its 429 (Retry-After) to the refused flow, "
+            "by event: made, honoured (the flow came back in its window), lapsed (it did "
+            "not), refused (nothing could be promised: the band or the table was full).",
+            labels=["pool", "event"],
+        )
+        outstanding = GaugeMetricFamily(
+            f"{self._prefix}retry_reservations_outstanding",
+            "Places promised with Retry-After and not yet honoured or lapsed.",
+            labels=["pool"],
+        )
+        for pool in self._pools():
+            figures = pool.controller.retry_reservations()
+            for event in ("made", "honoured", "lapsed", "refused"):
+                counts.add_metric([pool.name, event], figures[event])
+            outstanding.add_metric([pool.name], figures["outstanding"])
+        yield counts
+        yield outstanding
 
     def _queues(
         self,

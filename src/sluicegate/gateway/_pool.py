@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import math
 import re
 from collections import deque
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from ._config import PoolSettings
 
-__all__ = ["DrainMeter", "Pool", "Router"]
+__all__ = ["DrainMeter", "Pool", "Router", "body_claim"]
 
 #: Retry-After when a band has not drained at all lately, so no rate is known.
 UNKNOWN_RETRY_AFTER: Final = 10
@@ -172,11 +173,14 @@ class Pool:
             meter = self._meters[priority] = DrainMeter()
         meter.record(now)
 
-    def retry_after(self, priority: int) -> int:
-        """Seconds after which band `priority` should have room: the time the pool needs
-        to drain what waits at that priority and above (the flow controller's wait
-        estimate, which early rejection uses too); before the pool has a drain rate,
-        the band's own recent dispatch rate."""
+    def retry_after(self, priority: int, exc: Exception | None = None) -> int:
+        """Seconds after which band `priority` should have room: the delay the refusal
+        `exc` advised (a full band's, which may hold a place for it), else the time the
+        pool needs to drain what waits at that priority and above (the flow
+        controller's wait estimate, which early rejection uses too); before the pool has
+        a drain rate, the band's own recent dispatch rate."""
+        if isinstance(exc, sg.QueueFullError) and exc.retry_after is not None:
+            return exc.retry_after
         wait, _ = self.controller.estimate_wait(priority)  # O(bands): runs on every 429
         if wait is None:
             queued = self.controller.queued_requests(priority)
@@ -189,6 +193,12 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {self.controller!r}>"
+
+
+def body_claim(body: bytes | bytearray) -> bytes:
+    """What names a request for a place promised with Retry-After (the flow
+    controller's ``claim``): a digest of its body, which a retry sends unchanged."""
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 #: The detector of a pool, by its saturation type.

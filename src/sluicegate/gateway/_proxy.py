@@ -25,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from ._errors import OUTCOME_BYPASSED, GatewayError, error_reply
+from ._queue_events import preamble_continues, sse_failure
 from ._upstream import KIND_STATUS, ReadWatch, failure, kind_of, sse_error_event
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ class Exchange:
         "first_byte_at",
         "outcome",
         "pool",
+        "preamble",
         "queue_s",
         "queued",
         "receive",
@@ -169,6 +171,9 @@ class Exchange:
         self.upstream_error: str | None = None
         #: The response being relayed is a server-sent event stream.
         self.sse = False
+        #: Headers and queue-event comments went out while it waited, no model byte
+        #: yet (`_queue_events.py`); `started` stays False until the answer starts.
+        self.preamble = False
         self._armed = False
         self._rx: asyncio.Future[Message] | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -246,11 +251,22 @@ class Exchange:
         return headers
 
     async def start(self, status: int, headers: Headers) -> None:
-        """Send the status line and headers (ours appended)."""
+        """Send the status line and headers (ours appended); with a queue-events
+        preamble they are out already: only a success may follow it."""
+        if self.preamble:
+            preamble_continues(status)
+            self.started = True
+            self.first_byte_at = time.perf_counter()
+            return
         self.started = True
         self.first_byte_at = time.perf_counter()
         headers.extend(self._our_headers())
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def open_preamble(self, headers: Headers) -> None:
+        """Send 200 and `headers` before the answer exists (queue events)."""
+        self.preamble = self.sse = True
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def chunk(self, data: bytes) -> None:
         """Send part of the body; more follows."""
@@ -275,7 +291,13 @@ class Exchange:
         retry_after: int | None = None,
         queue: tuple[float | None, int] | None = None,
     ) -> None:
-        """Answer `exc` as an OpenAI error (see `error_reply`)."""
+        """Answer `exc` as an OpenAI error (see `error_reply`); after a queue-events
+        preamble, as an SSE `error` event (`sse_failure`)."""
+        if self.preamble:
+            _, data = sse_failure(exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after)
+            self.started = True
+            await self.finish(data)
+            return
         status, body, headers = error_reply(
             exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after, queue=queue
         )
