@@ -114,7 +114,11 @@ async def test_priority_order_under_saturation_with_utilization() -> None:
             await eventually(lambda: ctl.statistics().queued_requests == len(tasks) - 2)
         assert done == []  # all four queued while the blockers still hold the simulator
         await asyncio.gather(*tasks)
-        assert done[2:] == ["i1", "i2", "b1", "b2"]
+        # Strict priority is the gateway's promise; between two requests it dispatches
+        # together (the detector's view lags the simulator by a scrape), the order in which
+        # their connections reach the simulator is the OS's: compare as sets.
+        assert sorted(done[2:4]) == ["i1", "i2"]
+        assert sorted(done[4:]) == ["b1", "b2"]
 
 
 async def test_disconnect_while_streaming_frees_the_simulator_slot() -> None:
