@@ -8,18 +8,15 @@ into an OpenAI-shaped body ``{"error": {"message", "type", "code", "param"}}`` b
 
 from __future__ import annotations
 
-from typing import Final, final
+from typing import final
 
 import orjson
 
 import sluicegate as sg
 
-__all__ = ["OUTCOME_BYPASSED", "OUTCOME_INVALID", "GatewayError", "error_reply"]
+from ._record import GatewayOutcome, RequestOutcome
 
-#: `x-sluicegate-outcome` of a request refused before it reached flow control.
-OUTCOME_INVALID: Final = "Invalid"
-#: `x-sluicegate-outcome` of a request that is not flow-controlled (health, metrics...).
-OUTCOME_BYPASSED: Final = "Bypassed"
+__all__ = ["GatewayError", "error_reply"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -46,7 +43,7 @@ class GatewayError(Exception):
         type: str = "invalid_request_error",
         code: str,
         param: str | None = None,
-        outcome: str = OUTCOME_INVALID,
+        outcome: RequestOutcome = GatewayOutcome.INVALID,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -103,10 +100,11 @@ def error_reply(
             retry_after = exc.retry_after
     elif isinstance(exc, sg.FlowControlError):
         status, type_, code = _flow_control(exc)
-        outcome = exc.outcome.value
+        outcome = exc.outcome
         message = str(exc) or type(exc).__name__
     else:
-        status, type_, code, outcome = 500, "server_error", "internal_error", OUTCOME_INVALID
+        status, type_, code = 500, "server_error", "internal_error"
+        outcome = GatewayOutcome.INVALID
         message = "internal gateway error; see the gateway log"
     body = orjson.dumps(
         {"error": {"message": message, "type": type_, "code": code, "param": param}}
@@ -114,7 +112,7 @@ def error_reply(
     headers: Headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"x-sluicegate-outcome", outcome.encode()),
+        (b"x-sluicegate-outcome", outcome.value.encode()),
         (b"x-sluicegate-queue-ms", f"{queue_ms:.3f}".encode()),
     ]
     if status == 429 and retry_after is not None:

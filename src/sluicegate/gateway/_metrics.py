@@ -62,7 +62,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cap = settings.max_fairness_ids
         self._ids: set[str] = set()
-        self._children: dict[tuple[str, int, str], tuple[Histogram, Counter]] = {}
+        self._children: dict[tuple[str, int, sg.Outcome], tuple[Histogram, Counter]] = {}
         self._token_children: dict[tuple[str, int], tuple[Counter, Counter]] = {}
         self._queue_duration = Histogram(
             f"{prefix}request_queue_duration_seconds",
@@ -115,7 +115,7 @@ class GatewayMetrics:
             return fairness_id
         return OTHER_FAIRNESS_ID
 
-    def record(self, fairness_id: str, priority: int, outcome: str, queue_s: float) -> None:
+    def record(self, fairness_id: str, priority: int, outcome: sg.Outcome, queue_s: float) -> None:
         """Count one flow-control outcome and observe its queue time."""
         key = (fairness_id, priority, outcome)
         children = self._children.get(key)
@@ -123,8 +123,8 @@ class GatewayMetrics:
             label = self.fairness_label(fairness_id)
             prio = str(priority)
             children = (
-                self._queue_duration.labels(label, prio, outcome),
-                self._requests.labels(outcome, prio),
+                self._queue_duration.labels(label, prio, outcome.value),
+                self._requests.labels(outcome.value, prio),
             )
             # Cache only bounded keys: ids past the cap share the 'other' children.
             if label == fairness_id:
