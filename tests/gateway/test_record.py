@@ -13,9 +13,9 @@ import pytest
 
 import sluicegate as sg
 from sluicegate.gateway import Binding, ConcurrencyDetector, ConcurrencySettings, binding_of
-from sluicegate.gateway._errors import GatewayError, error_reply
+from sluicegate.gateway._errors import GatewayError, GatewayOutcome, error_reply
 from sluicegate.gateway._introspect import readiness
-from sluicegate.gateway._record import GatewayOutcome, RequestRecord
+from sluicegate.gateway._record import RequestRecord
 from sluicegate.gateway._upstream import (
     KIND_BROKEN,
     KIND_CONNECT,

@@ -8,15 +8,28 @@ into an OpenAI-shaped body ``{"error": {"message", "type", "code", "param"}}`` b
 
 from __future__ import annotations
 
-from typing import final
+import enum
+from typing import TypeAlias, final
 
 import orjson
 
 import sluicegate as sg
 
-from ._record import GatewayOutcome, RequestOutcome
+__all__ = ["GatewayError", "GatewayOutcome", "RequestOutcome", "error_reply"]
 
-__all__ = ["GatewayError", "error_reply"]
+
+@final
+class GatewayOutcome(enum.Enum):
+    """Outcomes of requests that never reached flow control (``x-sluicegate-outcome``)."""
+
+    #: Refused by the gateway itself first (bad header, body, unknown model...).
+    INVALID = "Invalid"
+    #: Not flow-controlled (health, metrics, utility routes).
+    BYPASSED = "Bypassed"
+
+
+#: A request's outcome: the flow controller's, or one of the gateway's own.
+RequestOutcome: TypeAlias = sg.Outcome | GatewayOutcome
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -25,8 +25,8 @@ from yarl import URL
 
 import sluicegate as sg
 
-from ._errors import GatewayError, error_reply
-from ._record import GatewayOutcome, RequestRecord, now
+from ._errors import GatewayError, GatewayOutcome, error_reply
+from ._record import RequestRecord, now
 from ._upstream import (
     KIND_STATUS,
     UPSTREAM_ERRORS,
@@ -387,7 +387,8 @@ def upstream_failed(ex: Exchange, base: str, failed: UpstreamFailure) -> Gateway
         " (mid-response; the response was ended)" if ex.started else "",
         f"{cause if isinstance(cause, str) else repr(cause)} {failed.detail}".rstrip(),
     )
-    return failure(failed.kind, ex.record.pool, failed.detail)
+    pool = ex.record.pool
+    return failure(failed.kind, None if pool is None else pool.name, failed.detail)
 
 
 async def _detail(resp: aiohttp.ClientResponse) -> str:

@@ -14,35 +14,23 @@ the two never disagree by more than that millisecond.
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias, final
+from typing import TYPE_CHECKING, Final, final
 
 import sluicegate as sg
+
+from ._errors import GatewayOutcome, RequestOutcome
 
 if TYPE_CHECKING:
     from ._classify import Classification
     from ._pool import Pool
 
-__all__ = ["GatewayOutcome", "RequestOutcome", "RequestRecord", "now"]
+__all__ = ["RequestRecord", "now"]
 
 #: The record's clock (seconds; see the module docstring).
 now: Final = time.perf_counter
 
-
-@final
-class GatewayOutcome(enum.Enum):
-    """Outcomes of requests that never reached flow control (``x-sluicegate-outcome``)."""
-
-    #: Refused by the gateway itself first (bad header, body, unknown model...).
-    INVALID = "Invalid"
-    #: Not flow-controlled (health, metrics, utility routes).
-    BYPASSED = "Bypassed"
-
-
-#: A request's outcome: the flow controller's, or one of the gateway's own.
-RequestOutcome: TypeAlias = sg.Outcome | GatewayOutcome
 
 _DISPATCHED: Final = sg.Outcome.DISPATCHED
 

@@ -19,8 +19,6 @@ from ._errors import GatewayError
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._pool import Pool
-
 __all__ = [
     "KIND_BROKEN",
     "KIND_CONNECT",
@@ -115,9 +113,10 @@ def kind_of(exc: BaseException) -> str:
     return KIND_BROKEN
 
 
-def failure(kind: str, pool: Pool | None, detail: str = "") -> GatewayError:
-    """The error a client gets for an upstream failure of `kind`; no backend address."""
-    where = f" of pool {pool.name}" if pool is not None else ""
+def failure(kind: str, pool: str | None, detail: str = "") -> GatewayError:
+    """The error a client gets for an upstream failure of `kind` in `pool` (its name);
+    no backend address."""
+    where = f" of pool {pool}" if pool is not None else ""
     message = _SAY[kind].replace("a backend", f"a backend{where}", 1)
     if detail:
         message += f": {detail}"
