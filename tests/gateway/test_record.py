@@ -12,9 +12,16 @@ import aiohttp
 import pytest
 
 import sluicegate as sg
-from sluicegate.gateway import Binding, ConcurrencyDetector, ConcurrencySettings, binding_of
+from sluicegate.gateway import (
+    Binding,
+    ConcurrencyDetector,
+    ConcurrencySettings,
+    MetricsSettings,
+    binding_of,
+)
 from sluicegate.gateway._errors import GatewayError, GatewayOutcome, error_reply
 from sluicegate.gateway._introspect import readiness
+from sluicegate.gateway._metrics import FastHistogram, GatewayMetrics
 from sluicegate.gateway._record import RequestRecord
 from sluicegate.gateway._upstream import (
     KIND_BROKEN,
@@ -115,3 +122,32 @@ async def test_readiness_takes_what_it_shows() -> None:
     """readiness needs only the drain flag and the pools (no Gateway)."""
     assert readiness(True, []) == ["draining: the gateway is shutting down"]
     assert readiness(False, []) == []
+
+
+@pytest.mark.asyncio
+async def test_fast_histogram_exposes_cumulative_buckets_like_prometheus_client() -> None:
+    """A value on a bound counts in that bucket (le), every later bucket includes it."""
+    hist = FastHistogram((0.001, 0.01))
+    for value in (0.0005, 0.001, 0.002, 5.0):
+        hist.observe(value)
+    assert hist.buckets() == [("0.001", 2.0), ("0.01", 3.0), ("+Inf", 4.0)]
+    assert hist.sum == pytest.approx(5.0035)
+
+
+@pytest.mark.asyncio
+async def test_request_series_render_with_their_labels_and_fold_ids_past_the_cap() -> None:
+    """Outcome counts and queue histograms keep their names and labels; the second id
+    past a cap of one is reported as 'other'."""
+    metrics = GatewayMetrics(MetricsSettings(prefix="p_", max_fairness_ids=1), list)
+    metrics.record("a", 1, sg.Outcome.DISPATCHED, 0.002)
+    metrics.record("b", 1, sg.Outcome.DISPATCHED, 0.002)
+    metrics.record("b", 1, sg.Outcome.EVICTED_TTL, 3.0)
+    metrics.added_latency.observe(0.0003)
+    text = metrics.render().decode()
+    assert 'p_requests_total{outcome="Dispatched",priority="1"} 2.0' in text
+    assert 'p_requests_total{outcome="EvictedTTL",priority="1"} 1.0' in text
+    assert (
+        'p_request_queue_duration_seconds_count{fairness_id="other",outcome="Dispatched",'
+        'priority="1"} 1.0'
+    ) in text
+    assert 'p_gateway_added_latency_seconds_bucket{le="0.0005"} 1.0' in text

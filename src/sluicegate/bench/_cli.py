@@ -53,6 +53,7 @@ class Settings:
     cores: tuple[int, int]
     modes: tuple[str, ...] = PROTECTION_MODES
     target_pid: int | None = None
+    target_key: str | None = None
 
 
 def overhead_options(settings: Settings) -> OverheadOptions:
@@ -61,6 +62,7 @@ def overhead_options(settings: Settings) -> OverheadOptions:
     options = OverheadOptions(
         target=target,
         target_pid=settings.target_pid if target else None,
+        target_key=settings.target_key if target else None,
         backend_port=settings.backend_port if target else 0,
         gateway_core=settings.cores[0],
         load_core=settings.cores[1],
@@ -108,6 +110,8 @@ def _part_command(part: str, settings: Settings) -> str:
         args += ["--target", settings.target, "--backend-port", str(settings.backend_port)]
         if settings.target_pid is not None and part != "overload":
             args += ["--target-pid", str(settings.target_pid)]
+        if settings.target_key is not None and part != "overload":
+            args += ["--target-key", "<key>"]
     if part == "overload" and settings.arrivals != "poisson":
         args += ["--arrivals", settings.arrivals]
     if part == "protection" and tuple(settings.modes) != PROTECTION_MODES:
@@ -168,6 +172,12 @@ def _sample_load(suite: Suite, when: str) -> None:
     help="The target's process id: parts 2 and 3 then show its CPU per request and chunk.",
 )
 @click.option(
+    "--target-key",
+    default=None,
+    metavar="KEY",
+    help="Parts 2 and 3 send 'Authorization: Bearer KEY' on every path (the target's key).",
+)
+@click.option(
     "--backend-port",
     type=click.IntRange(1024, 65000),
     default=18100,
@@ -214,6 +224,7 @@ def bench(
     quick: bool,
     target: str | None,
     target_pid: int | None,
+    target_key: str | None,
     backend_port: int,
     arrivals: str,
     seed: int,
@@ -247,6 +258,7 @@ def bench(
         (gateway_core, load_core),
         tuple(m.strip() for m in modes.split(",") if m.strip()),
         target_pid,
+        target_key,
     )
     began = time.monotonic()
     _sample_load(suite, "start")

@@ -64,6 +64,8 @@ class OverheadOptions:
         target: another gateway's base URL, measured beside ours.
         backend_port: the upstream's port (0: a free one; set it with `target`).
         target_pid: the target's process id, to read its CPU time (else none is shown).
+        target_key: a bearer token the target needs (LiteLLM's master key); sent on
+            every path alike, so no path pays for a header the others do not.
         short_events: part 3's second stream length: CPU per stream at `events` and at
             this many chunks gives the marginal cost of a chunk and the fixed cost of a
             stream.
@@ -81,6 +83,7 @@ class OverheadOptions:
     target: str | None = None
     backend_port: int = 0
     target_pid: int | None = None
+    target_key: str | None = None
     short_events: int = 4
     open_loop_s: float = 4.0
 
@@ -249,8 +252,11 @@ async def _open_loop(
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
-        async with session.post(url, data=BODY) as r:
-            await r.read()
+        try:
+            async with session.post(url, data=BODY) as r:
+                await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # an overloaded target: its failure counts with the time it took
         out.append(time.perf_counter() - due)
 
     began = time.perf_counter()
@@ -325,7 +331,7 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
     results: dict[str, list[float]] = {}
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=_auth(options)
     ) as session:
         for _, base in _paths(ep):  # warm every path up: connections, caches
             await _latencies(session, base + _CHAT, max(options.latency_requests // 5, 20))
@@ -345,6 +351,11 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
             for _ in range(options.rounds):
                 await _open_round(session, ep, options.open_loop_s, results)
     return results
+
+
+def _auth(options: OverheadOptions) -> dict[str, str]:
+    key = options.target_key
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
 
 
 def stream_body(events: int) -> bytes:
@@ -390,7 +401,7 @@ async def measure_streaming(ep: Endpoints, options: OverheadOptions) -> dict[str
         urls.append(("target", ep.target))
     long, short = options.events, options.short_events
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=_auth(options)
     ) as session:
         for _, base in urls:
             await _stream_events(session, base + _CHAT, 4)  # warm-up
