@@ -32,7 +32,9 @@ EVENT: Final = (
 )
 
 
-_EVENTS: Final = re.compile(rb'"events": ([0-9]{1,6})')
+#: Any JSON spacing: a gateway may re-serialise the body (LiteLLM writes ``"stream":true``).
+_STREAM: Final = re.compile(rb'"stream":\s*true')
+_EVENTS: Final = re.compile(rb'"events":\s*([0-9]{1,6})')
 
 
 class Upstream(asyncio.Protocol):
@@ -60,7 +62,7 @@ class Upstream(asyncio.Protocol):
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             assert self.transport is not None
-            if b'"stream": true' in body:
+            if _STREAM.search(body):
                 # A body may ask for its own stream length (part 3's marginal cost).
                 asked = _EVENTS.search(body)
                 events = int(asked.group(1)) if asked else self.events
