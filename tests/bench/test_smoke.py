@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TINY = OverheadOptions(
-    rounds=1, latency_requests=20, throughput_s=0.2, streams=(4,), events=5, gap_ms=5
+    rounds=1,
+    latency_requests=20,
+    throughput_s=0.2,
+    streams=(4,),
+    events=5,
+    short_events=1,
+    gap_ms=5,
+    open_loop_s=0.2,
 )
 
 
@@ -41,19 +48,36 @@ def test_dispatch_part_runs_the_matrix_script() -> None:
 
 @pytest.mark.e2e
 def test_overhead_part_measures_direct_and_gateway() -> None:
-    """Latency and throughput series for both paths, and the three headline figures."""
+    """Latency, throughput, CPU per request and open-loop series for both paths, and the
+    five headline figures."""
     result = run_overhead(TINY, command="test")
     results = result.raw["results"]
-    assert {"direct p50 ms", "sluicegate added p99 ms", "sluicegate req/s @64"} <= set(results)
-    assert [f.unit for f in result.figures] == ["ms", "ms", "req/s"]
+    assert {
+        "direct p50 ms",
+        "sluicegate added p99 ms",
+        "sluicegate req/s @64",
+        "direct cpu us/req @64",
+        "sluicegate cpu us/req @64",
+        "sluicegate open-loop added p99 ms",
+    } <= set(results)
+    assert results["sluicegate cpu us/req @64"][0] > 0
+    assert [f.unit for f in result.figures] == ["ms", "ms", "req/s", "us", "ms"]
 
 
 @pytest.mark.e2e
 def test_streaming_part_counts_every_relayed_event() -> None:
-    """N streams of 5 events each: 4 x 5 events relayed, gateway CPU per event measured."""
+    """N streams of 5 events each: 4 x 5 events relayed, gateway CPU per event measured,
+    and (with a second batch of 1-event streams) its marginal and fixed CPU."""
     result = run_streaming(TINY, command="test")
-    assert result.raw["results"]["events N=4"] == [20.0]
+    results = result.raw["results"]
+    assert results["events N=4"] == [20.0]
+    assert {"gateway marginal us/chunk N=4", "upstream fixed us/stream N=4"} <= set(results)
     assert result.figures[0].value > 0
+    assert [f.name.split(",")[0] for f in result.figures] == [
+        "gateway CPU per relayed SSE chunk",
+        "gateway marginal CPU per extra chunk",
+        "gateway fixed CPU per stream",
+    ]
 
 
 @pytest.mark.e2e
@@ -69,8 +93,8 @@ def test_overhead_part_measures_a_target_gateway_beside_ours(tmp_path: Path) -> 
         assert other.stdout is not None
         assert b"listening" in other.stdout.readline()
         options = OverheadOptions(
-            rounds=1, latency_requests=20, throughput_s=0.2,
-            target=f"http://127.0.0.1:{other_port}", backend_port=up_port,
+            rounds=1, latency_requests=20, throughput_s=0.2, open_loop_s=0.2,
+            target=f"http://127.0.0.1:{other_port}", backend_port=up_port, target_pid=other.pid,
         )  # fmt: skip
         result = run_overhead(options, command="test")
     finally:
@@ -78,7 +102,7 @@ def test_overhead_part_measures_a_target_gateway_beside_ours(tmp_path: Path) -> 
         other.wait(timeout=30)
         assert other.stdout is not None
         other.stdout.close()
-    assert "target added p50 ms" in result.raw["results"]
+    assert {"target added p50 ms", "target cpu us/req @64"} <= set(result.raw["results"])
     assert any(f.name.startswith("target:") and f.target is None for f in result.figures)
 
 

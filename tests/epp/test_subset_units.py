@@ -38,7 +38,7 @@ def test_utilization_subset_scores_only_its_backends_and_rechecks_at_the_scrape_
     assert subset.utilization() == pytest.approx(0.2)
     ticket_like = _Ticket()
     subset.on_dispatch(ticket_like)  # type: ignore[arg-type]
-    assert ticket_like.assignment[0].url == URL_C  # never B, though B scores 0
+    assert ticket_like.assignment.backend.url == URL_C  # never B, though B scores 0
     subset.on_release(ticket_like)  # type: ignore[arg-type]
     assert detector.backends[URL_C].in_flight == 0
     only_a = SubsetDetector(pool, frozenset({URL_A}), lambda: 100.0)

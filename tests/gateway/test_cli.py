@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
@@ -49,3 +50,17 @@ def test_serve_on_a_public_address_without_a_token_refuses_to_start() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "server.auth_token" in lines[0] and "0.0.0.0" in lines[0]
+
+
+def test_serve_tunes_the_collector_for_a_long_running_server() -> None:
+    """`sluicegate serve` freezes what start-up loaded and makes young collections rare."""
+    from sluicegate.gateway._cli import GC_YOUNG_THRESHOLD, _settle_gc
+
+    before = gc.get_threshold()
+    try:
+        _settle_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -232,7 +232,7 @@ def test_rebind_moves_the_in_flight_count_to_another_usable_backend() -> None:
     ticket: Any = _Ticket()
     assert not detector.is_saturated()
     detector.on_dispatch(ticket)
-    assert ticket.assignment[0] is a
+    assert ticket.assignment.backend is a
     detector.upstream_failed(a, "connect", "refused")
     assert detector.rebind(ticket) is b
     assert (a.in_flight, b.in_flight) == (0, 1)

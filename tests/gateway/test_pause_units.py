@@ -24,7 +24,7 @@ def test_move_to_sends_a_resumed_request_home_only_when_home_has_room() -> None:
     resumed: Any = _Ticket()
     assert not detector.is_saturated()
     detector.on_dispatch(resumed)
-    assert resumed.assignment[0] is b
+    assert resumed.assignment.backend is b
     assert not detector.move_to(resumed, "http://a")  # home is full: it stays
     assert not detector.move_to(resumed, "http://b")  # already home
     assert not detector.move_to(resumed, "http://gone")

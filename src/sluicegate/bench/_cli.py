@@ -52,20 +52,30 @@ class Settings:
     seed: int
     cores: tuple[int, int]
     modes: tuple[str, ...] = PROTECTION_MODES
+    target_pid: int | None = None
+    target_key: str | None = None
 
 
-def overhead_options(settings: Settings, *, with_target: bool) -> OverheadOptions:
+def overhead_options(settings: Settings) -> OverheadOptions:
     """Parts 2 and 3: the full settings, or seconds-long ones with ``--quick``."""
-    target = settings.target if with_target else None
+    target = settings.target
     options = OverheadOptions(
         target=target,
+        target_pid=settings.target_pid if target else None,
+        target_key=settings.target_key if target else None,
         backend_port=settings.backend_port if target else 0,
         gateway_core=settings.cores[0],
         load_core=settings.cores[1],
     )
     if settings.quick:
         return dataclasses.replace(
-            options, rounds=1, latency_requests=200, throughput_s=1.0, streams=(16,), events=20
+            options,
+            rounds=1,
+            latency_requests=200,
+            throughput_s=1.0,
+            streams=(16,),
+            events=20,
+            open_loop_s=1.0,
         )
     return options
 
@@ -96,8 +106,12 @@ def protection_options(settings: Settings) -> ProtectionOptions:
 
 def _part_command(part: str, settings: Settings) -> str:
     args = ["sluicegate", "bench", part, *["--quick"] * settings.quick]
-    if settings.target and part in {"overhead", "overload"}:
+    if settings.target and part in {"overhead", "streaming", "overload"}:
         args += ["--target", settings.target, "--backend-port", str(settings.backend_port)]
+        if settings.target_pid is not None and part != "overload":
+            args += ["--target-pid", str(settings.target_pid)]
+        if settings.target_key is not None and part != "overload":
+            args += ["--target-key", "<key>"]
     if part == "overload" and settings.arrivals != "poisson":
         args += ["--arrivals", settings.arrivals]
     if part == "protection" and tuple(settings.modes) != PROTECTION_MODES:
@@ -120,9 +134,9 @@ def run_part(part: str, settings: Settings) -> PartResult:
         result.command = command
         return result
     if part == "overhead":
-        return run_overhead(overhead_options(settings, with_target=True), command=command)
+        return run_overhead(overhead_options(settings), command=command)
     if part == "streaming":
-        return run_streaming(overhead_options(settings, with_target=False), command=command)
+        return run_streaming(overhead_options(settings), command=command)
     if part == "epp":  # imported here: it needs the epp extras (gRPC)
         from ._epp import EppOptions, run_epp
 
@@ -150,7 +164,19 @@ def _sample_load(suite: Suite, when: str) -> None:
 @click.option(
     "--quick", is_flag=True, help="A smoke run: seconds per part, figures not meaningful."
 )
-@click.option("--target", metavar="URL", help="Another gateway to measure in parts 2 and 4.")
+@click.option("--target", metavar="URL", help="Another gateway to measure in parts 2, 3 and 4.")
+@click.option(
+    "--target-pid",
+    type=int,
+    default=None,
+    help="The target's process id: parts 2 and 3 then show its CPU per request and chunk.",
+)
+@click.option(
+    "--target-key",
+    default=None,
+    metavar="KEY",
+    help="Parts 2 and 3 send 'Authorization: Bearer KEY' on every path (the target's key).",
+)
 @click.option(
     "--backend-port",
     type=click.IntRange(1024, 65000),
@@ -197,6 +223,8 @@ def bench(
     part: str,
     quick: bool,
     target: str | None,
+    target_pid: int | None,
+    target_key: str | None,
     backend_port: int,
     arrivals: str,
     seed: int,
@@ -229,6 +257,8 @@ def bench(
         seed,
         (gateway_core, load_core),
         tuple(m.strip() for m in modes.split(",") if m.strip()),
+        target_pid,
+        target_key,
     )
     began = time.monotonic()
     _sample_load(suite, "start")

@@ -36,7 +36,14 @@ from ._upstream import BODY, STREAM_BODY
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Endpoints", "OverheadOptions", "cpu_seconds", "measure_overhead", "measure_streaming"]
+__all__ = [
+    "Endpoints",
+    "OverheadOptions",
+    "cpu_seconds",
+    "measure_overhead",
+    "measure_streaming",
+    "stream_body",
+]
 
 _CHAT: Final = "/v1/chat/completions"
 
@@ -57,6 +64,13 @@ class OverheadOptions:
         load_core: the core the upstream and the load generator are pinned to.
         target: another gateway's base URL, measured beside ours.
         backend_port: the upstream's port (0: a free one; set it with `target`).
+        target_pid: the target's process id, to read its CPU time (else none is shown).
+        target_key: a bearer token the target needs (LiteLLM's master key); sent on
+            every path alike, so no path pays for a header the others do not.
+        short_events: part 3's second stream length: CPU per stream at `events` and at
+            this many chunks gives the marginal cost of a chunk and the fixed cost of a
+            stream.
+        open_loop_s: seconds per path of part 2's open loop (80 % of the gateway's rate).
     """
 
     rounds: int = 3
@@ -69,6 +83,10 @@ class OverheadOptions:
     load_core: int = 1
     target: str | None = None
     backend_port: int = 0
+    target_pid: int | None = None
+    target_key: str | None = None
+    short_events: int = 4
+    open_loop_s: float = 4.0
 
 
 @final
@@ -82,6 +100,7 @@ class Endpoints:
     upstream_pid: int
     target: str | None
     pinned: bool
+    target_pid: int | None = None
 
 
 def free_port() -> int:
@@ -189,6 +208,7 @@ def running(options: OverheadOptions) -> Iterator[Endpoints]:
                 up.pid,
                 options.target.rstrip("/") if options.target else None,
                 pin,
+                options.target_pid,
             )
     finally:
         if saved is not None:
@@ -205,8 +225,9 @@ async def _latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[f
     return out
 
 
-async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) -> float:
-    """Closed loop: 64 workers, each sending its next request when the last one answered."""
+async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) -> int:
+    """Closed loop: 64 workers, each sending its next request when the last one answered.
+    Returns the requests answered."""
     done = 0
     stop_at = time.perf_counter() + seconds
 
@@ -217,9 +238,78 @@ async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) 
                 await r.read()
             done += 1
 
-    began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(64)))
-    return done / (time.perf_counter() - began)
+    return done
+
+
+async def _open_loop(
+    session: aiohttp.ClientSession, url: str, rate: float, seconds: float
+) -> list[float]:
+    """Open loop: requests sent at a fixed `rate` whatever the answers do. Each latency
+    counts from when its request was due, so a lagging sender is not hidden (no
+    coordinated omission)."""
+    out: list[float] = []
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(due: float) -> None:
+        try:
+            async with session.post(url, data=BODY) as r:
+                await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # an overloaded target: its failure counts with the time it took
+        out.append(time.perf_counter() - due)
+
+    began = time.perf_counter()
+    n = int(rate * seconds)
+    for i in range(n):
+        due = began + i / rate
+        if (delay := due - time.perf_counter()) > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    while tasks:
+        await asyncio.gather(*tasks)
+    return out
+
+
+def _cpu_pids(ep: Endpoints) -> dict[str, int | None]:
+    """Whose CPU time is a path's cost: the upstream's for direct, else the gateway's."""
+    return {"direct": ep.upstream_pid, "sluicegate": ep.gateway_pid, "target": ep.target_pid}
+
+
+async def _closed_round(
+    session: aiohttp.ClientSession, ep: Endpoints, seconds: float, results: dict[str, list[float]]
+) -> None:
+    """Closed loop at 64 on every path: req/s and CPU us per request of its server."""
+    pids = _cpu_pids(ep)
+    for name, base in _paths(ep):
+        pid = pids[name]
+        cpu = cpu_seconds(pid) if pid is not None else 0.0
+        began = time.perf_counter()
+        done = await _throughput(session, base + _CHAT, seconds)
+        elapsed = time.perf_counter() - began
+        results.setdefault(f"{name} req/s @64", []).append(done / elapsed)
+        if pid is not None and done:
+            used = cpu_seconds(pid) - cpu
+            results.setdefault(f"{name} cpu us/req @64", []).append(used / done * 1e6)
+
+
+async def _open_round(
+    session: aiohttp.ClientSession, ep: Endpoints, seconds: float, results: dict[str, list[float]]
+) -> None:
+    """Open loop at 80 % of the gateway's own closed-loop rate, every path in turn."""
+    rate = 0.8 * statistics.median(results["sluicegate req/s @64"])
+    results.setdefault("open-loop rate req/s", []).append(rate)
+    p99: dict[str, float] = {}
+    for name, base in _paths(ep):
+        lat = await _open_loop(session, base + _CHAT, rate, seconds)
+        p99[name] = percentile(lat, 99) * 1e3
+        results.setdefault(f"{name} open-loop p99 ms", []).append(p99[name])
+    for name, value in p99.items():
+        if name != "direct":
+            results.setdefault(f"{name} open-loop added p99 ms", []).append(value - p99["direct"])
 
 
 def _paths(ep: Endpoints) -> list[tuple[str, str]]:
@@ -230,16 +320,19 @@ def _paths(ep: Endpoints) -> list[tuple[str, str]]:
 
 
 async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
-    """Part 2: per round, latency at concurrency 1 then req/s at 64, every path in turn.
+    """Part 2: per round, latency at concurrency 1 then req/s at 64, every path in turn;
+    then, per round, an open loop at 80 % of the gateway's median closed-loop rate.
 
     Returns:
         Lists over rounds: ``<path> p50 ms``, ``<path> p99 ms``, ``<path> added p50 ms``
-        (minus direct, same round), ``<path> req/s @64``.
+        (minus direct, same round), ``<path> req/s @64``, ``<path> cpu us/req @64`` (the
+        upstream's CPU for direct; the target's only with its pid),
+        ``<path> open-loop p99 ms`` and ``<path> open-loop added p99 ms``.
     """
     results: dict[str, list[float]] = {}
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=_auth(options)
     ) as session:
         for _, base in _paths(ep):  # warm every path up: connections, caches
             await _latencies(session, base + _CHAT, max(options.latency_requests // 5, 20))
@@ -254,42 +347,114 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
                     if name != "direct":
                         added = value - pct["direct"][q]
                         results.setdefault(f"{name} added p{q} ms", []).append(added)
-            for name, base in _paths(ep):
-                rps = await _throughput(session, base + _CHAT, options.throughput_s)
-                results.setdefault(f"{name} req/s @64", []).append(rps)
+            await _closed_round(session, ep, options.throughput_s, results)
+        if options.open_loop_s > 0:
+            for _ in range(options.rounds):
+                await _open_round(session, ep, options.open_loop_s, results)
     return results
 
 
-async def _stream_events(session: aiohttp.ClientSession, url: str, streams: int) -> int:
+def _auth(options: OverheadOptions) -> dict[str, str]:
+    key = options.target_key
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+def stream_body(events: int) -> bytes:
+    """A streamed request asking the bench upstream for `events` chunks."""
+    return STREAM_BODY[:-1] + b', "events": ' + str(events).encode() + b"}"
+
+
+async def _stream_events(
+    session: aiohttp.ClientSession, url: str, streams: int, events: int | None = None
+) -> int:
+    body = STREAM_BODY if events is None else stream_body(events)
+
     async def one() -> int:
-        async with session.post(url, data=STREAM_BODY) as r:
-            return len([line async for line in r.content if line.startswith(b"data: ")])
+        seen = 0
+        try:
+            async with session.post(url, data=body) as r:
+                async for line in r.content:
+                    seen += line.startswith(b"data: ")
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # an overloaded target dropped it: the shortfall shows in ``events N=``
+        return seen
 
     return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
+async def _stream_batch(
+    session: aiohttp.ClientSession, url: str, pids: dict[str, int], n: int, events: int
+) -> tuple[int, dict[str, float]]:
+    """N concurrent streams of `events` chunks: chunks received, CPU seconds per pid."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    received = await _stream_events(session, url, n, events)
+    return received, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+
 async def measure_streaming(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
-    """Part 3: per round and N, CPU us per event of the gateway and of the upstream.
+    """Part 3: per round and N, CPU us per event of the gateway and of the upstream, and
+    (from streams of `events` and of `short_events` chunks) each one's marginal CPU per
+    chunk and fixed CPU per stream.
 
     Returns:
-        Lists over rounds: ``gateway us/event N=<n>``, ``upstream us/event N=<n>``,
-        ``events N=<n>``.
+        Lists over rounds: ``<who> us/event N=<n>``, ``events N=<n>``,
+        ``<who> marginal us/chunk N=<n>`` and ``<who> fixed us/stream N=<n>``, where
+        ``<who>`` is ``gateway``, ``upstream`` and, with its pid, ``target``.
     """
     results: dict[str, list[float]] = {}
     timeout = aiohttp.ClientTimeout(total=120)
+    urls = [("gateway", ep.gateway)]
+    if ep.target is not None:
+        urls.append(("target", ep.target))
+    long, short = options.events, options.short_events
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=_auth(options)
     ) as session:
-        await _stream_events(session, ep.gateway + _CHAT, 4)  # warm-up
+        for _, base in urls:
+            await _stream_events(session, base + _CHAT, 4)  # warm-up
         for _ in range(options.rounds):
             for n in options.streams:
-                gw, up = cpu_seconds(ep.gateway_pid), cpu_seconds(ep.upstream_pid)
-                events = await _stream_events(session, ep.gateway + _CHAT, n)
-                gw, up = cpu_seconds(ep.gateway_pid) - gw, cpu_seconds(ep.upstream_pid) - up
-                results.setdefault(f"gateway us/event N={n}", []).append(gw / events * 1e6)
-                results.setdefault(f"upstream us/event N={n}", []).append(up / events * 1e6)
-                results.setdefault(f"events N={n}", []).append(float(events))
+                for who, base in urls:
+                    pids = {who: ep.gateway_pid if who == "gateway" else ep.target_pid}
+                    pids["upstream"] = ep.upstream_pid
+                    measured = {k: v for k, v in pids.items() if v is not None}
+                    _note_streams(
+                        results,
+                        n,
+                        await _stream_batch(session, base + _CHAT, measured, n, long),
+                        await _stream_batch(session, base + _CHAT, measured, n, short),
+                        upstream=who == "gateway",
+                    )
     return results
+
+
+def _note_streams(
+    results: dict[str, list[float]],
+    n: int,
+    long: tuple[int, dict[str, float]],
+    short: tuple[int, dict[str, float]],
+    *,
+    upstream: bool,
+) -> None:
+    """Per chunk, marginal and fixed CPU of each measured process from two batches.
+
+    The stream lengths are the chunks received, not asked for: a gateway that drops the
+    body's ``events`` field gets equal lengths, and then no marginal figure."""
+    (events, cpu), (short_events, short_cpu) = long, short
+    if upstream:
+        results.setdefault(f"events N={n}", []).append(float(events))
+    extra = (events - short_events) / n
+    for who, used in cpu.items():
+        if who == "upstream" and not upstream:
+            continue  # the upstream's cost is noted once per round, beside the gateway's
+        results.setdefault(f"{who} us/event N={n}", []).append(used / max(events, 1) * 1e6)
+        if extra < 1:
+            continue
+        per_long, per_short = used / n, short_cpu[who] / n
+        marginal = (per_long - per_short) / extra
+        results.setdefault(f"{who} marginal us/chunk N={n}", []).append(marginal * 1e6)
+        fixed = per_long - marginal * events / n
+        results.setdefault(f"{who} fixed us/stream N={n}", []).append(fixed * 1e6)
 
 
 def median(values: list[float]) -> float:

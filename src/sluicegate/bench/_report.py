@@ -125,12 +125,14 @@ def _summary(suite: Suite) -> list[str]:
 _HOW = [
     "Run it: `make bench` (all parts, about 15 minutes, writes this file) or "
     "`sluicegate bench [dispatch|overhead|streaming|overload|protection|all] [--quick] "
-    "[--target URL --backend-port N] [--arrivals closed] [--note TEXT]`. JSON results go to "
+    "[--target URL --backend-port N [--target-pid PID] [--target-key KEY]] "
+    "[--arrivals closed] [--note TEXT]`. JSON results go to "
     "`benchmarks/results/` (one file per part and `summary.json`); a single part or "
     "`--quick` writes its report there too. `--target URL` measures another "
-    "OpenAI-compatible gateway in parts 2 and 4, with the same load: configure it to forward "
-    "to `127.0.0.1:<backend-port>` (part 2's upstream) and to the simulators on "
-    "`<backend-port>` and the next ports (part 4).",
+    "OpenAI-compatible gateway in parts 2, 3 and 4, with the same load: configure it to "
+    "forward to `127.0.0.1:<backend-port>` (the upstream of parts 2 and 3) and to the "
+    "simulators on `<backend-port>` and the next ports (part 4); `--target-pid` adds its CPU "
+    "per request and per chunk, `--target-key` the bearer token it needs.",
 ]
 
 

@@ -2,7 +2,8 @@
 asyncio protocol, so that what the gateway adds is not hidden behind a slow backend.
 
 It answers every request with a fixed chat completion, or, when the body asks for a
-stream, with `events` SSE chunks `gap` seconds apart. Run it as its own process:
+stream, with `events` SSE chunks `gap` seconds apart (or as many as the body's
+``"events": N`` asks for). Run it as its own process:
 
     python -c 'from sluicegate.bench._upstream import main; main()' --port 8000
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from typing import Final, cast
 
 __all__ = ["ANSWER", "BODY", "EVENT", "STREAM_BODY", "Upstream", "run_upstream"]
@@ -28,6 +30,11 @@ STREAM_BODY: Final = b'{"model": "m", "messages": [], "stream": true}'
 EVENT: Final = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"content":"t"}}]}\n\n'
 )
+
+
+#: Any JSON spacing: a gateway may re-serialise the body (LiteLLM writes ``"stream":true``).
+_STREAM: Final = re.compile(rb'"stream":\s*true')
+_EVENTS: Final = re.compile(rb'"events":\s*([0-9]{1,6})')
 
 
 class Upstream(asyncio.Protocol):
@@ -55,9 +62,12 @@ class Upstream(asyncio.Protocol):
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             assert self.transport is not None
-            if b'"stream": true' in body:
+            if _STREAM.search(body):
+                # A body may ask for its own stream length (part 3's marginal cost).
+                asked = _EVENTS.search(body)
+                events = int(asked.group(1)) if asked else self.events
                 # Keep a reference: the loop holds tasks only weakly.
-                task = asyncio.get_running_loop().create_task(self._stream(self.transport))
+                task = asyncio.get_running_loop().create_task(self._stream(self.transport, events))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             else:
@@ -66,13 +76,13 @@ class Upstream(asyncio.Protocol):
                     + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER
                 )  # fmt: skip
 
-    async def _stream(self, transport: asyncio.Transport) -> None:
+    async def _stream(self, transport: asyncio.Transport, events: int) -> None:
         transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
         )
         chunk = f"{len(EVENT):x}\r\n".encode() + EVENT + b"\r\n"
-        for _ in range(self.events):
+        for _ in range(events):
             await asyncio.sleep(self.gap)
             if transport.is_closing():
                 return

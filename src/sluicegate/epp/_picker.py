@@ -43,7 +43,7 @@ __all__ = ["Admission", "EndpointPicker", "Refusal", "endpoint_of"]
 _log = logging.getLogger("sluicegate.epp")
 
 INFERENCE_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-_DISPATCHED: Final = sg.Outcome.DISPATCHED.value
+_DISPATCHED: Final = sg.Outcome.DISPATCHED
 _DECISION_BUCKETS: Final = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1, 10,
 )  # fmt: skip
@@ -260,7 +260,7 @@ class EndpointPicker:
             retry_after = pool.retry_after(cls.priority, exc) if exc.status_hint == 429 else None
             raise Refusal(exc, queue_s, retry_after) from None
         except asyncio.CancelledError:  # cancelled while queued: Envoy or the client left
-            self._record(cls, sg.Outcome.EVICTED_CANCELLED.value, time.perf_counter() - began)
+            self._record(cls, sg.Outcome.EVICTED_CANCELLED, time.perf_counter() - began)
             raise
         queue_s = ticket.queue_time or 0.0
         pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
@@ -331,7 +331,7 @@ class EndpointPicker:
     def _refused(
         self, pool: Pool, cls: Classification, exc: sg.FlowControlError, queue_s: float
     ) -> None:
-        self._record(cls, exc.outcome.value, queue_s)
+        self._record(cls, exc.outcome, queue_s)
         _log.info(
             "flow-control outcome=%s pool=%s flow=%s priority=%d status=%d queue_ms=%.1f reason=%r",
             exc.outcome.value,
@@ -343,18 +343,20 @@ class EndpointPicker:
             str(exc),
         )
 
-    def _record(self, cls: Classification, outcome: str, queue_s: float) -> None:
+    def _record(self, cls: Classification, outcome: sg.Outcome, queue_s: float) -> None:
         self.gateway.metrics.record(cls.fairness_id, cls.priority, outcome, queue_s)
 
     # -- introspection --------------------------------------------------------------------------
 
     def readiness(self) -> list[str]:
         """Why the picker should not get traffic yet (empty when ready)."""
-        return readiness(self.gateway)
+        return readiness(self.gateway.draining, self.gateway.pools.values())
 
     def debug_document(self) -> dict[str, Any]:
         """The /debug/flowcontrol JSON: the gateway's, plus subsets and decision latency."""
-        doc = debug_document(self.gateway)
+        gateway = self.gateway
+        objectives = {o.name: o.priority for o in gateway.config.objectives}
+        doc = debug_document(gateway.pools, objectives, draining=gateway.draining)
         doc["objectives"] = dict(self.objectives)
         doc["objective_manifests"] = dict(self.manifest_objectives)
         doc["subsets"] = self.subsets.describe()

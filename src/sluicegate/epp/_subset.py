@@ -33,7 +33,7 @@ import math
 from typing import TYPE_CHECKING, Any, Final, final
 
 import sluicegate as sg
-from sluicegate.gateway import Backend, UtilizationSettings
+from sluicegate.gateway import Backend, UtilizationSettings, binding_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -46,21 +46,10 @@ __all__ = ["MAX_SUBSETS", "SubsetControllers", "SubsetDetector", "backend_of"]
 MAX_SUBSETS: Final = 64
 
 
-def backend_of(ticket: sg.Ticket) -> Any:
-    """The backend a pool's detector bound `ticket` to, or None.
-
-    The gateway's detectors store ``(Backend, epoch)``; an object with a ``backend``
-    attribute is accepted too, so a typed assignment needs no change here.
-    """
-    assignment: Any = ticket.assignment
-    if assignment is None:
-        return None
-    backend = getattr(assignment, "backend", None)
-    if backend is not None:
-        return backend
-    if isinstance(assignment, tuple) and assignment:
-        return assignment[0]
-    return assignment if hasattr(assignment, "url") else None
+def backend_of(ticket: sg.Ticket) -> Backend | None:
+    """The backend a pool's detector bound `ticket` to, or None."""
+    binding = binding_of(ticket)
+    return None if binding is None else binding.backend
 
 
 @final
@@ -126,13 +115,11 @@ class SubsetDetector:
             backend = min(self._backends(), key=lambda b: b.in_flight, default=None)
             if backend is None:
                 return
-        ticket.assignment = (backend, backend.bind())
+        ticket.assignment = backend.bind()
 
     def on_release(self, ticket: sg.Ticket, /) -> None:
-        assignment: Any = ticket.assignment
-        if assignment is not None:
-            backend, epoch = assignment
-            backend.unbind(epoch)
+        if (binding := binding_of(ticket)) is not None:
+            binding.release()
 
     def set_listener(self, listener: Callable[[], None] | None, /) -> None:
         self._listener = listener

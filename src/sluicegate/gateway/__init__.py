@@ -27,7 +27,14 @@ from ._config import (
 )
 from ._errors import GatewayError
 from ._pool import Pool, Router
-from ._saturation import Backend, BackendMetrics, ConcurrencyDetector, UtilizationDetector
+from ._saturation import (
+    Backend,
+    BackendMetrics,
+    Binding,
+    ConcurrencyDetector,
+    UtilizationDetector,
+    binding_of,
+)
 from ._scrape import parse_metrics
 from ._server import run, serve_in_background
 
@@ -37,6 +44,7 @@ __all__ = [
     "AdaptiveSettings",
     "Backend",
     "BackendMetrics",
+    "Binding",
     "Classification",
     "ConcurrencyDetector",
     "ConcurrencySettings",
@@ -53,6 +61,7 @@ __all__ = [
     "ServerSettings",
     "UtilizationDetector",
     "UtilizationSettings",
+    "binding_of",
     "classify",
     "load_config",
     "parse_config",

@@ -38,7 +38,7 @@ import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, final
 
-from ._saturation import Backend, BackendMetrics, _PoolDetector
+from ._saturation import Backend, BackendMetrics, _PoolDetector, binding_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -380,10 +380,10 @@ class AdaptiveDetector(_PoolDetector):
 
     def observe(self, ticket: Ticket) -> ResponseObserver | None:
         """An observer for the answer to `ticket` (dispatched by this detector)."""
-        assignment: Any = ticket.assignment
-        if assignment is None:
+        binding = binding_of(ticket)
+        if binding is None:
             return None
-        backend: Backend = assignment[0]
+        backend = binding.backend
         self.seq += 1
         state = self.limits.get(backend.url)
         if state is not None:

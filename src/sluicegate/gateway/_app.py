@@ -33,6 +33,8 @@ from ._pause import Resumable
 from ._pool import Pool, Router, body_claim
 from ._proxy import BodyBudget, ClientGone, Exchange, relay
 from ._queue_events import QueueEvents
+from ._record import RequestRecord
+from ._record import now as record_clock
 from ._tokens import UsageMeter, estimate_input_tokens, estimate_output_tokens, tokenize
 from ._upstream import sse_error_event
 
@@ -56,7 +58,7 @@ INFERENCE_ROUTES: Final = (
 _NO_OUTPUT: Final = frozenset(INFERENCE_ROUTES[4:]) | {"/v1/embeddings"}
 #: vLLM utility routes relayed to a backend without flow control (cheap, no generation).
 PASSTHROUGH_ROUTES: Final = ("/tokenize", "/detokenize")
-_DISPATCHED: Final = sg.Outcome.DISPATCHED.value
+_DISPATCHED: Final = sg.Outcome.DISPATCHED
 #: Server settings read once at start (the listening socket, the upstream session and
 #: the connection protocol hold them).
 _RESTART_ONLY: Final = (
@@ -184,9 +186,9 @@ class Gateway:
             )
             stack.push_async_callback(session.close)
             auth = self._auth(self._config, None)
-            fc = auth.flow_control(self._config.flow_control)
+            flow_control = auth.flow_control(self._config.flow_control)
             for settings in self._config.pools:
-                pool = Pool(settings, fc, loop.time)
+                pool = Pool(settings, flow_control, loop.time)
                 self._pools[pool.name] = pool
                 await stack.enter_async_context(pool.controller)
                 pool.controller.reconcile_priorities(self._config.priorities)
@@ -263,9 +265,9 @@ class Gateway:
         for settings in config.pools:
             self._pools[settings.name].check(settings)
         auth = self._auth(config, None if self._state is None else self._state.auth)
-        fc = auth.flow_control(config.flow_control)
+        flow_control = auth.flow_control(config.flow_control)
         for settings in config.pools:
-            self._pools[settings.name].apply(settings, fc, config.priorities)
+            self._pools[settings.name].apply(settings, flow_control, config.priorities)
         old = self._config
         self._bodies.limit = config.server.body_memory_budget
         for section in _RESTART_ONLY:
@@ -314,7 +316,7 @@ class Gateway:
             # traceback in uvicorn's log. Any other cancellation propagates.
             if (ex.disconnected or self.draining) and task is not None and task.uncancel() == 0:
                 if ex.disconnected:
-                    self._client_left(ex)
+                    self._client_left(ex.record)
                 else:
                     await self._cut_at_drain(ex)
                 return
@@ -325,9 +327,10 @@ class Gateway:
             await self._fail(ex, exc)
         finally:
             ex.close()
-            if ex.upstream_error is not None:
-                pool = ex.pool.name if ex.pool is not None else "-"
-                self.metrics.upstream_error(pool, ex.backend or "-", ex.upstream_error)
+            record = ex.record
+            if record.upstream_error is not None:
+                pool = record.pool.name if record.pool is not None else "-"
+                self.metrics.upstream_error(pool, record.backend or "-", record.upstream_error)
 
     async def _route(self, ex: Exchange) -> None:
         state = self._state
@@ -358,7 +361,7 @@ class Gateway:
         await ex.respond(200, b'{"status":"ok"}', _JSON)
 
     async def _readyz(self, ex: Exchange, state: _State) -> None:
-        problems = readiness(self)
+        problems = readiness(self.draining, self._pools.values())
         body = orjson.dumps({"ready": not problems, "problems": problems})
         await ex.respond(503 if problems else 200, body, _JSON)
 
@@ -375,7 +378,9 @@ class Gateway:
 
     async def _debug(self, ex: Exchange, state: _State) -> None:
         require_token(ex.scope, state.config.server.auth_token)
-        doc = debug_document(self, ex.scope.get("query_string", b""))
+        doc = debug_document(
+            self._pools, state.objectives, ex.scope.get("query_string", b""), draining=self.draining
+        )
         body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
         await ex.respond(200, body, _JSON)
 
@@ -386,49 +391,71 @@ class Gateway:
 
     async def _inference(self, ex: Exchange, state: _State) -> None:
         auth = state.auth  # credentials are checked before the body is read
+        record = ex.record
         now = asyncio.get_running_loop().time()
-        cls = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl, now)
+        classification = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl, now)
         body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         doc = parse_body(body)
-        ex.pool = pool = state.router.route(doc.get("model"))
-        ex.classification = cls
+        record.pool = pool = state.router.route(doc.get("model"))
+        record.classification = classification
         if auth.rewrites:
             ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
         ctl = pool.controller
         ex.watch_disconnect()
         input_tokens, output_tokens = await self._estimate(ex, pool, doc)
         stream = doc.get("stream") is True
-        body, res = _upstream_body(doc, body, pool, cls.priority, ex.scope["path"])
+        priority = classification.priority
+        body, res = _upstream_body(doc, body, pool, priority, ex.scope["path"])
         del doc  # a queued request holds its body, not also its parsed copy
-        ex.queued, ex.enqueued_at = True, time.perf_counter()
+        record.enqueued_at = record_clock()
         if not pool.has_free_slot():
             # It would wait: take a slot back from lower work, or pause some (_preempt.py).
-            pool.preemption.make_room(cls.priority)
+            pool.preemption.make_room(priority)
         # Dispatched at once if nothing waits; else queue events, if asked for, as it waits.
-        async with self.queue_events.around(ex, ctl, cls.priority, stream=stream):
+        async with self.queue_events.around(ex, ctl, priority, stream=stream):
             ticket = await ctl.enqueue_and_wait(
-                sg.FlowKey(cls.fairness_id, cls.priority),
+                sg.FlowKey(classification.fairness_id, priority),
                 size=len(body),
-                ttl=cls.ttl,
-                slo=cls.slo,
+                ttl=classification.ttl,
+                slo=classification.slo,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 claim=functools.partial(body_claim, body),  # Retry-After promises
             )
-        ex.queued = False
-        meter = UsageMeter(ticket, pool.observe(ticket))
+        record.left_queue()
+        record.eta_s = ticket.eta
+        record.outcome = _DISPATCHED
+        pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
+        self.metrics.record(
+            classification.fairness_id, ticket.priority, _DISPATCHED, record.queue_s
+        )
+        await self._serve(ex, state, ticket, body, res, stream=stream)
+        if (added := record.added_s()) is not None:
+            self.metrics.added_latency.observe(added)
+
+    async def _serve(
+        self,
+        ex: Exchange,
+        state: _State,
+        ticket: sg.Ticket,
+        body: bytes | bytearray,
+        res: Resumable | None,
+        *,
+        stream: bool,
+    ) -> None:
+        """Relay a dispatched request (again after each preemption), then settle its
+        tokens and release its ticket, whatever happened."""
+        pool, classification = ex.record.pool, ex.record.classification
+        assert pool is not None
+        assert classification is not None
+        auth, flow = state.auth, classification.fairness_id
         charged = ticket.input_tokens + ticket.output_tokens
-        auth.spend(cls.fairness_id, charged, now)
+        auth.spend(flow, charged, asyncio.get_running_loop().time())
+        meter = UsageMeter(ticket, pool.observe(ticket))
         try:
-            ex.queue_s, ex.eta_s = ticket.queue_time or 0.0, ticket.eta
-            ex.outcome = _DISPATCHED
-            pool.dispatched(ticket.priority, ticket.dispatched_at or 0.0)
-            self.metrics.record(cls.fairness_id, ticket.priority, _DISPATCHED, ex.queue_s)
             session = self._require_session()
             relay_once = relay if res is None else res.relay
             while True:
-                if ticket.assignment is None:  # no backend: only if the detector misbehaves
-                    raise sg.NoEndpointsError(f"pool {pool.name} has no backend for the request")
                 with pool.preemption.track(ticket, ex, stream=stream, resumable=res):
                     try:
                         await relay_with_retry(
@@ -458,18 +485,11 @@ class Gateway:
             # Usage first, so the release teaches the flow's output average the truth.
             meter.close()
             correction = ticket.input_tokens + ticket.output_tokens - charged
-            auth.spend(cls.fairness_id, correction, asyncio.get_running_loop().time())
+            auth.spend(flow, correction, asyncio.get_running_loop().time())
             began = time.perf_counter()
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)
-            self.metrics.tokens(cls.fairness_id, ticket.priority, ticket)
-        self._observe_added_latency(ex)
-
-    def _observe_added_latency(self, ex: Exchange) -> None:
-        """The gateway's own share of the time to the first byte."""
-        if ex.first_byte_at:
-            added = ex.first_byte_at - ex.arrived - ex.queue_s - ex.upstream_s
-            self.metrics.added_latency.observe(max(added, 0.0))
+            self.metrics.tokens(flow, ticket.priority, ticket)
 
     async def _estimate(
         self, ex: Exchange, pool: Pool, doc: dict[str, Any]
@@ -517,7 +537,7 @@ class Gateway:
         backend = pool.detector.least_loaded()
         if backend is None:
             raise sg.NoEndpointsError(f"pool {pool.name} has no reachable backend")
-        ex.pool = pool
+        ex.record.pool = pool
         if auth.rewrites:
             ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
         ex.watch_disconnect()
@@ -527,15 +547,16 @@ class Gateway:
 
     async def _fail(self, ex: Exchange, exc: Exception) -> None:
         """Answer an error: the single place where failures become responses."""
+        record = ex.record
         retry_after: int | None = None
         queue: tuple[float | None, int] | None = None
-        if isinstance(exc, sg.FlowControlError) and ex.outcome != _DISPATCHED:
-            ex.queue_s = time.perf_counter() - ex.enqueued_at if ex.enqueued_at else 0.0
-            ex.queued = False
-            self._record(ex, exc.outcome.value, reason=str(exc), status=exc.status_hint)
-            if exc.status_hint == 429 and ex.pool is not None and ex.classification is not None:
-                retry_after = ex.pool.retry_after(ex.classification.priority, exc)
-                queue = ex.pool.controller.estimate_wait(ex.classification.priority)
+        if isinstance(exc, sg.FlowControlError) and not record.dispatched:
+            record.left_queue()
+            self._record(record, exc.outcome, reason=str(exc), status=exc.status_hint)
+            pool, classification = record.pool, record.classification
+            if exc.status_hint == 429 and pool is not None and classification is not None:
+                retry_after = pool.retry_after(classification.priority, exc)
+                queue = pool.controller.estimate_wait(classification.priority)
         elif not isinstance(exc, GatewayError | sg.FlowControlError):
             _log.exception("unexpected error on %s %s", ex.scope["method"], ex.scope["path"])
         if ex.started:
@@ -556,7 +577,7 @@ class Gateway:
             f"the gateway is shutting down; drain_grace ({grace:g} s) ended this request",
             type="service_unavailable",
             code="shutting_down",
-            outcome=ex.outcome,
+            outcome=ex.record.outcome,
         )
         if not ex.started:
             await ex.respond_error(err)
@@ -564,28 +585,34 @@ class Gateway:
             await ex.chunk(sse_error_event(err))
             await ex.finish()
 
-    def _client_left(self, ex: Exchange) -> None:
-        if ex.queued:
-            ex.queue_s = time.perf_counter() - ex.enqueued_at
+    def _client_left(self, record: RequestRecord) -> None:
+        if record.enqueued_at is not None:  # it left while waiting in flow control
+            record.left_queue()
             self._record(
-                ex, sg.Outcome.EVICTED_CANCELLED.value, reason="client disconnected", status=0
+                record, sg.Outcome.EVICTED_CANCELLED, reason="client disconnected", status=0
             )
 
-    def _record(self, ex: Exchange, outcome: str, *, reason: str, status: int) -> None:
-        cls = ex.classification
-        if cls is None:
+    def _record(
+        self, record: RequestRecord, outcome: sg.Outcome, *, reason: str, status: int
+    ) -> None:
+        """Count and log a request that left flow control without a ticket."""
+        record.outcome = outcome
+        classification = record.classification
+        if classification is None:
             return
-        self.metrics.record(cls.fairness_id, cls.priority, outcome, ex.queue_s)
+        self.metrics.record(
+            classification.fairness_id, classification.priority, outcome, record.queue_s
+        )
         _log.info(
             "flow-control outcome=%s pool=%s flow=%s priority=%d objective=%s status=%d "
             "queue_ms=%.1f reason=%r",
-            outcome,
-            ex.pool.name if ex.pool is not None else "-",
-            cls.fairness_id,
-            cls.priority,
-            cls.objective or "-",
+            outcome.value,
+            record.pool.name if record.pool is not None else "-",
+            classification.fairness_id,
+            classification.priority,
+            classification.objective or "-",
             status,
-            ex.queue_s * 1000.0,
+            record.queue_s * 1000.0,
             reason,
         )
 

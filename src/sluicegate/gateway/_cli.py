@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
+from typing import Final
 
 import click
 
@@ -12,7 +14,10 @@ import sluicegate as sg
 from ._config import GatewayConfig, GatewayConfigError, load_config
 from ._server import run
 
-__all__ = ["serve"]
+__all__ = ["GC_YOUNG_THRESHOLD", "serve"]
+
+#: Net container allocations between two young collections in `sluicegate serve`.
+GC_YOUNG_THRESHOLD: Final = 10_000
 
 
 @click.command()
@@ -69,6 +74,7 @@ def serve(
             config = config.model_copy(update={"server": server})
     except GatewayConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    _settle_gc()
     try:
         run(config, config_path=config_path)
     except sg.ConfigError as exc:  # e.g. a public address without server.auth_token
@@ -77,3 +83,20 @@ def serve(
         raise click.ClickException(
             f"{exc.strerror or exc}. Pick another --port or server.port."
         ) from None
+
+
+def _settle_gc() -> None:
+    """Tune the cyclic garbage collector for a long-running server (this process only;
+    an application embedding `Gateway` keeps its own policy).
+
+    Under load most of the gateway's young objects are alive (the in-flight requests'
+    tasks, futures, frames and buffers), and a young collection every 700 net
+    allocations walked them all again: 13 % of the CPU at concurrency 64 (profiled).
+    Requests free almost everything by reference counting, so a threshold of 10,000
+    makes young collections rare while cyclic garbage stays bounded. Everything loaded
+    at start (modules, the validated config) lives as long as the process: frozen, the
+    full collections never walk it.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD)

@@ -8,18 +8,28 @@ into an OpenAI-shaped body ``{"error": {"message", "type", "code", "param"}}`` b
 
 from __future__ import annotations
 
-from typing import Final, final
+import enum
+from typing import TypeAlias, final
 
 import orjson
 
 import sluicegate as sg
 
-__all__ = ["OUTCOME_BYPASSED", "OUTCOME_INVALID", "GatewayError", "error_reply"]
+__all__ = ["GatewayError", "GatewayOutcome", "RequestOutcome", "error_reply"]
 
-#: `x-sluicegate-outcome` of a request refused before it reached flow control.
-OUTCOME_INVALID: Final = "Invalid"
-#: `x-sluicegate-outcome` of a request that is not flow-controlled (health, metrics...).
-OUTCOME_BYPASSED: Final = "Bypassed"
+
+@final
+class GatewayOutcome(enum.Enum):
+    """Outcomes of requests that never reached flow control (``x-sluicegate-outcome``)."""
+
+    #: Refused by the gateway itself first (bad header, body, unknown model...).
+    INVALID = "Invalid"
+    #: Not flow-controlled (health, metrics, utility routes).
+    BYPASSED = "Bypassed"
+
+
+#: A request's outcome: the flow controller's, or one of the gateway's own.
+RequestOutcome: TypeAlias = sg.Outcome | GatewayOutcome
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -46,7 +56,7 @@ class GatewayError(Exception):
         type: str = "invalid_request_error",
         code: str,
         param: str | None = None,
-        outcome: str = OUTCOME_INVALID,
+        outcome: RequestOutcome = GatewayOutcome.INVALID,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -103,10 +113,11 @@ def error_reply(
             retry_after = exc.retry_after
     elif isinstance(exc, sg.FlowControlError):
         status, type_, code = _flow_control(exc)
-        outcome = exc.outcome.value
+        outcome = exc.outcome
         message = str(exc) or type(exc).__name__
     else:
-        status, type_, code, outcome = 500, "server_error", "internal_error", OUTCOME_INVALID
+        status, type_, code = 500, "server_error", "internal_error"
+        outcome = GatewayOutcome.INVALID
         message = "internal gateway error; see the gateway log"
     body = orjson.dumps(
         {"error": {"message": message, "type": type_, "code": code, "param": param}}
@@ -114,7 +125,7 @@ def error_reply(
     headers: Headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"x-sluicegate-outcome", outcome.encode()),
+        (b"x-sluicegate-outcome", outcome.value.encode()),
         (b"x-sluicegate-queue-ms", f"{queue_ms:.3f}".encode()),
     ]
     if status == 429 and retry_after is not None:

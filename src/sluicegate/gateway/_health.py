@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, final
 
 import aiohttp
 
+import sluicegate as sg
+
 from ._errors import GatewayError
+from ._saturation import binding_of
+from ._upstream import KIND_STATUS, UpstreamFailure
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -32,14 +36,20 @@ def failure_kind(exc: BaseException) -> FailureKind | None:
     """What an upstream failure says about the backend's health; None: nothing.
 
     The relay answers every upstream failure before the response started as a 502
-    `GatewayError` raised while handling aiohttp's exception, so that exception is the
-    context: a connect error, or a reset (the connection closed or failed under the
-    request, or the body was cut short). A 502 without one is the backend's own 5xx
-    answer. Timeouts say the backend is slow, not dead, and do not count.
+    `GatewayError` raised while handling the `UpstreamFailure` that maps aiohttp's
+    exception (its context): a connect error, or a reset (the connection closed or
+    failed under the request, or the body was cut short); its kind ``status_5xx`` is
+    the backend's own 5xx answer (as is a 502 without context). Timeouts say the
+    backend is slow, not dead, and do not count.
     """
     if not isinstance(exc, GatewayError) or exc.status != 502:
         return None
     cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, UpstreamFailure):  # the relay's mapped failure
+        if cause.kind == KIND_STATUS:
+            return "status"
+        inner = cause.cause
+        cause = inner if isinstance(inner, BaseException) else None
     if isinstance(cause, aiohttp.ClientConnectorError):
         return "connect"
     if isinstance(
@@ -64,8 +74,10 @@ async def relay_with_retry(
     Raises:
         GatewayError: the attempt failed and could not be retried, or the retry failed.
     """
-    assignment: Any = ticket.assignment
-    backend: Backend = assignment[0]
+    binding = binding_of(ticket)
+    if binding is None:  # no backend: only if the detector misbehaves
+        raise sg.NoEndpointsError("the detector bound the request to no backend")
+    backend = binding.backend
     try:
         await attempt(backend.url)
     except GatewayError as exc:

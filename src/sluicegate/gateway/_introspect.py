@@ -14,9 +14,8 @@ from ._errors import GatewayError
 from ._saturation import UtilizationDetector
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
-    from ._app import Gateway
     from ._pool import Pool
 
 __all__ = ["debug_document", "merged_models", "readiness", "require_token"]
@@ -49,12 +48,12 @@ def require_token(scope: dict[str, Any], token: str | None) -> None:
     )
 
 
-def readiness(gateway: Gateway) -> list[str]:
-    """Why the gateway should not get traffic yet (empty when ready)."""
-    if gateway.draining:
+def readiness(draining: bool, pools: Iterable[Pool]) -> list[str]:
+    """Why a gateway with `pools` should not get traffic yet (empty when ready)."""
+    if draining:
         return ["draining: the gateway is shutting down"]
     problems = []
-    for pool in gateway.pools.values():
+    for pool in pools:
         detector = pool.detector
         if not detector.has_endpoints():
             problems.append(f"pool {pool.name}: no usable backend ({_why_unusable(pool)})")
@@ -138,7 +137,13 @@ def _pool_document(pool: Pool, now: float, top: int) -> dict[str, Any]:
     }
 
 
-def debug_document(gateway: Gateway, query: bytes = b"") -> dict[str, Any]:
+def debug_document(
+    pools: Mapping[str, Pool],
+    objectives: Mapping[str, int],
+    query: bytes = b"",
+    *,
+    draining: bool = False,
+) -> dict[str, Any]:
     """The /debug/flowcontrol JSON: bands, backends and the largest flows per pool.
 
     ``?flows=N`` (default 20, at most 10,000) lists the N flows with the most queued
@@ -151,9 +156,9 @@ def debug_document(gateway: Gateway, query: bytes = b"") -> dict[str, Any]:
     top = _flows_param(query)
     now = asyncio.get_running_loop().time()
     return {
-        "draining": gateway.draining,
-        "objectives": {o.name: o.priority for o in gateway.config.objectives},
-        "pools": {name: _pool_document(pool, now, top) for name, pool in gateway.pools.items()},
+        "draining": draining,
+        "objectives": dict(objectives),
+        "pools": {name: _pool_document(pool, now, top) for name, pool in pools.items()},
     }
 
 

@@ -15,11 +15,12 @@ them. With 100,000 tenants a scrape must not walk 100,000 flows.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from typing import TYPE_CHECKING, Final, final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ._adaptive import AdaptiveDetector
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ._config import MetricsSettings
     from ._pool import Pool
 
-__all__ = ["OTHER_FAIRNESS_ID", "GatewayMetrics"]
+__all__ = ["OTHER_FAIRNESS_ID", "FastHistogram", "GatewayMetrics"]
 
 OTHER_FAIRNESS_ID: Final = "other"
 _QUEUE_BUCKETS: Final = (
@@ -49,8 +50,45 @@ _ADDED_BUCKETS: Final = (
 
 
 @final
+class FastHistogram:
+    """A histogram observed on the request path: one bucket search and two additions.
+
+    prometheus_client's takes a lock per bucket and per sum (about 2 us an observation,
+    measured); the gateway observes and is scraped on one thread, its event loop, so
+    no lock is needed. `_RequestCollector` exposes it in the usual histogram format.
+    """
+
+    __slots__ = ("_les", "bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        # ``le`` as prometheus_client writes it (``1.0``, ``0.0001``, ``+Inf``).
+        self._les = [repr(float(b)) for b in bounds] + ["+Inf"]
+        #: Observations per bucket (not cumulative); the last one is +Inf.
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound (``le``), as the exposition wants them."""
+        out, total = [], 0
+        for le, count in zip(self._les, self.counts, strict=True):
+            total += count
+            out.append((le, float(total)))
+        return out
+
+
+@final
 class GatewayMetrics:
     """The gateway's metrics, in their own `CollectorRegistry`.
+
+    The per-request series (outcomes, queue time, tokens, dispatch cycle, added
+    latency) are plain counters and `FastHistogram` objects read at scrape time;
+    upstream errors (rare) use prometheus_client directly.
 
     Args:
         settings: prefix and fairness-id cardinality cap.
@@ -62,40 +100,17 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._cap = settings.max_fairness_ids
         self._ids: set[str] = set()
-        self._children: dict[tuple[str, int, str], tuple[Histogram, Counter]] = {}
-        self._token_children: dict[tuple[str, int], tuple[Counter, Counter]] = {}
-        self._queue_duration = Histogram(
-            f"{prefix}request_queue_duration_seconds",
-            "Time from arrival to the flow-control outcome.",
-            ["fairness_id", "priority", "outcome"],
-            buckets=_QUEUE_BUCKETS,
-            registry=self.registry,
-        )
-        self._requests = Counter(
-            f"{prefix}requests",
-            "Requests by flow-control outcome.",
-            ["outcome", "priority"],
-            registry=self.registry,
-        )
-        self._tokens = Counter(
-            f"{prefix}flow_tokens",
-            "Tokens served per flow (actual usage when the backend reported it, else the "
-            "gateway's count or estimate), counted when each request ends.",
-            ["fairness_id", "priority", "kind"],
-            registry=self.registry,
-        )
-        self.dispatch_cycle = Histogram(
-            f"{prefix}dispatch_cycle_duration_seconds",
-            "Duration of dispatch passes run on release (release plus the dispatches it allows).",
-            buckets=_CYCLE_BUCKETS,
-            registry=self.registry,
-        )
-        self.added_latency = Histogram(
-            f"{prefix}gateway_added_latency_seconds",
-            "Time to the first response byte, minus queueing and upstream time.",
-            buckets=_ADDED_BUCKETS,
-            registry=self.registry,
-        )
+        #: (fairness id, priority, outcome) -> (queue histogram, outcome counter cell).
+        self._children: dict[tuple[str, int, sg.Outcome], tuple[FastHistogram, list[int]]] = {}
+        self._token_children: dict[tuple[str, int], list[int]] = {}
+        #: Series by label values, as exposed (ids past the cap share ``other``'s).
+        self.queue_series: dict[tuple[str, str, str], FastHistogram] = {}
+        self.request_series: dict[tuple[str, str], list[int]] = {}
+        self.token_series: dict[tuple[str, str], list[int]] = {}
+        #: Duration of dispatch passes run on release.
+        self.dispatch_cycle = FastHistogram(_CYCLE_BUCKETS)
+        #: Time to the first response byte, minus queueing and upstream time.
+        self.added_latency = FastHistogram(_ADDED_BUCKETS)
         self._upstream_errors = Counter(
             f"{prefix}upstream_errors",
             "Upstream failures by backend and kind: connect, timeout, status_5xx, broken "
@@ -103,6 +118,7 @@ class GatewayMetrics:
             ["pool", "backend", "kind"],
             registry=self.registry,
         )
+        self.registry.register(_RequestCollector(prefix, self))
         self.registry.register(_StateCollector(prefix, pools, lambda: self._ids))
 
     def fairness_label(self, fairness_id: str) -> str:
@@ -115,38 +131,35 @@ class GatewayMetrics:
             return fairness_id
         return OTHER_FAIRNESS_ID
 
-    def record(self, fairness_id: str, priority: int, outcome: str, queue_s: float) -> None:
+    def record(self, fairness_id: str, priority: int, outcome: sg.Outcome, queue_s: float) -> None:
         """Count one flow-control outcome and observe its queue time."""
         key = (fairness_id, priority, outcome)
         children = self._children.get(key)
         if children is None:
             label = self.fairness_label(fairness_id)
             prio = str(priority)
-            children = (
-                self._queue_duration.labels(label, prio, outcome),
-                self._requests.labels(outcome, prio),
-            )
+            hist = self.queue_series.get((label, prio, outcome.value))
+            if hist is None:
+                hist = self.queue_series[label, prio, outcome.value] = FastHistogram(_QUEUE_BUCKETS)
+            cell = self.request_series.setdefault((outcome.value, prio), [0])
+            children = (hist, cell)
             # Cache only bounded keys: ids past the cap share the 'other' children.
             if label == fairness_id:
                 self._children[key] = children
         children[0].observe(queue_s)
-        children[1].inc()
+        children[1][0] += 1
 
     def tokens(self, fairness_id: str, priority: int, ticket: sg.Ticket) -> None:
         """Count a finished request's tokens (what its ticket was finally charged)."""
         key = (fairness_id, priority)
-        children = self._token_children.get(key)
-        if children is None:
+        cells = self._token_children.get(key)
+        if cells is None:
             label = self.fairness_label(fairness_id)
-            prio = str(priority)
-            children = (
-                self._tokens.labels(label, prio, "input"),
-                self._tokens.labels(label, prio, "output"),
-            )
+            cells = self.token_series.setdefault((label, str(priority)), [0, 0])
             if label == fairness_id:
-                self._token_children[key] = children
-        children[0].inc(ticket.input_tokens)
-        children[1].inc(ticket.output_tokens)
+                self._token_children[key] = cells
+        cells[0] += ticket.input_tokens
+        cells[1] += ticket.output_tokens
 
     def upstream_error(self, pool: str, backend: str, kind: str) -> None:
         """Count one upstream failure (labels are bounded: configured backends x kinds)."""
@@ -155,6 +168,50 @@ class GatewayMetrics:
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+@final
+class _RequestCollector(Collector):
+    """The per-request series of `GatewayMetrics`, read at scrape time."""
+
+    def __init__(self, prefix: str, metrics: GatewayMetrics) -> None:
+        self._prefix = prefix
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        p, m = self._prefix, self._metrics
+        queue = HistogramMetricFamily(
+            f"{p}request_queue_duration_seconds",
+            "Time from arrival to the flow-control outcome.",
+            labels=["fairness_id", "priority", "outcome"],
+        )
+        for labels, hist in m.queue_series.items():
+            queue.add_metric(list(labels), hist.buckets(), hist.sum)
+        requests = CounterMetricFamily(
+            f"{p}requests", "Requests by flow-control outcome.", labels=["outcome", "priority"]
+        )
+        for pair, cell in m.request_series.items():
+            requests.add_metric(list(pair), cell[0])
+        tokens = CounterMetricFamily(
+            f"{p}flow_tokens",
+            "Tokens served per flow (actual usage when the backend reported it, else the "
+            "gateway's count or estimate), counted when each request ends.",
+            labels=["fairness_id", "priority", "kind"],
+        )
+        for (label, prio), cells in m.token_series.items():
+            tokens.add_metric([label, prio, "input"], cells[0])
+            tokens.add_metric([label, prio, "output"], cells[1])
+        cycle = HistogramMetricFamily(
+            f"{p}dispatch_cycle_duration_seconds",
+            "Duration of dispatch passes run on release (release plus the dispatches it allows).",
+        )
+        cycle.add_metric([], m.dispatch_cycle.buckets(), m.dispatch_cycle.sum)
+        added = HistogramMetricFamily(
+            f"{p}gateway_added_latency_seconds",
+            "Time to the first response byte, minus queueing and upstream time.",
+        )
+        added.add_metric([], m.added_latency.buckets(), m.added_latency.sum)
+        yield from (queue, requests, tokens, cycle, added)
 
 
 @final

@@ -28,12 +28,12 @@ import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 import orjson
-from yarl import URL
 
 from ._errors import error_reply
-from ._proxy import _RESPONSE_SKIP, _STREAM_ERRORS, _failed, _watch, forward_headers
+from ._proxy import _RESPONSE_SKIP, _watch, forward_headers, upstream_failed, upstream_url
+from ._record import now
 from ._resume import Kind, PausePolicy, StreamSplicer, pause_blocker, upstream_body
-from ._upstream import KIND_STATUS, kind_of
+from ._upstream import KIND_STATUS, UPSTREAM_ERRORS, UpstreamFailure
 
 if TYPE_CHECKING:
     import aiohttp
@@ -138,7 +138,7 @@ class Resumable:
         if body is None:
             return None
         self.paused_at = time.perf_counter()
-        self.home = ex.backend
+        self.home = ex.record.backend
         return orjson.dumps(body)
 
     def resumed(self) -> None:
@@ -174,42 +174,38 @@ class Resumable:
         """Relay one segment (`relay`'s signature). Returns early, the upstream request
         closed, when a pause was asked for; else ends the client's answer."""
         del stream  # the upstream is always streamed; the splicer answers the client
-        ex.backend = base
-        began = time.perf_counter()
-        try:
-            resp = await session.request(
-                "POST",
-                URL(base + ex.scope["path"], encoded=True),
-                data=body,
-                headers=forward_headers(ex.scope["headers"]),
-                allow_redirects=False,
-            )
-        except _STREAM_ERRORS as exc:
-            raise _failed(ex, base, kind_of(exc), exc) from None
+        ex.record.backend = base
+        began = now()
+        resp: aiohttp.ClientResponse | None = None
         clean = False
         try:
-            if resp.status >= 500:
-                err = _failed(ex, base, KIND_STATUS, "", f"HTTP {resp.status}")
-                if not ex.started:
-                    raise err
-                await self.end_with_error(ex, err)  # a continuation failed
-                return
-            if resp.status != 200 or resp.content_type != "text/event-stream":
-                await self._refused(ex, resp, began, meter)
-            else:
-                if meter is not None:
-                    meter.begin(resp.status)
-                clean = await self._segment(ex, resp, began, meter)
-        except _STREAM_ERRORS as exc:
+            with UPSTREAM_ERRORS:
+                resp = await session.request(
+                    "POST",
+                    upstream_url(base, ex.scope),
+                    data=body,
+                    headers=forward_headers(ex.scope["headers"]),
+                    allow_redirects=False,
+                )
+                if resp.status >= 500:
+                    raise UpstreamFailure(KIND_STATUS, "", f"HTTP {resp.status}")
+                if resp.status != 200 or resp.content_type != "text/event-stream":
+                    await self._refused(ex, resp, began, meter)
+                else:
+                    if meter is not None:
+                        meter.begin(resp.status)
+                    clean = await self._segment(ex, resp, began, meter)
+        except UpstreamFailure as failed:
+            err = upstream_failed(ex, base, failed)
             if not ex.started:
-                raise _failed(ex, base, kind_of(exc), exc) from None
-            err = _failed(ex, base, kind_of(exc), exc, mid_stream=True)
-            await self.end_with_error(ex, err)
+                raise err from None
+            await self.end_with_error(ex, err)  # a continuation failed, or mid-stream
         finally:
-            if clean:
-                resp.release()
-            else:
-                resp.close()  # a pause or an error: the engine stops generating
+            if resp is not None:
+                if clean:
+                    resp.release()
+                else:
+                    resp.close()  # a pause or an error: the engine stops generating
 
     async def _segment(
         self, ex: Exchange, resp: aiohttp.ClientResponse, began: float, meter: UsageMeter | None
@@ -257,7 +253,7 @@ class Resumable:
         return True
 
     async def _start(self, ex: Exchange, began: float, *, content_length: int | None) -> None:
-        ex.upstream_s = time.perf_counter() - began
+        ex.record.upstream_s = now() - began
         headers = [
             (n, v) for n, v in self._headers or [] if n not in (b"content-type", b"content-length")
         ]
@@ -271,11 +267,11 @@ class Resumable:
     async def _end(self, ex: Exchange, began: float) -> None:
         """The upstream answer ended: end the client's (a cut one ends with an error)."""
         splicer = self.splicer
-        if splicer.pauses and ex.pool is not None and ex.classification is not None:
+        pool, cls = ex.record.pool, ex.record.classification
+        if splicer.pauses and pool is not None and cls is not None:
             _log.info(
                 "flow-control paused pool=%s flow=%s priority=%d pauses=%d paused_ms=%.1f",
-                ex.pool.name, ex.classification.fairness_id, ex.classification.priority,
-                splicer.pauses, self.paused_s * 1000.0,
+                pool.name, cls.fairness_id, cls.priority, splicer.pauses, self.paused_s * 1000.0,
             )  # fmt: skip
         if not splicer.client_stream:
             data = splicer.response_body()
@@ -305,7 +301,7 @@ class Resumable:
             data = self.splicer.end_with_error(message, error_type="server_error", code="resume")
             await ex.finish(data)
             return
-        ex.upstream_s = time.perf_counter() - began
+        ex.record.upstream_s = now() - began
         headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
         headers.append((b"content-length", str(len(data)).encode()))
         await ex.start(resp.status, headers)

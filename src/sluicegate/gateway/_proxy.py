@@ -18,25 +18,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Final, final
 
 import aiohttp
 from yarl import URL
 
-from ._errors import OUTCOME_BYPASSED, GatewayError, error_reply
+import sluicegate as sg
+
+from ._errors import GatewayError, GatewayOutcome, error_reply
 from ._queue_events import preamble_continues, sse_failure
-from ._upstream import KIND_STATUS, ReadWatch, failure, kind_of, sse_error_event
+from ._record import RequestRecord, now
+from ._upstream import (
+    KIND_STATUS,
+    UPSTREAM_ERRORS,
+    ReadWatch,
+    UpstreamFailure,
+    failure,
+    sse_error_event,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from ._classify import Classification
     from ._config import ServerSettings
-    from ._pool import Pool
     from ._tokens import UsageMeter
 
-__all__ = ["BodyBudget", "ClientGone", "Exchange", "relay"]
+__all__ = [
+    "BodyBudget",
+    "ClientGone",
+    "Exchange",
+    "forward_headers",
+    "relay",
+    "upstream_failed",
+    "upstream_url",
+]
 
 _log = logging.getLogger("sluicegate.gateway")
 
@@ -58,6 +73,11 @@ _RESPONSE_SKIP: Final = frozenset(
 _STREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
 #: Bytes kept from the end of an unbuffered answer to find its ``usage`` object.
 _TAIL: Final = 4096
+#: Upstream URLs of query-less requests, by (base, path) (see `upstream_url`).
+_URLS: dict[tuple[str, str], URL] = {}
+_MAX_URLS: Final = 1024
+#: ``x-sluicegate-outcome`` values, encoded once.
+_OUTCOME_BYTES: Final = {o: o.value.encode() for o in (*sg.Outcome, *GatewayOutcome)}
 
 
 class ClientGone(Exception):
@@ -104,7 +124,8 @@ _NO_BUDGET: Final = BodyBudget(1 << 62)
 
 @final
 class Exchange:
-    """One HTTP request and its response, as the handlers see it.
+    """One HTTP request and its response, as the handlers see it: the I/O only. What
+    the request went through (classification, outcome, timings) is its `record`.
 
     Disconnect watch: after the body is read, one `receive()` stays pending. When it
     reports ``http.disconnect`` while the watch is armed, the handler task is cancelled
@@ -120,25 +141,14 @@ class Exchange:
         "_rx",
         "_send",
         "_task",
-        "arrived",
-        "backend",
-        "classification",
         "disconnected",
-        "enqueued_at",
-        "eta_s",
-        "first_byte_at",
-        "outcome",
-        "pool",
         "preamble",
-        "queue_s",
-        "queued",
         "receive",
+        "record",
         "scope",
         "server",
         "sse",
         "started",
-        "upstream_error",
-        "upstream_s",
     )
 
     def __init__(
@@ -150,25 +160,12 @@ class Exchange:
         self.scope = scope
         self.receive = receive
         self._send = send
-        self.arrived = time.perf_counter()
+        self.record = RequestRecord(now())
+        #: The response's status line went out: no error status can follow.
         self.started = False
         self.disconnected = False
-        self.outcome = OUTCOME_BYPASSED
-        self.queue_s = 0.0
-        #: The flow controller's estimate of its queue wait, when it was queued.
-        self.eta_s: float | None = None
-        self.upstream_s = 0.0
-        self.first_byte_at = 0.0
-        #: Set while the request waits in flow control, with the time it started to.
-        self.queued = False
-        self.enqueued_at = 0.0
-        self.pool: Pool | None = None
-        self.classification: Classification | None = None
         #: The server settings in force for this request (limits, timeouts).
         self.server: ServerSettings | None = None
-        #: The backend relayed to, and the kind of upstream failure if one happened.
-        self.backend: str | None = None
-        self.upstream_error: str | None = None
         #: The response being relayed is a server-sent event stream.
         self.sse = False
         #: Headers and queue-event comments went out while it waited, no model byte
@@ -241,26 +238,21 @@ class Exchange:
             self._budget.give(self._held)
             self._held = 0
 
-    def _our_headers(self) -> Headers:
-        headers = [
-            (b"x-sluicegate-outcome", self.outcome.encode()),
-            (b"x-sluicegate-queue-ms", f"{self.queue_s * 1000.0:.3f}".encode()),
-        ]
-        if self.eta_s is not None:  # the wait predicted when it was queued
-            headers.append((b"x-sluicegate-queue-eta-ms", f"{self.eta_s * 1000.0:.0f}".encode()))
-        return headers
-
     async def start(self, status: int, headers: Headers) -> None:
         """Send the status line and headers (ours appended); with a queue-events
         preamble they are out already: only a success may follow it."""
         if self.preamble:
             preamble_continues(status)
             self.started = True
-            self.first_byte_at = time.perf_counter()
+            self.record.first_byte_at = now()
             return
         self.started = True
-        self.first_byte_at = time.perf_counter()
-        headers.extend(self._our_headers())
+        record = self.record
+        record.first_byte_at = now()
+        headers.append((b"x-sluicegate-outcome", _OUTCOME_BYTES[record.outcome]))
+        headers.append((b"x-sluicegate-queue-ms", b"%.3f" % (record.queue_s * 1000.0)))
+        if record.eta_s is not None:  # the wait predicted when it was queued
+            headers.append((b"x-sluicegate-queue-eta-ms", b"%.0f" % (record.eta_s * 1000.0)))
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def open_preamble(self, headers: Headers) -> None:
@@ -294,12 +286,14 @@ class Exchange:
         """Answer `exc` as an OpenAI error (see `error_reply`); after a queue-events
         preamble, as an SSE `error` event (`sse_failure`)."""
         if self.preamble:
-            _, data = sse_failure(exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after)
+            _, data = sse_failure(
+                exc, queue_ms=self.record.queue_s * 1000.0, retry_after=retry_after
+            )
             self.started = True
             await self.finish(data)
             return
         status, body, headers = error_reply(
-            exc, queue_ms=self.queue_s * 1000.0, retry_after=retry_after, queue=queue
+            exc, queue_ms=self.record.queue_s * 1000.0, retry_after=retry_after, queue=queue
         )
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
@@ -327,8 +321,8 @@ async def relay(
 ) -> None:
     """Send the exchange's request to `base` and relay the response to the client.
 
-    An upstream failure sets `Exchange.upstream_error` to its kind (see `_upstream`).
-    Before the first byte to the client it is raised as an error reply; after it, an SSE
+    An upstream failure is noted in the exchange's record (`upstream_failed`). Before
+    the first byte to the client it is raised as an error reply; after it, an SSE
     stream is ended with an error event and anything else is cut (connection closed).
 
     Args:
@@ -344,35 +338,28 @@ async def relay(
             answer before any byte was relayed (502). The message names no backend.
     """
     scope = ex.scope
-    ex.backend = base
-    # The route table matched the raw path exactly, so it needs no escaping; the query
-    # goes as the client sent it (encoded=True: yarl must not re-quote or normalise).
-    url = base + scope["path"]
-    if query := scope.get("query_string"):
-        url += "?" + query.decode("latin-1")
-    began = time.perf_counter()
-    try:
-        resp = await session.request(
-            scope["method"],
-            URL(url, encoded=True),
-            data=body or None,
-            headers=forward_headers(scope["headers"]),
-            allow_redirects=False,
-        )
-    except _STREAM_ERRORS as exc:
-        raise _failed(ex, base, kind_of(exc), exc) from None
+    ex.record.backend = base
+    began = now()
+    resp: aiohttp.ClientResponse | None = None
     clean = False
     try:
-        if resp.status >= 500:
-            detail = f"HTTP {resp.status} {await _detail(resp)}".rstrip()
-            raise _failed(ex, base, KIND_STATUS, "", detail)
-        await _relay_response(ex, resp, began, stream=stream, meter=meter)
+        with UPSTREAM_ERRORS:
+            resp = await session.request(
+                scope["method"],
+                upstream_url(base, scope),
+                data=body or None,
+                headers=forward_headers(scope["headers"]),
+                allow_redirects=False,
+            )
+            if resp.status >= 500:
+                detail = f"HTTP {resp.status} {await _detail(resp)}".rstrip()
+                raise UpstreamFailure(KIND_STATUS, "", detail)
+            await _relay_response(ex, resp, began, stream=stream, meter=meter)
         clean = True
-    except _STREAM_ERRORS as exc:
-        kind = kind_of(exc)
+    except UpstreamFailure as failed:
+        err = upstream_failed(ex, base, failed)
         if not ex.started:
-            raise _failed(ex, base, kind, exc) from None
-        err = _failed(ex, base, kind, exc, mid_stream=True)
+            raise err from None
         if ex.sse:
             # SSE clients (the OpenAI SDKs) raise on an error event; a bare cut could
             # read as a complete answer to some.
@@ -383,34 +370,49 @@ async def relay(
     finally:
         # release() returns a fully read connection to the pool; close() drops it, which
         # tells the backend to stop generating (client gone, or an error).
-        if clean:
-            resp.release()
-        else:
-            resp.close()
+        if resp is not None:
+            if clean:
+                resp.release()
+            else:
+                resp.close()
 
 
-def _failed(
-    ex: Exchange,
-    base: str,
-    kind: str,
-    cause: object,
-    detail: str = "",
-    *,
-    mid_stream: bool = False,
-) -> GatewayError:
-    """Note an upstream failure on the exchange and log it with the backend's address
-    (which only the log and the metrics get); returns the error for the client."""
-    ex.upstream_error = kind
+def upstream_url(base: str, scope: Scope) -> URL:
+    """The backend URL of the request: `base` + the path, and the query as sent.
+
+    The route table matched the raw path exactly, so it needs no escaping; the query
+    goes as the client sent it (encoded=True: yarl must not re-quote or normalise).
+    Without a query the URL is the same for every request of a route and backend, so
+    it is parsed once and kept (a few routes times a few backends).
+    """
+    query: bytes = scope.get("query_string", b"")
+    if query:
+        return URL(f"{base}{scope['path']}?{query.decode('latin-1')}", encoded=True)
+    key = (base, scope["path"])
+    url = _URLS.get(key)
+    if url is None:
+        if len(_URLS) >= _MAX_URLS:
+            _URLS.clear()  # backends come and go with reloads; never grow without bound
+        url = _URLS[key] = URL(base + scope["path"], encoded=True)
+    return url
+
+
+def upstream_failed(ex: Exchange, base: str, failed: UpstreamFailure) -> GatewayError:
+    """Note an upstream failure in the exchange's record and log it with the backend's
+    address (which only the log and the metrics get); returns the error for the client."""
+    ex.record.upstream_error = failed.kind
+    cause = failed.cause
     _log.warning(
         "upstream %s: backend=%s %s %s%s: %s",
-        kind,
+        failed.kind,
         base,
         ex.scope["method"],
         ex.scope["path"],
-        " (mid-response; the response was ended)" if mid_stream else "",
-        f"{cause if isinstance(cause, str) else repr(cause)} {detail}".rstrip(),
+        " (mid-response; the response was ended)" if ex.started else "",
+        f"{cause if isinstance(cause, str) else repr(cause)} {failed.detail}".rstrip(),
     )
-    return failure(kind, ex.pool, detail)
+    pool = ex.record.pool
+    return failure(failed.kind, None if pool is None else pool.name, failed.detail)
 
 
 async def _detail(resp: aiohttp.ClientResponse) -> str:
@@ -482,7 +484,7 @@ async def _pipe(
 
 
 async def _start(ex: Exchange, status: int, headers: Headers, began: float) -> None:
-    ex.upstream_s = time.perf_counter() - began
+    ex.record.upstream_s = now() - began
     await ex.start(status, headers)
 
 
@@ -507,7 +509,7 @@ async def _relay_whole(
         chunk = await content.readany()
         if not chunk:
             data = parts[0] if len(parts) == 1 else b"".join(parts)
-            ex.upstream_s = time.perf_counter() - began
+            ex.record.upstream_s = now() - began
             if meter is not None:
                 meter.body(resp.status, data)
             headers.append((b"content-length", str(len(data)).encode()))
@@ -518,7 +520,7 @@ async def _relay_whole(
         total += len(chunk)
         if total > cap:
             break
-    ex.upstream_s = time.perf_counter() - began
+    ex.record.upstream_s = now() - began
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
     await ex.start(resp.status, headers)

@@ -4,7 +4,7 @@ Both detectors follow the `sluicegate.SaturationDetector` protocol. They answer 
 cached state only (the last scrape, the gateway's own in-flight counts), so
 `is_saturated` costs one pass over the pool's backends. `is_saturated` remembers the
 best backend it saw; `on_dispatch`, which the controller calls right after, binds the
-ticket to it (`ticket.assignment`), so a request is bound to a backend only when it is
+ticket to it (`ticket.assignment`, a `Binding`), so a request is bound to a backend only when it is
 dispatched.
 
 Utilization scoring (per backend)::
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from ._config import HealthSettings
@@ -44,7 +45,14 @@ FailureKind = Literal["connect", "reset", "status"]
 
 _log = logging.getLogger("sluicegate.gateway")
 
-__all__ = ["Backend", "BackendMetrics", "ConcurrencyDetector", "UtilizationDetector"]
+__all__ = [
+    "Backend",
+    "BackendMetrics",
+    "Binding",
+    "ConcurrencyDetector",
+    "UtilizationDetector",
+    "binding_of",
+]
 
 
 @final
@@ -57,6 +65,34 @@ class BackendMetrics:
         self.waiting = waiting
         self.running = running
         self.kv = kv
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A dispatched request's place on a backend: what a detector stores in
+    ``ticket.assignment``.
+
+    Attributes:
+        backend: the backend the request was bound to.
+        epoch: the scrape epoch at binding; the request counts as unseen by the
+            backend's metrics until a scrape started after it completes.
+    """
+
+    backend: Backend
+    epoch: int
+
+    def release(self) -> None:
+        """The request finished (or moved): the backend no longer counts it."""
+        self.backend.unbind(self.epoch)
+
+
+def binding_of(ticket: Ticket) -> Binding | None:
+    """The binding a gateway detector stored on `ticket`, or None (not dispatched, or
+    its detector bound nothing). The core keeps ``assignment`` untyped: the core cannot
+    know the gateway's backends."""
+    assignment: object = ticket.assignment
+    return assignment if isinstance(assignment, Binding) else None
 
 
 @final
@@ -114,13 +150,13 @@ class Backend:
         """Reachable and healthy: it may get traffic."""
         return self.reachable and self.healthy
 
-    def bind(self) -> int:
-        """Count one more dispatched request; returns its epoch tag."""
+    def bind(self) -> Binding:
+        """Count one more dispatched request; returns its binding (epoch-tagged)."""
         self.in_flight += 1
         self.unseen += 1
         epoch = self.epoch
         self._epochs[epoch] = self._epochs.get(epoch, 0) + 1
-        return epoch
+        return Binding(self, epoch)
 
     def unbind(self, epoch: int) -> None:
         """Its request finished; it no longer counts."""
@@ -230,17 +266,16 @@ class _PoolDetector:
         already admitted, so that backend may run over its limit by the requests that
         were connecting to the failed one. Returns None (nothing changes) without one.
         """
-        assignment: Any = ticket.assignment
-        if assignment is None:
+        binding = binding_of(ticket)
+        if binding is None:
             return None
-        failed, epoch = assignment
         now = self._clock()
-        others = [b for b in self.backends.values() if b.usable and b is not failed]
+        others = [b for b in self.backends.values() if b.usable and b is not binding.backend]
         if not others:
             return None
         target = min(others, key=lambda b: (self.score(b, now), b.in_flight))
-        failed.unbind(epoch)
-        ticket.assignment = (target, target.bind())
+        binding.release()
+        ticket.assignment = target.bind()
         return target
 
     def move_to(self, ticket: Ticket, url: str, /) -> bool:
@@ -248,15 +283,14 @@ class _PoolDetector:
         has room: a resumed request goes back to the engine whose prefix cache holds
         what it had. The backend it leaves has a slot free again (the controller is told).
         """
-        assignment: Any = ticket.assignment
+        binding = binding_of(ticket)
         home = self.backends.get(url)
-        if assignment is None or home is None or assignment[0] is home or not home.usable:
+        if binding is None or home is None or binding.backend is home or not home.usable:
             return False
         if self.score(home, self._clock()) >= 1.0:
             return False
-        backend, epoch = assignment
-        backend.unbind(epoch)
-        ticket.assignment = (home, home.bind())
+        binding.release()
+        ticket.assignment = home.bind()
         self.notify()
         return True
 
@@ -308,13 +342,11 @@ class _PoolDetector:
             backend = min(self.backends.values(), key=lambda b: b.in_flight, default=None)
             if backend is None:
                 return
-        ticket.assignment = (backend, backend.bind())
+        ticket.assignment = backend.bind()
 
     def on_release(self, ticket: Ticket, /) -> None:
-        assignment: Any = ticket.assignment
-        if assignment is not None:
-            backend, epoch = assignment
-            backend.unbind(epoch)
+        if (binding := binding_of(ticket)) is not None:
+            binding.release()
 
     def least_loaded(self) -> Backend | None:
         """A usable backend for traffic outside flow control (fewest in flight)."""

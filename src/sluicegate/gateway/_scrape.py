@@ -1,9 +1,10 @@
 """Scraping backends' Prometheus /metrics: one loop per backend, every `scrape_interval`.
 
 This is the one periodic task in the gateway, and it is inherent: model servers publish
-load only as metrics to be pulled. Each loop runs in the gateway's task group and is
-cancelled when its backend leaves the pool or the gateway stops. A slow scrape delays
-only its own backend, and never causes a burst of catch-up scrapes.
+load only as metrics to be pulled. Each loop is a task its `Pool` starts, keeps a
+reference to and cancels when the backend leaves the pool or the gateway stops
+(`Pool.stop_scraping` waits for them to end). A slow scrape delays only its own backend,
+and never causes a burst of catch-up scrapes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import aiohttp
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from ._saturation import Backend, UtilizationDetector
 
     #: Detectors that read backends' metrics.
-    Scraped = UtilizationDetector | AdaptiveDetector
+    Scraped: TypeAlias = UtilizationDetector | AdaptiveDetector
 
 __all__ = ["parse_metrics", "scrape_forever"]
 

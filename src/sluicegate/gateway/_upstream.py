@@ -7,22 +7,26 @@ it gets the kind of failure and, for a 5xx, the backend's own short explanation.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 import aiohttp
 import orjson
 
+import sluicegate as sg
+
 from ._errors import GatewayError
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from types import TracebackType
 
 __all__ = [
     "KIND_BROKEN",
     "KIND_CONNECT",
     "KIND_STATUS",
     "KIND_TIMEOUT",
+    "UPSTREAM_ERRORS",
     "ReadWatch",
+    "UpstreamFailure",
     "UpstreamTimeoutError",
     "failure",
     "kind_of",
@@ -57,6 +61,49 @@ class UpstreamTimeoutError(TimeoutError):
     """The gateway's read watchdog fired: no byte from the backend for `read_timeout`."""
 
 
+class UpstreamFailure(Exception):
+    """One upstream attempt failed (raised by `UPSTREAM_ERRORS`, or for a 5xx status).
+
+    Args:
+        kind: how (`KIND_CONNECT`, `KIND_TIMEOUT`, `KIND_STATUS`, `KIND_BROKEN`).
+        cause: the exception it maps, or a note for the log.
+        detail: what the client may be told besides the kind (a 5xx's explanation).
+    """
+
+    def __init__(self, kind: str, cause: object, detail: str = "") -> None:
+        super().__init__(kind, cause, detail)
+        self.kind = kind
+        self.cause = cause
+        self.detail = detail
+
+
+@final
+class _MapUpstreamErrors:
+    """``with UPSTREAM_ERRORS:`` turns aiohttp's and timeout errors raised inside into
+    `UpstreamFailure` of their kind (httpcore's ``map_exceptions``), so each relay has
+    one handler for every way a backend can fail. A plain class, not a
+    ``contextlib.contextmanager``: it is entered once per request on the hot path."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+            raise UpstreamFailure(kind_of(exc), exc) from None
+        return False
+
+
+#: The one mapping of upstream exceptions (see `_MapUpstreamErrors`).
+UPSTREAM_ERRORS: Final = _MapUpstreamErrors()
+
+
 def kind_of(exc: BaseException) -> str:
     """The failure kind of an aiohttp or timeout exception."""
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
@@ -66,14 +113,19 @@ def kind_of(exc: BaseException) -> str:
     return KIND_BROKEN
 
 
-def failure(kind: str, pool: Pool | None, detail: str = "") -> GatewayError:
-    """The error a client gets for an upstream failure of `kind`; no backend address."""
-    where = f" of pool {pool.name}" if pool is not None else ""
+def failure(kind: str, pool: str | None, detail: str = "") -> GatewayError:
+    """The error a client gets for an upstream failure of `kind` in `pool` (its name);
+    no backend address."""
+    where = f" of pool {pool}" if pool is not None else ""
     message = _SAY[kind].replace("a backend", f"a backend{where}", 1)
     if detail:
         message += f": {detail}"
     return GatewayError(
-        _STATUS[kind], message, type="upstream_error", code=_CODE[kind], outcome="Dispatched"
+        _STATUS[kind],
+        message,
+        type="upstream_error",
+        code=_CODE[kind],
+        outcome=sg.Outcome.DISPATCHED,
     )
 
 
