@@ -23,6 +23,7 @@ import orjson
 
 import sluicegate as sg
 
+from ..asgi import ClientGone, Receive, Scope, Send, lifespan
 from ._auth import Auth
 from ._config import GatewayConfigError, UtilizationSettings, load_config
 from ._errors import GatewayError
@@ -31,7 +32,7 @@ from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pause import Resumable
 from ._pool import Pool, Router, body_claim
-from ._proxy import BodyBudget, ClientGone, Exchange, relay
+from ._proxy import BodyBudget, Exchange, relay
 from ._queue_events import QueueEvents
 from ._record import RequestRecord
 from ._record import now as record_clock
@@ -294,16 +295,11 @@ class Gateway:
 
     # -- ASGI -------------------------------------------------------------------------------
 
-    async def __call__(
-        self,
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI entry point."""
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
+                await lifespan(receive, send)
             return
         ex = Exchange(scope, receive, send)
         try:
@@ -629,18 +625,3 @@ def _warn_about(config: GatewayConfig) -> None:
                 sat.staleness,
                 sat.stale_policy,
             )
-
-
-async def _lifespan(
-    receive: Callable[[], Awaitable[dict[str, Any]]],
-    send: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
-    # The gateway is started by its owner (`async with Gateway(...)`), not by the ASGI
-    # server, so lifespan events are only acknowledged.
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -25,6 +25,7 @@ from yarl import URL
 
 import sluicegate as sg
 
+from ..asgi import BodyTooLarge, Message, Receive, Scope, Send, read_body
 from ._errors import GatewayError, GatewayOutcome, error_reply
 from ._queue_events import preamble_continues, sse_failure
 from ._record import RequestRecord, now
@@ -38,14 +39,12 @@ from ._upstream import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
 
     from ._config import ServerSettings
     from ._tokens import UsageMeter
 
 __all__ = [
     "BodyBudget",
-    "ClientGone",
     "Exchange",
     "forward_headers",
     "relay",
@@ -56,8 +55,6 @@ __all__ = [
 _log = logging.getLogger("sluicegate.gateway")
 
 Headers = list[tuple[bytes, bytes]]
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 #: Request headers not forwarded: hop-by-hop ones, and those aiohttp sets itself.
 _REQUEST_SKIP: Final = frozenset(
@@ -78,10 +75,6 @@ _URLS: dict[tuple[str, str], URL] = {}
 _MAX_URLS: Final = 1024
 #: ``x-sluicegate-outcome`` values, encoded once.
 _OUTCOME_BYTES: Final = {o: o.value.encode() for o in (*sg.Outcome, *GatewayOutcome)}
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body was read."""
 
 
 @final
@@ -154,8 +147,8 @@ class Exchange:
     def __init__(
         self,
         scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
+        receive: Receive,
+        send: Send,
     ) -> None:
         self.scope = scope
         self.receive = receive
@@ -180,39 +173,24 @@ class Exchange:
     async def read_body(self, limit: int, budget: BodyBudget) -> bytes | bytearray:
         """The whole request body, counted against `budget` until `close`.
 
-        A body in several parts is gathered in one bytearray, which grows in place
-        (realloc, mremap for large ones): joining a list would hold it twice at once.
-
         Raises:
             GatewayError: the body is larger than `limit` bytes (413), or the bodies in
                 memory would exceed the budget (503).
             ClientGone: the client left first.
         """
-        gathered = bytearray()
-        total = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk: bytes = message.get("body", b"")
-            n = len(chunk)
-            total += n
-            if total > limit:
-                raise GatewayError(
-                    413,
-                    f"the request body exceeds the gateway's max_body_bytes={limit}",
-                    code="request_too_large",
-                )
-            if n:
-                self._budget = budget
-                budget.take(n)
-                self._held += n
-            if not message.get("more_body", False):
-                if not gathered:
-                    return chunk  # the usual case: the body came in one part
-                gathered += chunk
-                return gathered
-            gathered += chunk
+        self._budget = budget
+        try:
+            return await read_body(self.receive, limit, self._hold)
+        except BodyTooLarge:
+            raise GatewayError(
+                413,
+                f"the request body exceeds the gateway's max_body_bytes={limit}",
+                code="request_too_large",
+            ) from None
+
+    def _hold(self, n: int) -> None:
+        self._budget.take(n)
+        self._held += n
 
     def watch_disconnect(self) -> None:
         """Arm the disconnect watch (call once the body is fully read)."""
