@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -213,3 +215,31 @@ def test_metrics_teach_the_batch_size_and_a_shown_queue_blocks_the_backend() -> 
     assert det.has_endpoints()
     det.scrape_failed(a, "refused", reachable=False)
     assert not det.has_endpoints()
+
+
+def test_lower_priorities_test_the_untested_slots_the_highest_takes_proven_ones() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a", "http://b"], AdaptiveSettings(initial_limit=32), clock)
+    a, b = det.backends["http://a"], det.backends["http://b"]
+    for url in ("http://a", "http://b"):
+        for seq in range(1, 40):
+            det.limits[url].first_token(seq, 0.1, 10, seq)  # 10 worked; 11, 12 untested
+    for _ in range(10):
+        a.bind()
+    for _ in range(9):
+        b.bind()
+    assert det.proven_free() == 1 and not det.probe_only()
+
+    def dispatch(priority: int) -> object:
+        ticket: Any = SimpleNamespace(priority=priority, assignment=None)
+        assert not det.is_saturated()
+        det.on_dispatch(ticket)
+        return ticket.assignment[0]
+
+    assert dispatch(10) is b  # the top priority so far: b's last proven slot
+    assert dispatch(-1) is a  # lower: a probe first, though b scores the same
+    assert det.proven_free() == 0 and det.probe_only()
+    assert dispatch(10) in (a, b)  # nothing proven left: a probe after all
+    # A batch size from metrics proves every slot up to it.
+    det.limits["http://a"].queued(12.0)
+    assert det.limits["http://a"].proven == det.limits["http://a"].capacity == 12

@@ -363,6 +363,8 @@ class Scheduler:
                     self.blocked = True
                     self.full = not self.can_dispatch(gate)
                     return out
+                if self._probe_for_lower(gate, band):
+                    break  # only untested slots are free: a lower band tests them
                 try:
                     flow = band.fairness.select()
                 except Exception:
@@ -400,6 +402,16 @@ class Scheduler:
         except Exception:
             _log.exception("saturation detector failed; treating the pool as saturated")
             return False
+
+    def _probe_for_lower(self, gate: SaturationDetector, band: Band) -> bool:
+        """Whether every free slot is a probe (it may put its request in an engine's own
+        queue, see the adaptive detector) and a lower band has work to test it with."""
+        probe_only = getattr(gate, "probe_only", None)
+        if probe_only is None or not probe_only():
+            return False
+        levels = self.registry.levels
+        below = levels[levels.index(band) + 1 :]
+        return any(b.queued_requests > b.held_requests for b in below)
 
     def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
         """Whether `band` leaves the bands above it the free slots their demand needs."""

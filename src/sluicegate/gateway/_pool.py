@@ -163,6 +163,9 @@ class Pool:
 
     def has_free_slot(self) -> bool:
         """Whether a request could be dispatched now without waiting for a slot."""
+        if isinstance(self.detector, AdaptiveDetector):
+            # A probe slot may queue its request inside the engine: not room to count on.
+            return self.detector.proven_free() >= 1
         return self.detector.slots()[0] >= 1
 
     def dispatched(self, priority: int, now: float) -> None:
