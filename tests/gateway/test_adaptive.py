@@ -243,3 +243,37 @@ def test_lower_priorities_test_the_untested_slots_the_highest_takes_proven_ones(
     # A batch size from metrics proves every slot up to it.
     det.limits["http://a"].queued(12.0)
     assert det.limits["http://a"].proven == det.limits["http://a"].capacity == 12
+
+
+def test_utilization_pools_also_get_the_adaptive_limit_unless_told_not_to() -> None:
+    from sluicegate.gateway._pool import _new_detector
+
+    def detector(**saturation: Any) -> object:
+        doc = {"pools": [{"name": "p", "backends": ["http://a"], "saturation": saturation}]}
+        return _new_detector(parse_config(doc).pools[0], Clock())
+
+    assert isinstance(detector(type="utilization", adaptive_limit=False), UtilizationDetector)
+    det = detector(type="utilization", kv_cache_threshold=0.5)
+    assert isinstance(det, AdaptiveDetector)
+    assert det.thresholds is not None and det.thresholds.kv_cache_threshold == 0.5
+    a = det.backends["http://a"]
+    # fail-closed: no metrics yet, no traffic (as the plain utilization detector).
+    assert det.is_saturated() and det.stale_backends() == 1
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.2), det.scrape_started(a))
+    assert not det.is_saturated()
+    # The KV threshold still applies ...
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.6), det.scrape_started(a))
+    assert det.is_saturated()
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.2), det.scrape_started(a))
+    # ... and so does the learned limit: 2 untested requests, where the thresholds alone
+    # would take up to 5 waiting in the engine's queue.
+    for _ in range(2):
+        assert not det.is_saturated()
+        a.bind()
+    assert det.is_saturated()
+    # Metrics that stop coming: stale, saturated again.
+    Clock.now += 2.0
+    try:
+        assert det.is_saturated() and det.stale_backends() == 1
+    finally:
+        Clock.now -= 2.0

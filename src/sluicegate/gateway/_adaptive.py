@@ -44,14 +44,15 @@ import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, final
 
-from ._saturation import Backend, BackendMetrics, _PoolDetector
+from ._config import AdaptiveSettings
+from ._saturation import Backend, BackendMetrics, _PoolDetector, utilization_score
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from sluicegate import Ticket
 
-    from ._config import AdaptiveSettings
+    from ._config import UtilizationSettings
 
 __all__ = ["AdaptiveDetector", "AdaptiveLimit", "ResponseObserver"]
 
@@ -301,18 +302,52 @@ class AdaptiveDetector(_PoolDetector):
         urls: the pool's backends.
         settings: initial, bounds and TTFT tolerance.
         clock: the loop clock (``loop.time``).
+        utilization: a ``type: utilization`` pool's thresholds and stale policy, which
+            then apply too: a backend is full when either says so (see
+            `for_utilization`).
     """
 
     def __init__(
-        self, urls: Iterable[str], settings: AdaptiveSettings, clock: Callable[[], float]
+        self,
+        urls: Iterable[str],
+        settings: AdaptiveSettings,
+        clock: Callable[[], float],
+        utilization: UtilizationSettings | None = None,
     ) -> None:
         super().__init__(urls, clock)
         self.settings = settings
+        self.thresholds = utilization
         self.limits: dict[str, AdaptiveLimit] = {u: self._new_limit() for u in self.backends}
         #: Dispatches so far (orders the requests for "once per overshoot").
         self.seq = 0
         #: The highest priority dispatched so far: it gets proven slots before probes.
         self.top_priority: int | None = None
+
+    @classmethod
+    def for_utilization(
+        cls, urls: Iterable[str], sat: UtilizationSettings, clock: Callable[[], float]
+    ) -> AdaptiveDetector:
+        """The detector of a ``type: utilization`` pool with ``adaptive_limit`` (the
+        default): its thresholds and stale policy, and the adaptive limit with its
+        defaults. The thresholds alone let `queue_depth_threshold` requests wait in
+        each engine's FCFS queue, which costs the top band a slot turnover (measured:
+        4-19x the idle TTFT at 1x and 2x load)."""
+        return cls(urls, _scrape_settings(AdaptiveSettings(), sat), clock, sat)
+
+    def configure_utilization(self, sat: UtilizationSettings) -> None:
+        """Adopt a utilization pool's new thresholds (see `for_utilization`)."""
+        self.thresholds = sat
+        self.configure(_scrape_settings(self.settings, sat))
+
+    def stale_backends(self) -> int:
+        sat = self.thresholds
+        if sat is None:
+            return 0
+        now = self._clock()
+        return sum(
+            b.scraped_at is None or now - b.scraped_at > sat.staleness
+            for b in self.backends.values()
+        )
 
     def _new_limit(self) -> AdaptiveLimit:
         s = self.settings
@@ -344,7 +379,10 @@ class AdaptiveDetector(_PoolDetector):
             return math.inf
         if state.waiting_since(now) is not None or self._queue_shown(backend, now):
             return 1.0  # a request sits in the engine's queue: send nothing more
-        return backend.in_flight / state.capacity
+        score = backend.in_flight / state.capacity
+        if self.thresholds is not None:
+            score = max(score, utilization_score(self.thresholds, backend, now))
+        return score
 
     def _queue_shown(self, backend: Backend, now: float) -> bool:
         """The engine's last fresh metrics showed requests waiting in its own queue."""
@@ -365,6 +403,8 @@ class AdaptiveDetector(_PoolDetector):
         return epoch
 
     def scrape_succeeded(self, backend: Backend, metrics: BackendMetrics, epoch: int) -> None:
+        if self.thresholds is not None and not backend.reachable and not backend.healthy:
+            self.probe_soon(backend)  # as `UtilizationDetector`: it answers again
         backend.metrics = metrics
         backend.scraped_at = self._clock()
         backend.reachable = True
@@ -380,6 +420,10 @@ class AdaptiveDetector(_PoolDetector):
     def scrape_failed(self, backend: Backend, error: str, *, reachable: bool) -> None:
         backend.failures += 1
         backend.last_error = error
+        if self.thresholds is not None:  # as `UtilizationDetector`: metrics are required
+            backend.reachable = reachable
+            self.notify()
+            return
         # A backend without metrics is fine (TTFT is enough); only a refused
         # connection says it is down.
         if not reachable:
@@ -491,3 +535,16 @@ class AdaptiveDetector(_PoolDetector):
     def __repr__(self) -> str:
         limits = ", ".join(f"{s.limit:.1f}" for s in self.limits.values())
         return f"AdaptiveDetector({len(self.backends)} backends, limits [{limits}])"
+
+
+def _scrape_settings(base: AdaptiveSettings, sat: UtilizationSettings) -> AdaptiveSettings:
+    """`base` with a utilization pool's scrape settings (metrics are always read)."""
+    return base.model_copy(
+        update={
+            "use_metrics": True,
+            "scrape_interval": sat.scrape_interval,
+            "staleness": sat.staleness,
+            "scrape_timeout": sat.scrape_timeout,
+            "metrics_path": sat.metrics_path,
+        }
+    )

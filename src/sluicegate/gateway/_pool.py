@@ -131,6 +131,15 @@ class Pool:
 
     def check(self, settings: PoolSettings) -> None:
         """Raise `GatewayConfigError` if `settings` cannot be applied without a restart."""
+        old, new = self.settings.saturation, settings.saturation
+        if (
+            isinstance(old, UtilizationSettings)
+            and isinstance(new, UtilizationSettings)
+            and old.adaptive_limit != new.adaptive_limit
+        ):
+            raise GatewayConfigError(
+                f"pools[{self.name}].saturation.adaptive_limit: changing it needs a restart"
+            )
         if settings.saturation.type != self.settings.saturation.type:
             raise GatewayConfigError(
                 f"pools[{self.name}].saturation.type: changing {self.settings.saturation.type!r}"
@@ -201,6 +210,8 @@ PoolDetector = AdaptiveDetector | UtilizationDetector | ConcurrencyDetector
 def _new_detector(settings: PoolSettings, clock: Callable[[], float]) -> PoolDetector:
     sat = settings.saturation
     if isinstance(sat, UtilizationSettings):
+        if sat.adaptive_limit:
+            return AdaptiveDetector.for_utilization(settings.backends, sat, clock)
         return UtilizationDetector(settings.backends, sat, clock)
     if isinstance(sat, AdaptiveSettings):
         return AdaptiveDetector(settings.backends, sat, clock)
@@ -214,6 +225,9 @@ def _configure(
     if isinstance(detector, UtilizationDetector):
         assert isinstance(sat, UtilizationSettings)
         detector.configure(sat)
+    elif isinstance(sat, UtilizationSettings):
+        assert isinstance(detector, AdaptiveDetector)
+        detector.configure_utilization(sat)
     elif isinstance(detector, AdaptiveDetector):
         assert isinstance(sat, AdaptiveSettings)
         detector.configure(sat)
