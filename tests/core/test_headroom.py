@@ -135,6 +135,16 @@ def test_untested_slots_go_to_a_lower_band_while_one_waits() -> None:
     assert gate.priorities == [0, 0]
     assert urgent.dispatched_at is None
     assert sum(1 for t in held if t.dispatched_at is not None) == 2
+    # Nor does an interactive request take one on arrival, with nothing above it queued.
+    gate = ProbingGate(proven=2, probes=2)
+    core = Scheduler(FlowControlConfig(demand_headroom=False))
+    gate.in_flight = 4
+    core.submit(FlowKey("b", 0), 0, None, None, 0.0, gate)
+    gate.in_flight = 2
+    arriving = core.submit(FlowKey("i", 10), 0, None, None, 0.0, gate)
+    assert arriving.dispatched_at is None
+    core.dispatch(0.0, gate)
+    assert gate.priorities == [0]
     # With nothing lower waiting, a probe is the interactive request's to take.
     lone = Scheduler(FlowControlConfig(demand_headroom=False))
     gate = ProbingGate(proven=0, probes=1)

@@ -211,7 +211,7 @@ class Scheduler:
                     return False
                 if level is band:
                     break
-        return self.can_dispatch(gate, band)
+        return self.can_dispatch(gate, band) and not self._probe_for_lower(gate, band)
 
     def _check_admission(
         self, ticket: Ticket, band: Band, gate: SaturationDetector, now: float
