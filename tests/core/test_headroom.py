@@ -149,3 +149,29 @@ def test_untested_slots_go_to_a_lower_band_while_one_waits() -> None:
     lone = Scheduler(FlowControlConfig(demand_headroom=False))
     gate = ProbingGate(proven=0, probes=1)
     assert lone.submit(FlowKey("i", 10), 0, None, None, 0.0, gate).dispatched_at == 0.0
+
+
+class HeadroomProbingGate(ProbingGate):
+    """`ProbingGate` with the slot counts demand headroom reads."""
+
+    def slots(self) -> tuple[float, float]:
+        total = self.proven + self.probes
+        return float(total - self.in_flight), float(total)
+
+    def probe_for(self, priority: int) -> bool:
+        return priority < 10 and self.probe_only()
+
+
+def test_a_probe_left_by_the_top_band_is_not_held_back_as_headroom() -> None:
+    gate = HeadroomProbingGate(proven=8, probes=2)
+    core = Scheduler(FlowControlConfig())
+    busy_pool(core.headroom, high_rate=4.0, now=10.0)
+    assert core.headroom.reserve_for(0, busy_slots=8) >= 2  # more than the probes
+    gate.in_flight = 10
+    batch = [core.submit(FlowKey("b", 0), 0, None, None, 10.0, gate) for _ in range(3)]
+    core.submit(FlowKey("i", 10), 0, None, None, 10.0, gate)
+    gate.in_flight = 8  # the proven slots are full, both probes free
+    core.dispatch(10.0, gate)
+    # The interactive request leaves the probes to batch work, and the reserve for it
+    # does not keep them idle: otherwise neither band would ever test them.
+    assert sum(1 for t in batch if t.dispatched_at is not None) == 2

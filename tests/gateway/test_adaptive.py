@@ -277,3 +277,20 @@ def test_utilization_pools_also_get_the_adaptive_limit_unless_told_not_to() -> N
         assert det.is_saturated() and det.stale_backends() == 1
     finally:
         Clock.now -= 2.0
+
+
+def test_a_lower_priority_takes_a_probe_past_headroom() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a"], AdaptiveSettings(initial_limit=32), clock)
+    a = det.backends["http://a"]
+    for seq in range(1, 40):
+        det.limits["http://a"].first_token(seq, 0.1, 10, seq)
+    det.top_priority = 10
+    for _ in range(9):
+        a.bind()
+    assert not det.probe_for(0)  # a proven slot is free: headroom decides as usual
+    a.bind()
+    assert det.probe_for(0) and not det.probe_for(10)
+    a.bind()
+    a.bind()
+    assert not det.probe_for(0)  # full

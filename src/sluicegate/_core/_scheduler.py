@@ -418,6 +418,9 @@ class Scheduler:
         slots = getattr(gate, "slots", None)
         if slots is None or not self.registry.config.demand_headroom:
             return True
+        probe_for = getattr(gate, "probe_for", None)
+        if probe_for is not None and probe_for(band.priority):
+            return True  # it takes an untested slot, which higher bands leave alone
         counted: tuple[float, float] | None = slots()
         if counted is None:
             return True

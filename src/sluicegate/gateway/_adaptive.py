@@ -466,6 +466,24 @@ class AdaptiveDetector(_PoolDetector):
             room = True
         return room
 
+    def probe_for(self, priority: int) -> bool:
+        """Whether a request of `priority` would be dispatched into a free probe slot
+        (lower priorities take probes first). Such a dispatch leaves every proven slot
+        free, so demand headroom kept for higher bands must not refuse it: the probe
+        would otherwise stay idle (the top band leaves it to lower ones), and the limit
+        could never be tested upward again."""
+        top = self.top_priority
+        if top is None or priority >= top:
+            return False
+        now = self._clock()
+        for backend in self.backends.values():
+            state = self.limits.get(backend.url)
+            if state is None or not backend.usable or self.score(backend, now) >= 1.0:
+                continue
+            if backend.in_flight >= state.proven:
+                return True
+        return False
+
     def proven_free(self) -> int:
         """Free slots over the usable backends that are not probes."""
         now = self._clock()
