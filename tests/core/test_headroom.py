@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sluicegate import ConcurrencyLimit, FlowControlConfig, FlowKey
 from sluicegate._core._headroom import DemandHeadroom
 from sluicegate._core._scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from sluicegate._core._ticket import Ticket
 
 
 def busy_pool(headroom: DemandHeadroom, *, high_rate: float, now: float) -> None:
@@ -84,3 +89,89 @@ def test_off_by_config() -> None:
     batch = [core.submit(FlowKey("b", 0), 0, None, None, 3.0, gate) for _ in range(30)]
     core.dispatch(3.0, gate)
     assert sum(1 for t in batch if t.dispatched_at is not None) == 20
+
+
+class ProbingGate:
+    """A pool of `proven` slots that showed they run at once, then `probes` untested."""
+
+    recheck_interval: float | None = None
+
+    def __init__(self, proven: int, probes: int) -> None:
+        self.proven, self.probes, self.in_flight = proven, probes, 0
+        self.priorities: list[int] = []
+
+    def is_saturated(self) -> bool:
+        return self.in_flight >= self.proven + self.probes
+
+    def has_endpoints(self) -> bool:
+        return True
+
+    def utilization(self) -> float:
+        return self.in_flight / (self.proven + self.probes)
+
+    def probe_only(self) -> bool:
+        return self.proven <= self.in_flight < self.proven + self.probes
+
+    def on_dispatch(self, ticket: Ticket, /) -> None:
+        self.in_flight += 1
+        self.priorities.append(ticket.priority)
+
+    def on_release(self, ticket: Ticket, /) -> None:
+        self.in_flight -= 1
+
+    def set_listener(self, listener: object, /) -> None:
+        pass
+
+
+def test_untested_slots_go_to_a_lower_band_while_one_waits() -> None:
+    gate = ProbingGate(proven=2, probes=2)
+    core = Scheduler(FlowControlConfig(demand_headroom=False))
+    gate.in_flight = 4  # full: everything below waits
+    held = [core.submit(FlowKey("b", 0), 0, None, None, 0.0, gate) for _ in range(3)]
+    urgent = core.submit(FlowKey("i", 10), 0, None, None, 0.0, gate)
+    gate.in_flight = 2  # the proven slots are taken, the two probes free
+    core.dispatch(0.0, gate)
+    # The probes went to batch work; the interactive request waits for a proven slot.
+    assert gate.priorities == [0, 0]
+    assert urgent.dispatched_at is None
+    assert sum(1 for t in held if t.dispatched_at is not None) == 2
+    # Nor does an interactive request take one on arrival, with nothing above it queued.
+    gate = ProbingGate(proven=2, probes=2)
+    core = Scheduler(FlowControlConfig(demand_headroom=False))
+    gate.in_flight = 4
+    core.submit(FlowKey("b", 0), 0, None, None, 0.0, gate)
+    gate.in_flight = 2
+    arriving = core.submit(FlowKey("i", 10), 0, None, None, 0.0, gate)
+    assert arriving.dispatched_at is None
+    core.dispatch(0.0, gate)
+    assert gate.priorities == [0]
+    # With nothing lower waiting, a probe is the interactive request's to take.
+    lone = Scheduler(FlowControlConfig(demand_headroom=False))
+    gate = ProbingGate(proven=0, probes=1)
+    assert lone.submit(FlowKey("i", 10), 0, None, None, 0.0, gate).dispatched_at == 0.0
+
+
+class HeadroomProbingGate(ProbingGate):
+    """`ProbingGate` with the slot counts demand headroom reads."""
+
+    def slots(self) -> tuple[float, float]:
+        total = self.proven + self.probes
+        return float(total - self.in_flight), float(total)
+
+    def probe_for(self, priority: int) -> bool:
+        return priority < 10 and self.probe_only()
+
+
+def test_a_probe_left_by_the_top_band_is_not_held_back_as_headroom() -> None:
+    gate = HeadroomProbingGate(proven=8, probes=2)
+    core = Scheduler(FlowControlConfig())
+    busy_pool(core.headroom, high_rate=4.0, now=10.0)
+    assert core.headroom.reserve_for(0, busy_slots=8) >= 2  # more than the probes
+    gate.in_flight = 10
+    batch = [core.submit(FlowKey("b", 0), 0, None, None, 10.0, gate) for _ in range(3)]
+    core.submit(FlowKey("i", 10), 0, None, None, 10.0, gate)
+    gate.in_flight = 8  # the proven slots are full, both probes free
+    core.dispatch(10.0, gate)
+    # The interactive request leaves the probes to batch work, and the reserve for it
+    # does not keep them idle: otherwise neither band would ever test them.
+    assert sum(1 for t in batch if t.dispatched_at is not None) == 2

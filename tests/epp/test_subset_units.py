@@ -23,7 +23,14 @@ def _pool(*, max_in_flight: int = 100, **sections: Any) -> Pool:
 
 def test_utilization_subset_scores_only_its_backends_and_rechecks_at_the_scrape_interval() -> None:
     pool = _pool(
-        pool={"saturation": {"type": "utilization", "scrape_interval": 0.25, "staleness": 10}}
+        pool={
+            "saturation": {
+                "type": "utilization",
+                "scrape_interval": 0.25,
+                "staleness": 10,
+                "adaptive_limit": False,  # the thresholds alone, as upstream
+            }
+        }
     )
     detector = pool.detector
     assert isinstance(detector, UtilizationDetector)

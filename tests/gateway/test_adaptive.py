@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -213,3 +215,82 @@ def test_metrics_teach_the_batch_size_and_a_shown_queue_blocks_the_backend() -> 
     assert det.has_endpoints()
     det.scrape_failed(a, "refused", reachable=False)
     assert not det.has_endpoints()
+
+
+def test_lower_priorities_test_the_untested_slots_the_highest_takes_proven_ones() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a", "http://b"], AdaptiveSettings(initial_limit=32), clock)
+    a, b = det.backends["http://a"], det.backends["http://b"]
+    for url in ("http://a", "http://b"):
+        for seq in range(1, 40):
+            det.limits[url].first_token(seq, 0.1, 10, seq)  # 10 worked; 11, 12 untested
+    for _ in range(10):
+        a.bind()
+    for _ in range(9):
+        b.bind()
+    assert det.proven_free() == 1 and not det.probe_only()
+
+    def dispatch(priority: int) -> object:
+        ticket: Any = SimpleNamespace(priority=priority, assignment=None)
+        assert not det.is_saturated()
+        det.on_dispatch(ticket)
+        return ticket.assignment[0]
+
+    assert dispatch(10) is b  # the top priority so far: b's last proven slot
+    assert dispatch(-1) is a  # lower: a probe first, though b scores the same
+    assert det.proven_free() == 0 and det.probe_only()
+    assert dispatch(10) in (a, b)  # nothing proven left: a probe after all
+    # A batch size from metrics proves every slot up to it.
+    det.limits["http://a"].queued(12.0)
+    assert det.limits["http://a"].proven == det.limits["http://a"].capacity == 12
+
+
+def test_utilization_pools_also_get_the_adaptive_limit_unless_told_not_to() -> None:
+    from sluicegate.gateway._pool import _new_detector
+
+    def detector(**saturation: Any) -> object:
+        doc = {"pools": [{"name": "p", "backends": ["http://a"], "saturation": saturation}]}
+        return _new_detector(parse_config(doc).pools[0], Clock())
+
+    assert isinstance(detector(type="utilization", adaptive_limit=False), UtilizationDetector)
+    det = detector(type="utilization", kv_cache_threshold=0.5)
+    assert isinstance(det, AdaptiveDetector)
+    assert det.thresholds is not None and det.thresholds.kv_cache_threshold == 0.5
+    a = det.backends["http://a"]
+    # fail-closed: no metrics yet, no traffic (as the plain utilization detector).
+    assert det.is_saturated() and det.stale_backends() == 1
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.2), det.scrape_started(a))
+    assert not det.is_saturated()
+    # The KV threshold still applies ...
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.6), det.scrape_started(a))
+    assert det.is_saturated()
+    det.scrape_succeeded(a, BackendMetrics(0, 2, 0.2), det.scrape_started(a))
+    # ... and so does the learned limit: 2 untested requests, where the thresholds alone
+    # would take up to 5 waiting in the engine's queue.
+    for _ in range(2):
+        assert not det.is_saturated()
+        a.bind()
+    assert det.is_saturated()
+    # Metrics that stop coming: stale, saturated again.
+    Clock.now += 2.0
+    try:
+        assert det.is_saturated() and det.stale_backends() == 1
+    finally:
+        Clock.now -= 2.0
+
+
+def test_a_lower_priority_takes_a_probe_past_headroom() -> None:
+    clock = Clock()
+    det = AdaptiveDetector(["http://a"], AdaptiveSettings(initial_limit=32), clock)
+    a = det.backends["http://a"]
+    for seq in range(1, 40):
+        det.limits["http://a"].first_token(seq, 0.1, 10, seq)
+    det.top_priority = 10
+    for _ in range(9):
+        a.bind()
+    assert not det.probe_for(0)  # a proven slot is free: headroom decides as usual
+    a.bind()
+    assert det.probe_for(0) and not det.probe_for(10)
+    a.bind()
+    a.bind()
+    assert not det.probe_for(0)  # full

@@ -210,7 +210,7 @@ class Scheduler:
                     return False
                 if level is band:
                     break
-        return self.can_dispatch(gate, band)
+        return self.can_dispatch(gate, band) and not self._probe_for_lower(gate, band)
 
     def _check_admission(
         self,
@@ -323,6 +323,8 @@ class Scheduler:
                     self.blocked = True
                     self.saturated = not self.can_dispatch(gate)
                     return out
+                if self._probe_for_lower(gate, band):
+                    break  # only untested slots are free: a lower band tests them
                 try:
                     flow = band.fairness.select()
                 except Exception as error:
@@ -365,11 +367,24 @@ class Scheduler:
             self._fault("saturation detector failed; treating the pool as saturated", error)
             return False
 
+    def _probe_for_lower(self, gate: SaturationDetector, band: Band) -> bool:
+        """Whether every free slot is a probe (it may put its request in an engine's own
+        queue, see the adaptive detector) and a lower band has work to test it with."""
+        probe_only = getattr(gate, "probe_only", None)
+        if probe_only is None or not probe_only():
+            return False
+        levels = self.registry.levels
+        below = levels[levels.index(band) + 1 :]
+        return any(b.queued_requests > b.held_requests for b in below)
+
     def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
         """Whether `band` leaves the bands above it the free slots their demand needs."""
         slots = getattr(gate, "slots", None)
         if slots is None or not self.registry.config.demand_headroom:
             return True
+        probe_for = getattr(gate, "probe_for", None)
+        if probe_for is not None and probe_for(band.priority):
+            return True  # it takes an untested slot, which higher bands leave alone
         counted: tuple[float, float] | None = slots()
         if counted is None:
             return True

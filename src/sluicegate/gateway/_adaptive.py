@@ -19,6 +19,12 @@ whole slot-turnover later than one admitted at once. So, per backend:
   it again);
 * **probe**: a backend takes at most 2 more requests than the most it recently served
   with a clean TTFT, so a burst never pushes a whole untested limit into its queue;
+* **who probes**: a slot beyond what was seen to work (and beyond the batch the
+  metrics showed) is a *probe*: its request may land in the engine's queue. Requests
+  below the highest priority the pool serves take probes first and proven slots last;
+  requests of the highest priority take proven slots first. So learning costs only
+  lower-priority work an engine-queue wait (measured: at 2x overload, the interactive
+  requests that landed on the first probes beyond vLLM's batch waited 0.3-0.5 s);
 * **batch**: with metrics, the most requests the engine ran while others waited is its
   batch size; the backend never gets more (no probing needed);
 * **errors** (5xx, 429, connection failures) halve the limit and restart slow start,
@@ -38,14 +44,15 @@ import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, final
 
-from ._saturation import Backend, BackendMetrics, _PoolDetector, binding_of
+from ._config import AdaptiveSettings
+from ._saturation import Backend, BackendMetrics, _PoolDetector, binding_of, utilization_score
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from sluicegate import Ticket
 
-    from ._config import AdaptiveSettings
+    from ._config import UtilizationSettings
 
 __all__ = ["AdaptiveDetector", "AdaptiveLimit", "ResponseObserver"]
 
@@ -140,6 +147,13 @@ class AdaptiveLimit:
         if batch is not None:
             capacity = min(capacity, batch)
         return max(1, capacity)
+
+    @property
+    def proven(self) -> int:
+        """Requests this backend may hold with no risk of an engine queue, as far as
+        anything showed: the most that ran with a clean TTFT, or the engine's batch
+        from its metrics (at least 1, at most `capacity`). Slots above are probes."""
+        return min(self.capacity, max(self.confirmed, self.batch or 0, 1))
 
     @property
     def base_ttft(self) -> float | None:
@@ -288,16 +302,52 @@ class AdaptiveDetector(_PoolDetector):
         urls: the pool's backends.
         settings: initial, bounds and TTFT tolerance.
         clock: the loop clock (``loop.time``).
+        utilization: a ``type: utilization`` pool's thresholds and stale policy, which
+            then apply too: a backend is full when either says so (see
+            `for_utilization`).
     """
 
     def __init__(
-        self, urls: Iterable[str], settings: AdaptiveSettings, clock: Callable[[], float]
+        self,
+        urls: Iterable[str],
+        settings: AdaptiveSettings,
+        clock: Callable[[], float],
+        utilization: UtilizationSettings | None = None,
     ) -> None:
         super().__init__(urls, clock)
         self.settings = settings
+        self.thresholds = utilization
         self.limits: dict[str, AdaptiveLimit] = {u: self._new_limit() for u in self.backends}
         #: Dispatches so far (orders the requests for "once per overshoot").
         self.seq = 0
+        #: The highest priority dispatched so far: it gets proven slots before probes.
+        self.top_priority: int | None = None
+
+    @classmethod
+    def for_utilization(
+        cls, urls: Iterable[str], sat: UtilizationSettings, clock: Callable[[], float]
+    ) -> AdaptiveDetector:
+        """The detector of a ``type: utilization`` pool with ``adaptive_limit`` (the
+        default): its thresholds and stale policy, and the adaptive limit with its
+        defaults. The thresholds alone let `queue_depth_threshold` requests wait in
+        each engine's FCFS queue, which costs the top band a slot turnover (measured:
+        4-19x the idle TTFT at 1x and 2x load)."""
+        return cls(urls, _scrape_settings(AdaptiveSettings(), sat), clock, sat)
+
+    def configure_utilization(self, sat: UtilizationSettings) -> None:
+        """Adopt a utilization pool's new thresholds (see `for_utilization`)."""
+        self.thresholds = sat
+        self.configure(_scrape_settings(self.settings, sat))
+
+    def stale_backends(self) -> int:
+        sat = self.thresholds
+        if sat is None:
+            return 0
+        now = self._clock()
+        return sum(
+            b.scraped_at is None or now - b.scraped_at > sat.staleness
+            for b in self.backends.values()
+        )
 
     def _new_limit(self) -> AdaptiveLimit:
         s = self.settings
@@ -329,7 +379,10 @@ class AdaptiveDetector(_PoolDetector):
             return math.inf
         if state.waiting_since(now) is not None or self._queue_shown(backend, now):
             return 1.0  # a request sits in the engine's queue: send nothing more
-        return backend.in_flight / state.capacity
+        score = backend.in_flight / state.capacity
+        if self.thresholds is not None:
+            score = max(score, utilization_score(self.thresholds, backend, now))
+        return score
 
     def _queue_shown(self, backend: Backend, now: float) -> bool:
         """The engine's last fresh metrics showed requests waiting in its own queue."""
@@ -350,6 +403,8 @@ class AdaptiveDetector(_PoolDetector):
         return epoch
 
     def scrape_succeeded(self, backend: Backend, metrics: BackendMetrics, epoch: int) -> None:
+        if self.thresholds is not None and not backend.reachable and not backend.healthy:
+            self.probe_soon(backend)  # as `UtilizationDetector`: it answers again
         backend.metrics = metrics
         backend.scraped_at = self._clock()
         backend.reachable = True
@@ -365,6 +420,10 @@ class AdaptiveDetector(_PoolDetector):
     def scrape_failed(self, backend: Backend, error: str, *, reachable: bool) -> None:
         backend.failures += 1
         backend.last_error = error
+        if self.thresholds is not None:  # as `UtilizationDetector`: metrics are required
+            backend.reachable = reachable
+            self.notify()
+            return
         # A backend without metrics is fine (TTFT is enough); only a refused
         # connection says it is down.
         if not reachable:
@@ -377,6 +436,81 @@ class AdaptiveDetector(_PoolDetector):
     def backend_slots(self, backend: Backend) -> float:
         state = self.limits.get(backend.url)
         return 0.0 if state is None else state.capacity
+
+    def on_dispatch(self, ticket: Ticket, /) -> None:
+        """Bind `ticket` to a backend with room: the highest priority to a proven slot
+        when one is free, lower priorities to a probe when one is free (see "who
+        probes" in the module docstring); among equals, the lowest score."""
+        self._best = None
+        priority = ticket.priority
+        top = self.top_priority
+        if top is None or priority > top:
+            self.top_priority = top = priority
+        backend = self._pick_for(probe_first=priority < top)
+        if backend is None:  # only if dispatched without asking is_saturated first
+            super().on_dispatch(ticket)
+            return
+        ticket.assignment = backend.bind()
+
+    def probe_only(self) -> bool:
+        """Whether every backend with room has only probes free (the flow controller
+        then leaves them to a lower band when one waits)."""
+        now = self._clock()
+        room = False
+        for backend in self.backends.values():
+            state = self.limits.get(backend.url)
+            if state is None or not backend.usable or self.score(backend, now) >= 1.0:
+                continue
+            if backend.in_flight < state.proven:
+                return False
+            room = True
+        return room
+
+    def probe_for(self, priority: int) -> bool:
+        """Whether a request of `priority` would be dispatched into a free probe slot
+        (lower priorities take probes first). Such a dispatch leaves every proven slot
+        free, so demand headroom kept for higher bands must not refuse it: the probe
+        would otherwise stay idle (the top band leaves it to lower ones), and the limit
+        could never be tested upward again."""
+        top = self.top_priority
+        if top is None or priority >= top:
+            return False
+        now = self._clock()
+        for backend in self.backends.values():
+            state = self.limits.get(backend.url)
+            if state is None or not backend.usable or self.score(backend, now) >= 1.0:
+                continue
+            if backend.in_flight >= state.proven:
+                return True
+        return False
+
+    def proven_free(self) -> int:
+        """Free slots over the usable backends that are not probes."""
+        now = self._clock()
+        free = 0
+        for backend in self.backends.values():
+            state = self.limits.get(backend.url)
+            if state is None or not backend.usable or self.score(backend, now) >= 1.0:
+                continue
+            free += max(0, state.proven - backend.in_flight)
+        return free
+
+    def _pick_for(self, *, probe_first: bool) -> Backend | None:
+        now = self._clock()
+        best: Backend | None = None
+        best_key: tuple[bool, float, int] | None = None
+        for backend in self.backends.values():
+            state = self.limits.get(backend.url)
+            if state is None or not backend.usable:
+                continue
+            score = self.score(backend, now)
+            if score >= 1.0:
+                continue
+            proven = backend.in_flight < state.proven
+            key = (proven if probe_first else not proven, score, backend.in_flight)
+            if best_key is None or key < best_key:
+                best, best_key = backend, key
+        return best
 
     def observe(self, ticket: Ticket) -> ResponseObserver | None:
         """An observer for the answer to `ticket` (dispatched by this detector)."""
@@ -405,6 +539,7 @@ class AdaptiveDetector(_PoolDetector):
                 "limit_estimate": round(state.limit, 3),
                 "slow_start": state.slow_start,
                 "confirmed_in_flight": state.confirmed,
+                "proven_slots": state.proven,
                 "engine_batch": state.batch,
                 "base_ttft_s": state.base_ttft,
                 "ttft_samples": state.samples,
@@ -418,3 +553,16 @@ class AdaptiveDetector(_PoolDetector):
     def __repr__(self) -> str:
         limits = ", ".join(f"{s.limit:.1f}" for s in self.limits.values())
         return f"AdaptiveDetector({len(self.backends)} backends, limits [{limits}])"
+
+
+def _scrape_settings(base: AdaptiveSettings, sat: UtilizationSettings) -> AdaptiveSettings:
+    """`base` with a utilization pool's scrape settings (metrics are always read)."""
+    return base.model_copy(
+        update={
+            "use_metrics": True,
+            "scrape_interval": sat.scrape_interval,
+            "staleness": sat.staleness,
+            "scrape_timeout": sat.scrape_timeout,
+            "metrics_path": sat.metrics_path,
+        }
+    )

@@ -106,6 +106,10 @@ class UtilizationSettings(_Model):
     scrape_interval: _Seconds = 0.05
     staleness: _Seconds = 1.0
     stale_policy: Literal["fail-closed", "fail-open", "last-known"] = "fail-closed"
+    #: Also hold each backend to the adaptive limit learned from its TTFT (the
+    #: thresholds alone let requests wait inside the engine, where priority does not
+    #: exist); false: the thresholds only, as upstream.
+    adaptive_limit: bool = True
     #: Seconds one scrape may take; None = `staleness`.
     scrape_timeout: _Seconds | None = None
     metrics_path: str = "/metrics"

@@ -11,7 +11,6 @@ import aiohttp
 import orjson
 
 from ._errors import GatewayError
-from ._saturation import UtilizationDetector
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -57,12 +56,11 @@ def readiness(draining: bool, pools: Iterable[Pool]) -> list[str]:
         detector = pool.detector
         if not detector.has_endpoints():
             problems.append(f"pool {pool.name}: no usable backend ({_why_unusable(pool)})")
-        elif isinstance(detector, UtilizationDetector):
+        elif (sat := pool.settings.saturation).type == "utilization":
             if not any(b.scraped_at is not None for b in detector.backends.values()):
                 problems.append(f"pool {pool.name}: no backend's metrics scraped yet")
-            elif (
-                detector.settings.stale_policy == "fail-closed"
-                and detector.stale_backends() == len(detector.backends)
+            elif sat.stale_policy == "fail-closed" and detector.stale_backends() == len(
+                detector.backends
             ):
                 # fail-closed treats stale as saturated: nothing would be dispatched.
                 problems.append(

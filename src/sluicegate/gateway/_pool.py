@@ -132,6 +132,15 @@ class Pool:
 
     def check(self, settings: PoolSettings) -> None:
         """Raise `GatewayConfigError` if `settings` cannot be applied without a restart."""
+        old, new = self.settings.saturation, settings.saturation
+        if (
+            isinstance(old, UtilizationSettings)
+            and isinstance(new, UtilizationSettings)
+            and old.adaptive_limit != new.adaptive_limit
+        ):
+            raise GatewayConfigError(
+                f"pools[{self.name}].saturation.adaptive_limit: changing it needs a restart"
+            )
         if settings.saturation.type != self.settings.saturation.type:
             raise GatewayConfigError(
                 f"pools[{self.name}].saturation.type: changing {self.settings.saturation.type!r}"
@@ -164,6 +173,9 @@ class Pool:
 
     def has_free_slot(self) -> bool:
         """Whether a request could be dispatched now without waiting for a slot."""
+        if isinstance(self.detector, AdaptiveDetector):
+            # A probe slot may queue its request inside the engine: not room to count on.
+            return self.detector.proven_free() >= 1
         return self.detector.slots()[0] >= 1
 
     def dispatched(self, priority: int, now: float) -> None:
@@ -208,6 +220,8 @@ PoolDetector = AdaptiveDetector | UtilizationDetector | ConcurrencyDetector
 def _new_detector(settings: PoolSettings, clock: Callable[[], float]) -> PoolDetector:
     sat = settings.saturation
     if isinstance(sat, UtilizationSettings):
+        if sat.adaptive_limit:
+            return AdaptiveDetector.for_utilization(settings.backends, sat, clock)
         return UtilizationDetector(settings.backends, sat, clock)
     if isinstance(sat, AdaptiveSettings):
         return AdaptiveDetector(settings.backends, sat, clock)
@@ -221,6 +235,9 @@ def _configure(
     if isinstance(detector, UtilizationDetector):
         assert isinstance(sat, UtilizationSettings)
         detector.configure(sat)
+    elif isinstance(sat, UtilizationSettings):
+        assert isinstance(detector, AdaptiveDetector)
+        detector.configure_utilization(sat)
     elif isinstance(detector, AdaptiveDetector):
         assert isinstance(sat, AdaptiveSettings)
         detector.configure(sat)

@@ -405,6 +405,23 @@ class _PoolDetector:
         }
 
 
+def utilization_score(settings: UtilizationSettings, backend: Backend, now: float) -> float:
+    """A backend's load from its scraped metrics (>= 1: saturated), by the stale policy
+    when they are missing or older than `settings.staleness`."""
+    m = backend.metrics
+    at = backend.scraped_at
+    if m is None or at is None or now - at > settings.staleness:
+        if settings.stale_policy == "fail-open":
+            return 0.0
+        if settings.stale_policy == "fail-closed" or m is None:
+            return math.inf
+    assert m is not None
+    return max(
+        (m.waiting + backend.unseen) / settings.queue_depth_threshold,
+        m.kv / settings.kv_cache_threshold,
+    )
+
+
 @final
 class UtilizationDetector(_PoolDetector):
     """Saturation from scraped queue depth and KV-cache usage (see the module docstring).
@@ -433,17 +450,7 @@ class UtilizationDetector(_PoolDetector):
         return at is None or now - at > self.settings.staleness
 
     def score(self, backend: Backend, now: float) -> float:
-        s = self.settings
-        m = backend.metrics
-        if m is None or self.is_stale(backend, now):
-            if s.stale_policy == "fail-open":
-                return 0.0
-            if s.stale_policy == "fail-closed" or m is None:
-                return math.inf
-        assert m is not None
-        return max(
-            (m.waiting + backend.unseen) / s.queue_depth_threshold, m.kv / s.kv_cache_threshold
-        )
+        return utilization_score(self.settings, backend, now)
 
     def backend_slots(self, backend: Backend) -> float:
         # A score of 1 is `queue_depth_threshold` requests waiting in the engine.

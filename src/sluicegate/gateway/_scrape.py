@@ -92,7 +92,8 @@ async def _scrape_once(session: aiohttp.ClientSession, detector: Scraped, backen
         # never take a request, so it is no endpoint rather than a 30 s wait. fail-open
         # serves such a backend as free, as it always did, and an adaptive pool needs no
         # metrics at all (time to first token is its signal).
-        usable = getattr(settings, "stale_policy", "fail-open") == "fail-open"
+        policy_from = getattr(detector, "thresholds", None) or settings  # utilization
+        usable = getattr(policy_from, "stale_policy", "fail-open") == "fail-open"
         _record_failure(detector, backend, str(exc), reachable=usable)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         _record_failure(detector, backend, f"scrape failed: {exc!r}", reachable=True)
