@@ -234,7 +234,7 @@ def test_lower_priorities_test_the_untested_slots_the_highest_takes_proven_ones(
         ticket: Any = SimpleNamespace(priority=priority, assignment=None)
         assert not det.is_saturated()
         det.on_dispatch(ticket)
-        return ticket.assignment[0]
+        return ticket.assignment.backend
 
     assert dispatch(10) is b  # the top priority so far: b's last proven slot
     assert dispatch(-1) is a  # lower: a probe first, though b scores the same

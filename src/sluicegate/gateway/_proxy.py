@@ -39,7 +39,6 @@ from ._upstream import (
 )
 
 if TYPE_CHECKING:
-
     from ._config import ServerSettings
     from ._tokens import UsageMeter
 
