@@ -14,9 +14,11 @@ from .._types import BandStatistics, FlowKey, FlowStatistics
 from ._tenants import waiting
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._registry import Band, Flow, Registry
 
-__all__ = ["band_statistics", "flow_snapshot"]
+__all__ = ["band_statistics", "flow_snapshot", "jain"]
 
 
 def band_statistics(
@@ -76,9 +78,18 @@ def _fairness(band: Band, window: float, now: float | None) -> tuple[float | Non
     if len(candidates) < 2:
         return None, None
     xs = [served.get(f, 0.0) for f in candidates]
-    total, squares = sum(xs), sum(x * x for x in xs)
-    jain = total * total / (len(xs) * squares) if squares else None
-    return jain, max(xs) - min(xs)
+    return jain(xs), max(xs) - min(xs)
+
+
+def jain(xs: Sequence[float]) -> float | None:
+    """Jain's index ``(sum x)^2 / (n * sum x^2)`` of non-negative values: 1 when all are
+    equal, 1/n when one gets everything; None when all are zero (nothing to compare).
+    The project's one implementation (`sluicegate.testbed.jain_index` wraps it)."""
+    squares = sum(x * x for x in xs)
+    if not squares:
+        return None
+    total = sum(xs)
+    return total * total / (len(xs) * squares)
 
 
 def flow_snapshot(registry: Registry, priority: int, flow_id: str) -> FlowStatistics | None:

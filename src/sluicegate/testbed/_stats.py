@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
+from .._core._statistics import jain
 from ._traffic import UNFINISHED
 
 if TYPE_CHECKING:
@@ -93,10 +94,8 @@ def jain_index(values: Sequence[float]) -> float:
         raise ValueError("Jain's index of no values")
     if any(v < 0 for v in values):
         raise ValueError(f"Jain's index needs non-negative values, got {list(values)!r}")
-    squares = sum(v * v for v in values)
-    if squares == 0:
-        return 1.0
-    return sum(values) ** 2 / (len(values) * squares)
+    index = jain(values)
+    return 1.0 if index is None else index
 
 
 def ttft_samples(
