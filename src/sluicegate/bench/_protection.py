@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from sluicegate.testbed import PlannedRequest
 
 __all__ = [
+    "ALL_PROTECTION_MODES",
     "PROTECTION_MODES",
     "PROTECTION_OBJECTIVES",
     "PROTECTION_SIM",
@@ -64,13 +65,17 @@ __all__ = [
 ]
 
 #: How the gateway's pool is configured in a run; ``off`` passes everything through.
-ProtectionMode = Literal["off", "adaptive", "no-pause", "utilization"]
+ProtectionMode = Literal["off", "adaptive", "no-pause", "utilization", "evict"]
+#: The modes run by default.
 PROTECTION_MODES: Final[tuple[ProtectionMode, ...]] = (
     "off",
     "adaptive",
     "no-pause",
     "utilization",
 )
+#: Every mode, in report order; ``evict`` (adaptive with the opt-in `evict_streams`)
+#: only when asked for with ``--modes``.
+ALL_PROTECTION_MODES: Final[tuple[ProtectionMode, ...]] = (*PROTECTION_MODES, "evict")
 Pattern = Literal["poisson", "bursty"]
 
 #: The issue's objectives: fixed output lengths, the demo's prompt lengths.
@@ -130,6 +135,7 @@ def protection_config(mode: ProtectionMode, backends: Sequence[str], workload: W
         "adaptive": {"type": "adaptive"},
         "no-pause": {"type": "adaptive"},
         "utilization": {"type": "utilization"},
+        "evict": {"type": "adaptive"},
     }
     pool: dict[str, Any] = {
         "name": "bench",
@@ -139,6 +145,8 @@ def protection_config(mode: ProtectionMode, backends: Sequence[str], workload: W
     }
     if mode == "no-pause":
         pool["preemption"] = "off"
+    if mode == "evict":
+        pool["evict_streams"] = True
     doc = {
         "server": {"host": "127.0.0.1", "port": 0, "drain_grace": 1},
         "pools": [pool],
@@ -232,6 +240,7 @@ class ProtectionRun:
     #: Continuations' prompt tokens the prefix cache did not cover (prefilled again).
     reprefilled: int = 0
     pauses: int = 0
+    evictions: int = 0
     figures: RunFigures | None = None
 
     @property
@@ -274,6 +283,7 @@ async def _measure(
         pr.generated = sum(app.engine.counters.generation_tokens for app in apps)
         pr.reprefilled = sum(app.engine.counters.continued_prefill_tokens for app in apps)
         pr.pauses = sum(pool.preemption.pauses.total() for pool in gateway.pools.values())
+        pr.evictions = sum(p.preemption.evictions.total() for p in gateway.pools.values())
         gc.unfreeze()
     # A stream the gateway ended with an error event (evicted, or paused past its TTL)
     # is an incomplete answer: its tokens are wasted work too.
@@ -403,13 +413,14 @@ def _run_loop(options: ProtectionOptions) -> tuple[ProtectionRun, list[Protectio
 
 def _waste_table(runs: Sequence[ProtectionRun]) -> str:
     rows = [
-        "| run | sent | tokens generated | tokens streamed | pauses | re-prefilled | wasted"
-        " | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | sent | tokens generated | tokens streamed | pauses | evictions | re-prefilled"
+        " | wasted | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     rows.extend(
         f"| {r.run.label} | {len(r.run.records)} | {r.generated:,} | {r.delivered:,} |"
-        f" {r.pauses} | {r.reprefilled:,} | {100 * r.wasted_share:.2f} % | {r.run.wall_s:.0f} |"
+        f" {r.pauses} | {r.evictions} | {r.reprefilled:,} | {100 * r.wasted_share:.2f} % |"
+        f" {r.run.wall_s:.0f} |"
         for r in runs
     )
     return "\n".join(rows)
@@ -474,6 +485,7 @@ def run_protection(options: ProtectionOptions, *, command: str) -> PartResult:
                     "delivered": r.delivered,
                     "reprefilled": r.reprefilled,
                     "pauses": r.pauses,
+                    "evictions": r.evictions,
                     "wall_s": r.run.wall_s,
                 }
                 for r in runs
