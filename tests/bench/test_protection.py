@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sluicegate.bench._protection import (
+    ALL_PROTECTION_MODES,
     BURST_PERIOD_S,
     PROTECTION_MODES,
     ProtectionOptions,
@@ -35,19 +36,24 @@ def test_bursty_plan_sends_interactive_only_in_on_periods_at_the_same_mean() -> 
 def test_the_modes_differ_only_in_the_saturation_section_and_pausing() -> None:
     workload = ProtectionOptions().workload
     urls = ["http://127.0.0.1:1"]
-    configs = {m: protection_config(m, urls, workload) for m in PROTECTION_MODES}
+    configs = {m: protection_config(m, urls, workload) for m in ALL_PROTECTION_MODES}
     assert {m: c.pools[0].saturation.type for m, c in configs.items()} == {
         "off": "concurrency",
         "adaptive": "adaptive",
         "no-pause": "adaptive",
         "utilization": "utilization",
+        "evict": "adaptive",
     }
     assert {m: c.pools[0].preemption for m, c in configs.items()} == {
         "off": "resume",  # nothing ever waits: nothing is paused
         "adaptive": "resume",
         "no-pause": "off",
         "utilization": "resume",
+        "evict": "resume",
     }
+    # Eviction is opt-in: only its own mode turns it on.
+    assert [m for m, c in configs.items() if c.pools[0].evict_streams] == ["evict"]
+    assert "evict" not in PROTECTION_MODES
     flow_control = [c.flow_control for c in configs.values()]
     assert all(each == flow_control[0] for each in flow_control)
 

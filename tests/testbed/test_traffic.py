@@ -83,6 +83,15 @@ def test_completions_text_and_crlf_events() -> None:
     assert meter.done
 
 
+def test_an_error_event_is_noted_even_when_done_follows() -> None:
+    """A stream the gateway ended (evicted, paused past its TTL) is not a completed one."""
+    meter = StreamMeter()
+    meter.feed(chat_event("a"), 1.0)
+    meter.feed(b'data: {"error":{"message":"m","type":"t","code":"evicted"}}\n\n', 1.1)
+    meter.feed(b"data: [DONE]\n\n", 1.2)
+    assert (meter.tokens, meter.error, meter.done) == (1, "evicted", True)
+
+
 def test_garbage_event_is_a_value_error() -> None:
     """A non-JSON event fails the request instead of being miscounted."""
     with pytest.raises(ValueError, match="not JSON"):

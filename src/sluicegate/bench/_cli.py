@@ -27,7 +27,12 @@ from ._gateway_parts import run_overhead, run_streaming
 from ._lookahead import LookaheadOptions, run_lookahead
 from ._overhead import OverheadOptions
 from ._overload import OverloadOptions, run_overload
-from ._protection import PROTECTION_MODES, ProtectionOptions, run_protection
+from ._protection import (
+    ALL_PROTECTION_MODES,
+    PROTECTION_MODES,
+    ProtectionOptions,
+    run_protection,
+)
 from ._report import Suite, render_report, write_json
 
 if TYPE_CHECKING:
@@ -95,7 +100,7 @@ def overload_options(settings: Settings) -> OverloadOptions:
 
 def protection_options(settings: Settings) -> ProtectionOptions:
     """Part 5: the full settings, or seconds-long ones with ``--quick``."""
-    modes = tuple(m for m in PROTECTION_MODES if m in settings.modes)
+    modes = tuple(m for m in ALL_PROTECTION_MODES if m in settings.modes)
     options = ProtectionOptions(seed=settings.seed, modes=modes)
     if settings.quick:
         return dataclasses.replace(
@@ -216,7 +221,8 @@ def _sample_load(suite: Suite, when: str) -> None:
     "--modes",
     default=",".join(PROTECTION_MODES),
     show_default=True,
-    help="Part 5's gateway modes, comma-separated (off is the baseline of the others).",
+    help="Part 5's gateway modes, comma-separated (off is the baseline of the others; "
+    "evict, adaptive with evict_streams, runs only when listed).",
 )
 @click.option("--note", default="", help="Conditions of the run, quoted in the report.")
 def bench(

@@ -465,6 +465,8 @@ class Gateway:
                         if res is None or not res.requested:
                             break
                     except asyncio.CancelledError:
+                        if await pool.preemption.end_evicted(ex, res):
+                            break  # evicted (opt-in): its stream ended with an error event
                         if not pool.preemption.absorb(ex):
                             raise
                 # Taken back or paused (_preempt.py): wait, then the same body or the rest.

@@ -231,6 +231,13 @@ class PoolSettings(_Model):
     preemption: Literal["resume", "off"] = "resume"
     #: How often one request may be paused.
     max_pauses: Annotated[int, Field(ge=0)] = 2
+    #: Last resort, opt-in: when no request can be taken back or paused, end a running
+    #: stream of priority below `evict_below_priority` (and below the arriving request's)
+    #: with an SSE ``error`` event, so the higher-priority request gets its slot. The
+    #: evicted client keeps what it was sent and sees an error (see docs/design.md).
+    evict_streams: bool = False
+    #: Only streams of a lower priority are evicted (default 0: sheddable work).
+    evict_below_priority: int = 0
 
     @field_validator("name")
     @classmethod

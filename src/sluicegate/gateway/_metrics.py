@@ -354,8 +354,8 @@ class _StateCollector(Collector):
         return requeued
 
     def _pauses(self) -> Iterator[Metric]:
-        """Running requests paused for higher-priority work, and resumed (per pool and
-        the paused request's priority)."""
+        """Running requests paused for higher-priority work, resumed, and evicted (per
+        pool and the request's priority)."""
         paused = CounterMetricFamily(
             f"{self._prefix}requests_paused",
             "Running requests paused (their upstream request closed, their client's "
@@ -367,13 +367,23 @@ class _StateCollector(Collector):
             "Paused requests dispatched again, continuing where they stopped.",
             labels=["pool", "priority"],
         )
+        evicted = CounterMetricFamily(
+            f"{self._prefix}requests_evicted",
+            "Running streams ended with an SSE error event (opt-in `evict_streams`) to "
+            "make room for higher-priority work, by the evicted request's priority.",
+            labels=["pool", "priority"],
+        )
         for pool in self._pools():
-            for priority, count in pool.preemption.pauses.items():
+            preemption = pool.preemption
+            for priority, count in preemption.pauses.items():
                 paused.add_metric([pool.name, str(priority)], count)
-            for priority, count in pool.preemption.resumes.items():
+            for priority, count in preemption.resumes.items():
                 resumed.add_metric([pool.name, str(priority)], count)
+            for priority, count in preemption.evictions.items():
+                evicted.add_metric([pool.name, str(priority)], count)
         yield paused
         yield resumed
+        yield evicted
 
     def _learned_limits(self) -> Metric:
         """The concurrency limit each backend of an adaptive pool has now."""

@@ -85,6 +85,7 @@ class Pool:
             enabled=settings.preemptive_requeue,
             pause_policy=_pause_policy(settings),
             move_to=self.detector.move_to,
+            evict_below=_evict_below(settings),
         )
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
@@ -155,6 +156,7 @@ class Pool:
         self.preemption.enabled = settings.preemptive_requeue
         self.preemption.max_requeues = settings.max_requeues
         self.preemption.pause_policy = _pause_policy(settings)
+        self.preemption.evict_below = _evict_below(settings)
         self.controller.reconfigure(flow_control)
         self.controller.reconcile_priorities(priorities)
         _configure(self.detector, settings.saturation)
@@ -305,3 +307,7 @@ def _pause_policy(settings: PoolSettings) -> PausePolicy | None:
     if settings.preemption == "off" or settings.max_pauses == 0:
         return None
     return PausePolicy(max_pauses=settings.max_pauses)
+
+
+def _evict_below(settings: PoolSettings) -> int | None:
+    return settings.evict_below_priority if settings.evict_streams else None

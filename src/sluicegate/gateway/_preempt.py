@@ -15,14 +15,26 @@ When no such request exists, `make_room` pauses a running one instead, where the
 has `preemption: resume` and the `PausePolicy` allows it (see `_pause.py`): its upstream
 request is closed, its client's stream stays open, and its continuation is queued at the
 head of its flow. The lowest priority first, then the one sent last.
+
+As a last resort, where the pool has `evict_streams: true`, `make_room` evicts a running
+stream that cannot be paused: one whose client already has part of the answer, of
+priority below `evict_below_priority` and below the arriving request's. Its handler task
+is cancelled (never while its last bytes go out), its upstream request is closed, its
+client's stream ends with an OpenAI-shaped SSE `error` event (`end_evicted`), and its
+ticket is released: the slot goes to the highest request waiting. The lowest priority
+first, then the one sent last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any, final
+
+from ._errors import GatewayError
+from ._upstream import sse_error_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -35,12 +47,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Preemption"]
 
+_log = logging.getLogger("sluicegate.gateway")
+
 
 @final
 class _InFlight:
     """One streamed request in flight that may be taken back."""
 
-    __slots__ = ("ex", "order", "preempted", "resumable", "task", "ticket")
+    __slots__ = ("evicted", "ex", "order", "preempted", "resumable", "task", "ticket")
 
     def __init__(
         self,
@@ -55,6 +69,8 @@ class _InFlight:
         self.task = task
         self.order = order
         self.preempted = False
+        #: Chosen for eviction, by a request of this priority (else None).
+        self.evicted: int | None = None
         self.resumable = resumable
 
     @property
@@ -77,6 +93,8 @@ class Preemption:
         pause_policy: who may be paused and how often (`preemption: resume`); None
             turns pausing off.
         move_to: the pool detector's `move_to` (prefix-cache affinity on resume).
+        evict_below: streams of a lower priority may be evicted as a last resort
+            (`evict_streams: true`); None turns eviction off.
     """
 
     def __init__(
@@ -87,6 +105,7 @@ class Preemption:
         enabled: bool = True,
         pause_policy: PausePolicy | None = None,
         move_to: Callable[[sg.Ticket, str], bool] | None = None,
+        evict_below: int | None = None,
     ) -> None:
         self.controller = controller
         #: Sends a resumed request back to its backend when that one has room.
@@ -94,6 +113,9 @@ class Preemption:
         self.max_requeues = max_requeues
         self.enabled = enabled
         self.pause_policy = pause_policy
+        self.evict_below = evict_below
+        #: Streams ended with an error event to make room, by the evicted priority.
+        self.evictions: Counter[int] = Counter()
         #: Pauses and resumes so far, by the paused request's priority.
         self.pauses: Counter[int] = Counter()
         self.resumes: Counter[int] = Counter()
@@ -121,8 +143,11 @@ class Preemption:
         if self.top_priority is None or ticket.priority > self.top_priority:
             self.top_priority = ticket.priority
         task = asyncio.current_task()
+        evictable = stream and self.evict_below is not None and ticket.priority < self.evict_below
         if task is None or (
-            resumable is None and (not stream or ticket.requeues >= self.max_requeues)
+            resumable is None
+            and not evictable
+            and (not stream or ticket.requeues >= self.max_requeues)
         ):
             yield
             return
@@ -135,7 +160,8 @@ class Preemption:
 
     def make_room(self, priority: int) -> bool:
         """Take back one lower-priority request whose answer has not started, else
-        pause a running one that may be paused; False if neither exists."""
+        pause a running one that may be paused, else (opt-in) evict a running stream;
+        False if none exists."""
         victim = self._requeue_victim(priority) if self.enabled else None
         if victim is not None:
             victim.preempted = True
@@ -150,8 +176,7 @@ class Preemption:
         top = self.top_priority
         victim = None if top is not None and priority < top else self._pause_victim(priority)
         if victim is None:
-            self.no_victim += 1
-            return False
+            return self._evict(priority)
         resumable = victim.resumable
         assert resumable is not None
         resumable.requested = True
@@ -177,24 +202,97 @@ class Preemption:
         return victim
 
     def _pause_victim(self, priority: int) -> _InFlight | None:
-        policy = self.pause_policy
-        if policy is None:
+        victim: _InFlight | None = None
+        for entry in self._live.values():
+            if self._pausable(entry, priority) and (victim is None or _before(entry, victim)):
+                victim = entry
+        return victim
+
+    def _pausable(self, entry: _InFlight, priority: int) -> bool:
+        """May `entry` be paused now for a request of `priority`?"""
+        policy, resumable = self.pause_policy, entry.resumable
+        return not (
+            policy is None
+            or resumable is None
+            or resumable.requested
+            or entry.preempted
+            or entry.evicted is not None
+            or not policy.may_pause_for(entry.ticket.priority, priority)
+            or resumable.cuts >= policy.max_pauses
+            or not resumable.splicer.can_pause
+        )
+
+    def _evict(self, priority: int) -> bool:
+        """Evict a running stream for a request of `priority` (opt-in, last resort)."""
+        victim = self._evict_victim(priority)
+        if victim is None:
+            self.no_victim += 1
+            return False
+        victim.evicted = priority
+        victim.task.cancel()
+        return True
+
+    def _evict_victim(self, priority: int) -> _InFlight | None:
+        """A stream whose client has part of its answer, below the threshold and the
+        arrival, that cannot be paused (a pause loses nothing, so it comes first)."""
+        below = self.evict_below
+        if below is None:
             return None
         victim: _InFlight | None = None
         for entry in self._live.values():
-            resumable = entry.resumable
+            ex, resumable = entry.ex, entry.resumable
             if (
-                resumable is None
-                or resumable.requested
-                or entry.preempted
-                or not policy.may_pause_for(entry.ticket.priority, priority)
-                or resumable.cuts >= policy.max_pauses
-                or not resumable.splicer.can_pause
+                entry.preempted
+                or entry.evicted is not None
+                or entry.ticket.priority >= min(below, priority)
+                or not ex.sse
+                or not ex.started
+                or ex.finishing
+                or ex.disconnected
+                or (resumable is not None and resumable.requested)
+                or self._pausable(entry, priority)
             ):
                 continue
             if victim is None or _before(entry, victim):
                 victim = entry
         return victim
+
+    async def end_evicted(self, ex: Exchange, resumable: Resumable | None) -> bool:
+        """In the victim's handler, on CancelledError: True if it was our eviction (then
+        the cancellation is consumed and the client's stream ended with an SSE `error`
+        event), False if it must propagate."""
+        task = asyncio.current_task()
+        entry = self._live.get(task) if task is not None else None
+        if entry is None or entry.evicted is None or ex.disconnected:
+            return False
+        assert task is not None
+        if task.uncancel() != 0:  # someone else cancelled it too
+            return False
+        self._live.pop(task, None)
+        priority = entry.ticket.priority
+        self.evictions[priority] += 1
+        err = GatewayError(
+            503,
+            f"the stream was ended to make room for higher-priority work (priority "
+            f"{priority} < {entry.evicted}); the answer so far is incomplete",
+            type="service_unavailable",
+            code="evicted",
+        )
+        pool, cls = ex.record.pool, ex.record.classification
+        _log.info(
+            "flow-control evicted pool=%s flow=%s priority=%d for_priority=%d",
+            pool.name if pool is not None else "-", cls.fairness_id if cls is not None else "-",
+            priority, entry.evicted,
+        )  # fmt: skip
+        if resumable is not None:
+            # The splicer passed only whole events: the error event follows a whole one.
+            await ex.finish(
+                resumable.splicer.end_with_error(err.message, error_type=err.type, code=err.code)
+            )
+        else:
+            await ex.chunk(sse_error_event(err))
+            await ex.finish()
+        return True
 
     def absorb(self, ex: Exchange) -> bool:
         """In the victim's handler, on CancelledError: True if it was our preemption
@@ -239,7 +337,11 @@ class Preemption:
     def describe(self) -> dict[str, Any]:
         """Counts for /debug/flowcontrol."""
         return {
-            "preemptible_in_flight": sum(1 for e in self._live.values() if e.unstarted),
+            "preemptible_in_flight": sum(
+                1
+                for e in self._live.values()
+                if e.unstarted and e.ticket.requeues < self.max_requeues
+            ),
             "requests_requeued": self.requeued,
             "preemptions_without_victim": self.no_victim,
             "max_requeues": self.max_requeues,
@@ -247,6 +349,8 @@ class Preemption:
             "pauses": dict(self.pauses),
             "resumes": dict(self.resumes),
             "paused_requests": [r.describe() for r in self._paused],
+            "eviction": "off" if self.evict_below is None else f"below {self.evict_below}",
+            "evictions": dict(self.evictions),
         }
 
 

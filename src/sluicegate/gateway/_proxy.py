@@ -215,6 +215,11 @@ class Exchange:
             self._budget.give(self._held)
             self._held = 0
 
+    @property
+    def finishing(self) -> bool:
+        """The last part of the body is going out (or went): nothing may be added."""
+        return self.started and not self._armed
+
     async def start(self, status: int, headers: Headers) -> None:
         """Send the status line and headers (ours appended); with a queue-events
         preamble they are out already: only a success may follow it."""

@@ -70,11 +70,14 @@ class StreamMeter:
         gaps: arrival-time differences between consecutive tokens (seconds).
         usage_tokens: ``usage.completion_tokens`` from the usage chunk, if one came.
         done: ``data: [DONE]`` was seen.
+        error: the ``code`` of an ``error`` event (the gateway ended the stream: evicted,
+            or paused past its TTL), else None.
     """
 
     __slots__ = (
         "_buffer",
         "done",
+        "error",
         "first_token_at",
         "gaps",
         "last_token_at",
@@ -90,6 +93,7 @@ class StreamMeter:
         self.gaps: list[float] = []
         self.usage_tokens: int | None = None
         self.done = False
+        self.error: str | None = None
 
     def feed(self, data: bytes, now: float) -> None:
         """Account for `data` received at loop time `now`.
@@ -112,6 +116,10 @@ class StreamMeter:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"a stream event is not JSON: {payload[:80]!r}") from exc
+        error = doc.get("error")
+        if isinstance(error, dict):
+            self.error = str(error.get("code"))
+            return
         usage = doc.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.usage_tokens = usage["completion_tokens"]
@@ -246,7 +254,13 @@ async def send_request(
             record.queue_ms = float(queue_ms) if queue_ms else None
             async for chunk in resp.content.iter_any():
                 record.meter.feed(chunk, loop.time())
-        outcome, error = classify_outcome(resp.status, record.gateway_outcome, record.meter.done)
+        error: str | None
+        if resp.status == 200 and record.meter.error is not None:
+            outcome, error = FAILED, f"stream ended with an error event ({record.meter.error})"
+        else:
+            outcome, error = classify_outcome(
+                resp.status, record.gateway_outcome, record.meter.done
+            )
         record.finish(outcome, loop.time(), error)
     except asyncio.CancelledError:
         # Cut off by the end of the run or Ctrl-C: counted, then cancelled as asked.
