@@ -242,6 +242,11 @@ class Exchange:
         self.preamble = self.sse = True
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
+    @property
+    def send_raw(self) -> Send:
+        """The server's `send`, for a loop that sends body parts itself (`_pipe`)."""
+        return self._send
+
     async def chunk(self, data: bytes) -> None:
         """Send part of the body; more follows."""
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
@@ -408,8 +413,18 @@ async def _detail(resp: aiohttp.ClientResponse) -> str:
 
 
 def _watch(ex: Exchange, resp: aiohttp.ClientResponse) -> ReadWatch | None:
+    """The body's read timeout, from now on (the headers came under aiohttp's own)."""
     limit = ex.server.read_timeout if ex.server is not None else None
-    return None if limit is None else ReadWatch(resp.content, limit)
+    if limit is None:
+        return None
+    # aiohttp's sock_read timer is cancelled and a new loop timer armed on every socket
+    # read: a timer per relayed chunk. The watch bounds the body alone, so the protocol
+    # stops re-arming (its pending timer, if it fires, fails the read the same way).
+    # The next request on this connection sets sock_read again (set_response_params).
+    conn = resp.connection
+    if conn is not None and conn.protocol is not None:
+        conn.protocol.read_timeout = None
+    return ReadWatch(resp.content, limit)
 
 
 async def _relay_response(
@@ -449,19 +464,29 @@ async def _pipe(
 ) -> None:
     """Relay the rest of the body as it arrives, then end the response. With `start`
     (status, headers, upstream start time), the response starts with the first chunk."""
+    if start is not None and not ex.started:
+        if watch is not None:
+            watch.reading()
+        chunk = await content.readany()
+        await _start(ex, *start)
+        if not chunk:
+            await ex.finish()
+            return
+        if meter is not None:
+            meter.chunk(chunk)
+        await ex.chunk(chunk)
+    # The per-chunk loop, kept lean: one ASGI message and one clock read a chunk.
+    send = ex.send_raw
+    count = None if meter is None else meter.chunk
     while True:
         if watch is not None:
             watch.reading()
         chunk = await content.readany()
         if not chunk:
             break
-        if start is not None and not ex.started:
-            await _start(ex, *start)
-        if meter is not None:
-            meter.chunk(chunk)
-        await ex.chunk(chunk)
-    if start is not None and not ex.started:
-        await _start(ex, *start)
+        if count is not None:
+            count(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await ex.finish()
 
 

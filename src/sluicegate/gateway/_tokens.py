@@ -160,6 +160,7 @@ class UsageMeter:
         "_done",
         "_error",
         "_events",
+        "_first",
         "_observer",
         "_reported",
         "_streaming",
@@ -178,6 +179,7 @@ class UsageMeter:
         self._error = False
         self._done = False
         self._carry = b""
+        self._first = True  # the observer is told of the first chunk only
 
     def body(self, status: int, data: bytes) -> None:
         """A whole non-streamed answer: record its ``usage``."""
@@ -206,9 +208,14 @@ class UsageMeter:
             self._refund_output()
 
     def chunk(self, data: bytes) -> None:
-        """Part of a stream, as read: count its events, or take its ``usage``."""
-        if self._observer is not None:
-            self._observer.first_chunk()
+        """Part of a stream, as read: count its events, or take its ``usage``.
+
+        Called for every relayed chunk: a few byte scans in C, no decoding unless the
+        chunk names ``usage``."""
+        if self._first:
+            self._first = False
+            if self._observer is not None:
+                self._observer.first_chunk()
         if self._error:
             return
         if (self._carry or b'"usage"' in data) and self._take_usage(data):
@@ -220,11 +227,10 @@ class UsageMeter:
             return
         if b"[DONE]" in data:
             events -= 1
+            self._done = True
         if not self._events and b'"role"' in data:
             events -= 1  # the chat stream's first event announces the role: no token
         self._events += events
-        if b"[DONE]" in data:
-            self._done = True
         if self._events - self._reported >= REPORT_EVERY:
             self._reported = self._events
             self._record(None, self._events, final=False)
