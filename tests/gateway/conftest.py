@@ -187,3 +187,32 @@ def make_config(backends: list[str], **sections: Any) -> GatewayConfig:
     doc: dict[str, Any] = {"server": {"host": "127.0.0.1", "port": 0}, "pools": [pool]}
     doc.update(sections)
     return parse_config(doc, source="test")
+
+
+#: The preemption tests' objectives: one band to protect, one to make room from.
+TWO_BANDS: list[dict[str, Any]] = [
+    {"name": "interactive", "priority": 10},
+    {"name": "batch", "priority": -1},
+]
+
+
+def slot_config(
+    url: str, *, slots: int = 1, objectives: list[dict[str, Any]] | None = None, **pool: Any
+) -> GatewayConfig:
+    """One pool "p" of `slots` concurrent requests on `url`, with `objectives` (default
+    `TWO_BANDS`) and demand headroom off, so a test decides when room must be made."""
+    return parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "pools": [
+                {
+                    "name": "p",
+                    "backends": [url],
+                    "saturation": {"type": "concurrency", "max_in_flight": slots},
+                    **pool,
+                }
+            ],
+            "flow_control": {"demand_headroom": False},
+            "objectives": TWO_BANDS if objectives is None else objectives,
+        }
+    )

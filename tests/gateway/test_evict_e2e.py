@@ -14,10 +14,10 @@ import openai
 import orjson
 import pytest
 
-from sluicegate.gateway import Gateway, parse_config, serve_in_background
+from sluicegate.gateway import Gateway, serve_in_background
 from sluicegate.sim import SimConfig, create_app, serve_many
 
-from .conftest import eventually
+from .conftest import eventually, slot_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -43,21 +43,7 @@ OBJECTIVES = [
 
 
 def config(url: str, **pool: Any) -> Any:
-    return parse_config(
-        {
-            "server": {"host": "127.0.0.1", "port": 0},
-            "pools": [
-                {
-                    "name": "p",
-                    "backends": [url],
-                    "saturation": {"type": "concurrency", "max_in_flight": 1},
-                    **pool,
-                }
-            ],
-            "flow_control": {"demand_headroom": False},
-            "objectives": OBJECTIVES,
-        }
-    )
+    return slot_config(url, objectives=OBJECTIVES, **pool)
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,7 @@ import pytest
 from sluicegate.gateway import parse_config, serve_in_background
 from sluicegate.sim import SimConfig, create_app, serve_many
 
-from .conftest import eventually
+from .conftest import eventually, slot_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,23 +41,7 @@ async def stream(
 
 
 def config(url: str, **pool: Any) -> Any:
-    doc = {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "pools": [
-            {
-                "name": "p",
-                "backends": [url],
-                "saturation": {"type": "concurrency", "max_in_flight": 2},
-                **pool,
-            }
-        ],
-        "flow_control": {"demand_headroom": False},
-        "objectives": [
-            {"name": "interactive", "priority": 10},
-            {"name": "batch", "priority": -1},
-        ],
-    }
-    return parse_config(doc)
+    return slot_config(url, slots=2, **pool)
 
 
 async def test_a_waiting_interactive_request_takes_the_slot_of_a_batch_one_not_yet_started() -> (

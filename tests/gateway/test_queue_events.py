@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 import sluicegate as sg
-from sluicegate.gateway import Gateway, parse_config, serve_in_background
+from sluicegate.gateway import Gateway, serve_in_background
 from sluicegate.gateway._queue_events import sse_failure, wants_queue_events
 from sluicegate.sim import SimConfig, create_app, serve_many
 
-from .conftest import eventually
+from .conftest import eventually, slot_config
 
 EVENTS = {"x-sluicegate-queue-events": "1"}
 
@@ -32,23 +32,7 @@ def body(tokens: int, *, stream: bool = True) -> bytes:
 
 
 def config(url: str, **pool: Any) -> Any:
-    doc = {
-        "server": {"host": "127.0.0.1", "port": 0},
-        "pools": [
-            {
-                "name": "p",
-                "backends": [url],
-                "saturation": {"type": "concurrency", "max_in_flight": 1},
-                **pool,
-            }
-        ],
-        "flow_control": {"demand_headroom": False},
-        "objectives": [
-            {"name": "interactive", "priority": 10},
-            {"name": "batch", "priority": -1},
-        ],
-    }
-    return parse_config(doc)
+    return slot_config(url, **pool)
 
 
 async def post(
