@@ -96,9 +96,13 @@ class Pool:
         self._session: aiohttp.ClientSession | None = None
 
     def _top_band_idle(self) -> bool:
-        """No request of the band that pauses others waits (a loan may be given back)."""
+        """No request of the band that pauses others waits, nor would find the free
+        slots demand headroom keeps for it taken (a loan may be given back)."""
         top = self.preemption.top_priority
-        return top is None or self.controller.queued_requests(top) == 0
+        if top is None:
+            return True
+        controller = self.controller
+        return controller.queued_requests(top) == 0 and controller.leaves_headroom(top - 1)
 
     def start_scraping(self, session: aiohttp.ClientSession) -> None:
         """Start one scrape loop per backend (utilization pools only) and allow probes."""
