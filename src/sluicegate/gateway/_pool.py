@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Final, final
 import sluicegate as sg
 
 from ._adaptive import AdaptiveDetector, ResponseObserver
-from ._affinity import SlotLoans
 from ._config import AdaptiveSettings, ConcurrencySettings, GatewayConfigError, UtilizationSettings
 from ._errors import GatewayError
 from ._health import HealthProbes
@@ -87,22 +86,10 @@ class Pool:
             pause_policy=_pause_policy(settings),
             move_to=self.detector.move_to,
         )
-        loans = SlotLoans(self.detector, self._top_band_idle)
-        self.preemption.loans = loans
-        self.detector.on_freed = loans.freed
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-
-    def _top_band_idle(self) -> bool:
-        """No request of the band that pauses others waits, nor would find the free
-        slots demand headroom keeps for it taken (a loan may be given back)."""
-        top = self.preemption.top_priority
-        if top is None:
-            return True
-        controller = self.controller
-        return controller.queued_requests(top) == 0 and controller.leaves_headroom(top - 1)
 
     def start_scraping(self, session: aiohttp.ClientSession) -> None:
         """Start one scrape loop per backend (utilization pools only) and allow probes."""

@@ -29,15 +29,11 @@ if TYPE_CHECKING:
 
     import sluicegate as sg
 
-    from ._affinity import SlotLoans
     from ._pause import Resumable
     from ._proxy import Exchange
     from ._resume import PausePolicy
 
-__all__ = ["LOAN_WAIT_S", "Preemption"]
-
-#: The longest a paused request waits for its home backend's slot (then it queues).
-LOAN_WAIT_S = 2.0
+__all__ = ["Preemption"]
 
 
 @final
@@ -81,8 +77,6 @@ class Preemption:
         pause_policy: who may be paused and how often (`preemption: resume`); None
             turns pausing off.
         move_to: the pool detector's `move_to` (prefix-cache affinity on resume).
-        loans: where a paused request lends its slot and gets one back on its own
-            backend (`_affinity.py`); None queues it again at once.
     """
 
     def __init__(
@@ -93,10 +87,8 @@ class Preemption:
         enabled: bool = True,
         pause_policy: PausePolicy | None = None,
         move_to: Callable[[sg.Ticket, str], bool] | None = None,
-        loans: SlotLoans | None = None,
     ) -> None:
         self.controller = controller
-        self.loans = loans
         #: Sends a resumed request back to its backend when that one has room.
         self.move_to = move_to
         self.max_requeues = max_requeues
@@ -232,8 +224,7 @@ class Preemption:
         self.pauses[ticket.priority] += 1
         self._paused.add(resumable)
         try:
-            if not await self._borrow(ticket):
-                ticket = await self.controller.requeue_and_wait(ticket)
+            ticket = await self.controller.requeue_and_wait(ticket)
         except Exception as exc:
             await resumable.end_with_error(ex, exc)
             raise
@@ -244,22 +235,6 @@ class Preemption:
         if resumable.home is not None and self.move_to is not None:
             self.move_to(ticket, resumable.home)
         return ticket
-
-    async def _borrow(self, ticket: sg.Ticket) -> bool:
-        """Lend the paused ticket's slot and wait for its home backend to give one back
-        (True: bound there again). At most its TTL (or `LOAN_WAIT_S`): then, or when the
-        home cannot give one back, False (queue it again)."""
-        future = None if self.loans is None else self.loans.lend(ticket)
-        if future is None:
-            return False
-        assert self.loans is not None
-        try:
-            async with asyncio.timeout(min(ticket.ttl or LOAN_WAIT_S, LOAN_WAIT_S)):
-                return await future
-        except TimeoutError:
-            return False
-        finally:
-            self.loans.withdraw(future)
 
     def describe(self) -> dict[str, Any]:
         """Counts for /debug/flowcontrol."""
@@ -272,7 +247,6 @@ class Preemption:
             "pauses": dict(self.pauses),
             "resumes": dict(self.resumes),
             "paused_requests": [r.describe() for r in self._paused],
-            "loans": None if self.loans is None else self.loans.describe(),
         }
 
 
