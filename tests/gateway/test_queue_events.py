@@ -98,6 +98,10 @@ async def test_a_waiting_stream_gets_headers_then_comments_then_its_answer() -> 
         assert data[-1] == b"data: [DONE]"
         assert len(data) >= 6  # role, 5 tokens (the sim's), finish, [DONE]
         assert gw.queue_events.comments == len(comments) and len(gw.queue_events) == 0
+        async with session.get(f"{gw.url}/metrics") as r:
+            exposed = await r.text()
+        assert f"queue_event_comments_total {len(comments)}.0\n" in exposed
+        assert "queue_event_streams 0.0\n" in exposed
 
 
 @pytest.mark.asyncio

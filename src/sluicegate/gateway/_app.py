@@ -136,6 +136,7 @@ class Gateway:
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
         #: Streamed requests waiting with ``x-sluicegate-queue-events: 1``.
         self.queue_events = QueueEvents()
+        self.metrics.watch_queue_events(self.queue_events)
         self._bodies = BodyBudget(config.server.body_memory_budget)
         self._routes = self._route_table()
         self._paths = frozenset(path for _, path in self._routes)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ._config import MetricsSettings
     from ._pool import Pool
+    from ._queue_events import QueueEvents
 
 __all__ = ["OTHER_FAIRNESS_ID", "FastHistogram", "GatewayMetrics"]
 
@@ -96,7 +97,7 @@ class GatewayMetrics:
     """
 
     def __init__(self, settings: MetricsSettings, pools: Callable[[], Iterable[Pool]]) -> None:
-        prefix = settings.prefix
+        prefix = self._prefix = settings.prefix
         self.registry = CollectorRegistry(auto_describe=True)
         self._cap = settings.max_fairness_ids
         self._ids: set[str] = set()
@@ -120,6 +121,10 @@ class GatewayMetrics:
         )
         self.registry.register(_RequestCollector(prefix, self))
         self.registry.register(_StateCollector(prefix, pools, lambda: self._ids))
+
+    def watch_queue_events(self, events: QueueEvents) -> None:
+        """Expose `events` (`x-sluicegate-queue-events`): comments sent, streams waiting."""
+        self.registry.register(_QueueEventsCollector(self._prefix, events))
 
     def fairness_label(self, fairness_id: str) -> str:
         """The label value for `fairness_id`, folding ids beyond the cap into ``other``."""
@@ -212,6 +217,29 @@ class _RequestCollector(Collector):
         )
         added.add_metric([], m.added_latency.buckets(), m.added_latency.sum)
         yield from (queue, requests, tokens, cycle, added)
+
+
+@final
+class _QueueEventsCollector(Collector):
+    """Queue events at scrape time: plain counters the writer bumps, read here."""
+
+    def __init__(self, prefix: str, events: QueueEvents) -> None:
+        self._prefix = prefix
+        self._events = events
+
+    def collect(self) -> Iterator[Metric]:
+        comments = CounterMetricFamily(
+            f"{self._prefix}queue_event_comments",
+            "SSE comments sent to waiting streamed requests (x-sluicegate-queue-events).",
+        )
+        comments.add_metric([], self._events.comments)
+        waiting = GaugeMetricFamily(
+            f"{self._prefix}queue_event_streams",
+            "Streamed requests waiting in flow control with queue events on.",
+        )
+        waiting.add_metric([], len(self._events))
+        yield comments
+        yield waiting
 
 
 @final
