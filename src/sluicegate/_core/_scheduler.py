@@ -370,12 +370,18 @@ class Scheduler:
     def _probe_for_lower(self, gate: SaturationDetector, band: Band) -> bool:
         """Whether every free slot is a probe (it may put its request in an engine's own
         queue, see the adaptive detector) and a lower band has work to test it with."""
-        probe_only = getattr(gate, "probe_only", None)
-        if probe_only is None or not probe_only():
-            return False
         levels = self.registry.levels
         below = levels[levels.index(band) + 1 :]
-        return any(b.queued_requests > b.held_requests for b in below)
+        if not any(b.queued_requests > b.held_requests for b in below):
+            return False  # checked first: the detector's answer walks its backends
+        probe_only = getattr(gate, "probe_only", None)
+        if probe_only is None:
+            return False
+        try:
+            return bool(probe_only())
+        except Exception as error:  # isolated like the detector's other answers
+            self._fault("saturation detector failed in probe_only; ignoring it", error)
+            return False
 
     def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
         """Whether `band` leaves the bands above it the free slots their demand needs."""
