@@ -4,7 +4,8 @@ loopback with the simulator; raw bytes and the official `openai` SDK."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import openai
@@ -17,6 +18,9 @@ from sluicegate.gateway._queue_events import sse_failure, wants_queue_events
 from sluicegate.sim import SimConfig, create_app, serve_many
 
 from .conftest import eventually, slot_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 EVENTS = {"x-sluicegate-queue-events": "1"}
 
@@ -33,6 +37,23 @@ def body(tokens: int, *, stream: bool = True) -> bytes:
 
 def config(url: str, **pool: Any) -> Any:
     return slot_config(url, **pool)
+
+
+#: One slot, so a second request waits.
+ONE_SLOT = SimConfig(max_num_seqs=1, time_to_first_token=50, inter_token_latency=20)
+
+
+@contextlib.asynccontextmanager
+async def stack(app: Any = None) -> AsyncIterator[tuple[Gateway, aiohttp.ClientSession]]:
+    """`app` (default: a `ONE_SLOT` simulator) behind the gateway, with a comment every
+    50 ms, and a client session."""
+    async with (
+        serve_many([app or create_app(ONE_SLOT)], "127.0.0.1", [0]) as urls,
+        serve_in_background(config(urls[0])) as gw,
+        aiohttp.ClientSession() as session,
+    ):
+        gw.queue_events.interval = 0.05
+        yield gw, session
 
 
 async def post(
@@ -70,13 +91,7 @@ def test_the_header_and_the_failure_bytes() -> None:
 async def test_a_waiting_stream_gets_headers_then_comments_then_its_answer() -> None:
     """Headers at once, comments while it waits (none inside the answer), then the
     whole answer; a request dispatched on arrival is answered as without the header."""
-    sim = SimConfig(max_num_seqs=1, time_to_first_token=50, inter_token_latency=20)
-    async with (
-        serve_many([create_app(sim)], "127.0.0.1", [0]) as urls,
-        serve_in_background(config(urls[0])) as gw,
-        aiohttp.ClientSession() as session,
-    ):
-        gw.queue_events.interval = 0.05
+    async with stack() as (gw, session):
         status, headers, raw = await post(session, gw, 3, **EVENTS)  # nothing queued
         assert status == 200 and headers["x-sluicegate-outcome"] == "Dispatched"
         assert not split(raw)[0]
@@ -106,13 +121,7 @@ async def test_a_waiting_stream_gets_headers_then_comments_then_its_answer() -> 
 
 @pytest.mark.asyncio
 async def test_the_openai_sdk_ignores_the_comments_and_raises_on_an_eviction() -> None:
-    sim = SimConfig(max_num_seqs=1, time_to_first_token=50, inter_token_latency=20)
-    async with (
-        serve_many([create_app(sim)], "127.0.0.1", [0]) as urls,
-        serve_in_background(config(urls[0])) as gw,
-        aiohttp.ClientSession() as session,
-    ):
-        gw.queue_events.interval = 0.05
+    async with stack() as (gw, session):
         client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="-", max_retries=0)
         messages: Any = [{"role": "user", "content": "hi"}]
         plain = await client.chat.completions.create(
@@ -150,13 +159,7 @@ async def test_the_openai_sdk_ignores_the_comments_and_raises_on_an_eviction() -
 
 @pytest.mark.asyncio
 async def test_an_eviction_ends_the_stream_with_an_error_event_in_raw_bytes() -> None:
-    sim = SimConfig(max_num_seqs=1, time_to_first_token=50, inter_token_latency=20)
-    async with (
-        serve_many([create_app(sim)], "127.0.0.1", [0]) as urls,
-        serve_in_background(config(urls[0])) as gw,
-        aiohttp.ClientSession() as session,
-    ):
-        gw.queue_events.interval = 0.05
+    async with stack() as (gw, session):
         first = asyncio.ensure_future(post(session, gw, 40))
         await eventually(lambda: gw.pools["p"].controller.dispatched == 1)
         status, _, raw = await post(session, gw, 5, **EVENTS, **{"x-sluicegate-ttl-ms": "150"})
@@ -176,12 +179,7 @@ async def test_a_request_with_only_comments_sent_may_still_be_taken_back() -> No
     its stream stays valid (comments, then the whole answer)."""
     sim = SimConfig(max_num_seqs=1, time_to_first_token=400, inter_token_latency=5)
     app = create_app(sim)
-    async with (
-        serve_many([app], "127.0.0.1", [0]) as urls,
-        serve_in_background(config(urls[0])) as gw,
-        aiohttp.ClientSession() as session,
-    ):
-        gw.queue_events.interval = 0.05
+    async with stack(app) as (gw, session):
         pool = gw.pools["p"]
         batch = {"x-gateway-inference-objective": "batch"}
         first = asyncio.ensure_future(post(session, gw, 3, **batch))
