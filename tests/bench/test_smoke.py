@@ -164,9 +164,7 @@ async def test_overload_part_sends_the_same_plans_to_a_target_gateway() -> None:
     options = OverloadOptions(
         duration=1.0, grace_s=0.5, baseline_s=0.5, backends=1, loads=(1.0,), backend_port=port
     )
-    config = demo_gateway_config(
-        "on", [f"http://127.0.0.1:{port}"], options.workload, max_in_flight=16
-    )
+    config = demo_gateway_config("on", [f"http://127.0.0.1:{port}"], options.workload)
     async with serve_in_background(config) as other:
         assert other.url is not None
         options = dataclasses.replace(options, target=other.url)

@@ -38,7 +38,7 @@ def test_flow_control_off_never_holds_a_request_back() -> None:
     urls = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
 
     async def dispatched_without_waiting(mode: Mode) -> int:
-        config = demo_gateway_config(mode, urls, Workload(), max_in_flight=16)
+        config = demo_gateway_config(mode, urls, Workload())
         assert {o.name: o.priority for o in config.objectives} == {
             "interactive": 10,
             "standard": 0,

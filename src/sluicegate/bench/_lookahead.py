@@ -183,7 +183,7 @@ async def _stack(
     apps = [create_app(sim.replace(seed=options.seed + i)) for i in range(options.backends)]
     async with serve_many(apps, _HOST, [0] * options.backends) as urls:
         workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
-        config = demo_gateway_config("on", urls, workload, max_in_flight=sim.max_num_seqs)
+        config = demo_gateway_config("on", urls, workload)
         flow_control = dataclasses.replace(
             config.flow_control, early_reject=early_reject, retry_reservations=reservations
         )

@@ -223,13 +223,13 @@ async def run_overload_runs(options: OverloadOptions) -> tuple[list[Run], dict[R
 
 #: What the figures of this part do and do not show.
 _NOTES: Final = (
-    "With flow control on, each simulator takes at most `max_num_seqs` requests (one full "
-    "batch) and the rest wait at the gateway, highest priority first. Standard and batch "
-    "requests may fill only 80 % and 60 % of each engine (`max_utilization`), so an "
-    "interactive request finds a free slot instead of waiting for a long one to end: that "
-    "is why its TTFT at 2x stays near the unloaded value. The price is lower-band "
-    "throughput at and above 1x (see the token rates). Without flow control the same "
-    "request queues inside an engine behind everything that arrived before it.",
+    "With flow control on, the gateway runs on its defaults (no saturation, headroom or "
+    "batch size set): it learns each simulator's batch size from time to first token, "
+    "holds back capacity for the top band by its recent demand, and may pause a running "
+    "batch stream for an interactive request (resumed later, nothing lost); the rest wait "
+    "at the gateway, highest priority first. That is why interactive TTFT at 2x stays near "
+    "the unloaded value. Without flow control the same request queues inside an engine "
+    "behind everything that arrived before it.",
     "The tenants offer equal load, so first-come-first-served is fair to them too: the "
     "index shows that flow control does not skew their shares. Fairness under unequal "
     "demand is the subject of docs/fairness.md.",

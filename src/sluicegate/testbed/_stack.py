@@ -42,60 +42,43 @@ _READY_TIMEOUT_S: Final = 5.0
 
 
 def demo_gateway_config(
-    mode: Mode, backends: Sequence[str], workload: Workload, *, max_in_flight: int, port: int = 0
+    mode: Mode, backends: Sequence[str], workload: Workload, *, port: int = 0
 ) -> GatewayConfig:
     """The gateway configuration of one run.
 
-    With flow control, each backend takes at most `max_in_flight` requests (the engine's
-    batch size: nothing waits inside an engine) and the rest wait at the gateway, the
-    highest priority first and round-robin between tenants within a priority; sheddable
-    (negative) work is capped at 40 queued. Without it, nothing is held back.
+    With flow control, the pool runs on the gateway's defaults: no saturation, headroom or
+    batch size is set, so each backend's limit is learned (`type: adaptive`), capacity is
+    held back for the top band by its demand, and a waiting interactive request may pause a
+    running batch stream (pause and resume). The rest wait at the gateway, the highest
+    priority first and round-robin between tenants within a priority; sheddable (negative)
+    work is capped at 40 queued. Without it, nothing is held back or preempted.
 
     Args:
         mode: ``on`` or ``off``.
         backends: the simulators' base URLs.
         workload: its objectives become the config's objectives.
-        max_in_flight: requests per backend with flow control on.
         port: the gateway's port (0 = any free port).
 
     Raises:
         GatewayConfigError: a value is invalid.
     """
-    limit = max_in_flight if mode == "on" else _PASS_THROUGH_LIMIT
     band: dict[str, Any] = {"ordering": "fcfs", "fairness": "round-robin", "max_requests": 500}
+    pool: dict[str, Any] = {"name": "demo", "models": ["*"], "backends": list(backends)}
+    if mode == "off":
+        # Nothing held back, nothing preempted: a plain load balancer with the same proxy.
+        pool["saturation"] = {"type": "concurrency", "max_in_flight": _PASS_THROUGH_LIMIT}
+        pool |= {"preemptive_requeue": False, "preemption": "off"}
     doc = {
         "server": {"host": HOST, "port": port, "drain_grace": 1},
-        "pools": [
-            {
-                "name": "demo",
-                "models": ["*"],
-                "backends": list(backends),
-                "saturation": {"type": "concurrency", "max_in_flight": limit},
-                # The demo keeps its hand-set ceilings below; the untuned defaults
-                # (demand headroom, preemptive requeue, pause and resume) are measured
-                # by `bench protection`.
-                "preemptive_requeue": False,
-                "preemption": "off",
-            }
-        ],
+        "pools": [pool],
         "flow_control": {
             "default_ttl": 20,
-            "demand_headroom": False,
-            # Interactive (10) may fill every slot; standard and batch stop short of that,
-            # so an interactive request finds a free slot instead of waiting for one.
             "default_band": band,
-            "bands": {0: {**band, "max_utilization": STANDARD_CEILING}},
-            "negative_band": {**band, "max_requests": 40, "max_utilization": BATCH_CEILING},
+            "negative_band": {**band, "max_requests": 40},
         },
         "objectives": [{"name": o.name, "priority": o.priority} for o in workload.objectives],
     }
     return parse_config(doc, source=f"demo config (flow control {mode})")
-
-
-#: Share of each engine's slots the standard band may fill (the rest is headroom).
-STANDARD_CEILING: Final = 0.8
-#: Share the batch band may fill.
-BATCH_CEILING: Final = 0.6
 
 
 @final
@@ -194,8 +177,6 @@ async def demo_stack(
     """
     apps = [create_app(sim.replace(seed=seed + i)) for i in range(backends)]
     async with serve_many(apps, HOST, [0] * backends) as urls:
-        config = demo_gateway_config(
-            mode, urls, workload, max_in_flight=sim.max_num_seqs, port=port
-        )
+        config = demo_gateway_config(mode, urls, workload, port=port)
         async with serve_in_background(config) as gateway:
             yield Stack(mode, gateway, apps)

@@ -100,6 +100,7 @@ DEMO_SIM: Final = SimConfig(
     inter_token_latency=10.0,
     time_factor_under_load=2.0,
     prefill_time_per_token=0.05,
+    enable_prefix_caching=True,
 )
 
 
