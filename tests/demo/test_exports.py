@@ -55,7 +55,7 @@ def test_flow_control_off_never_holds_a_request_back() -> None:
         return count
 
     assert asyncio.run(dispatched_without_waiting("off")) == 3000
-    # The control: with flow control on, the batch band stops at its share of 2 x 16 slots.
+    # The control: with flow control on, dispatch stops at the learned limits of 2 backends.
     assert asyncio.run(dispatched_without_waiting("on")) < 32
 
 
