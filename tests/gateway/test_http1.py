@@ -376,7 +376,7 @@ async def test_the_connection_bound_makes_requests_wait_then_times_them_out() ->
         await eventually(lambda: server.connections == 1)
         with pytest.raises(ConnectTimeout):  # no free connection in time
             await client.request("POST", Target(server.url, b"/"))
-        client.connect_timeout = None
+        client._pool(server.url).connect_timeout = None  # wait as long as it takes now
         second = asyncio.ensure_future(fetch(client, server.url))
         await asyncio.sleep(0)
         release.set()
