@@ -3,17 +3,17 @@
 
 * ``uvicorn-aiohttp``: uvicorn (uvloop, httptools) + raw ASGI + aiohttp's client, tuned
   as the gateway's (the gateway's own stack);
-* ``uvicorn-lean``: the same server + a small HTTP/1.1 keep-alive client on an asyncio
-  protocol with httptools' response parser;
+* ``uvicorn-lean``: the same server + the gateway's own HTTP/1.1 client
+  (`sluicegate.gateway._http1`: asyncio protocol, httptools' response parser; a
+  prototype of it before it went on the data path);
 * ``lean-lean``: an asyncio protocol server with httptools' request parser + that
   client: the byte pump, the floor of a Python proxy;
 * granian: ``granian --interface asgi sluicegate.bench._stacks:asgi_aiohttp`` (granian
   is not a dependency; install it in a separate virtualenv to measure).
 
 Run one: ``python -c 'from sluicegate.bench._stacks import main; main()' --stack NAME
---port P --upstream U``; it prints ``listening`` when ready. The lean client handles
-only what the bench upstream sends (content-length or chunked answers, keep-alive): it
-is a measurement, not a client for the gateway.
+--port P --upstream U``; it prints ``listening`` when ready. The lean server handles
+only what the load generator sends: it is a measurement, not a server.
 """
 
 from __future__ import annotations
@@ -25,88 +25,30 @@ from typing import Any, Final, cast, final
 
 import httptools
 
-__all__ = ["LeanClient", "asgi_aiohttp", "main"]
+from ..gateway._http1 import Client, Target
+
+__all__ = ["asgi_aiohttp", "main"]
 
 _UPSTREAM: Final = int(os.environ.get("SLUICEGATE_STACK_UPSTREAM", "0"))
 _SKIP: Final = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 
 Scope = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
 
 
-@final
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection to the upstream; one request at a time."""
-
-    def __init__(self, idle: list[_Connection]) -> None:
-        self._idle = idle
-        self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast("asyncio.Transport", transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self in self._idle:
-            self._idle.remove(self)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(ConnectionResetError("upstream closed"))
-
-    def data_received(self, data: bytes) -> None:
-        self._parser.feed_data(data)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
-    def on_body(self, body: bytes) -> None:
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self._parser.get_status_code(), self._headers, body))
-        self._idle.append(self)
-
-    def send(self, head: bytes, body: bytes) -> asyncio.Future[Any]:
-        assert self.transport is not None
-        self._headers, self._body = [], []
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(head + body)
-        return waiter
-
-
-@final
-class LeanClient:
-    """HTTP/1.1 keep-alive to one upstream: a pool of `_Connection` protocols."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._idle: list[_Connection] = []
-        self._hostline = f"host: {host}:{port}\r\n".encode()
-
-    async def request(
-        self, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Send one request; returns (status, headers, whole body)."""
-        if self._idle:
-            conn = self._idle.pop()
-        else:
-            loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(
-                lambda: _Connection(self._idle), self._host, self._port
-            )
-        lines = [method, b" ", path, b" HTTP/1.1\r\n", self._hostline]
-        for name, value in headers:
-            if name not in _SKIP:
-                lines += (name, b": ", value, b"\r\n")
-        lines.append(b"content-length: %d\r\n\r\n" % len(body))
-        result: tuple[int, list[tuple[bytes, bytes]], bytes] = await conn.send(
-            b"".join(lines), body
-        )
-        return result
+async def _lean_request(
+    client: Client, base: str, method: bytes, path: bytes, headers: Headers, body: bytes
+) -> tuple[int, Headers, bytes]:
+    """One request on the gateway's own client (`gateway/_http1.py`): the whole answer."""
+    forwarded = [(n, v) for n, v in headers if n not in _SKIP]
+    resp = await client.request(method.decode(), Target(base, path), data=body, headers=forwarded)
+    try:
+        data = await resp.read()
+    except BaseException:
+        resp.close()
+        raise
+    resp.release()
+    return resp.status, resp.headers, data
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -164,12 +106,11 @@ def _aiohttp_relay(port: int) -> Any:
 
 
 def _lean_relay(port: int) -> Any:
-    client = LeanClient("127.0.0.1", port)
+    client, base = Client(), f"http://127.0.0.1:{port}"
 
-    async def relay(scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        return await client.request(
-            scope["method"].encode(), scope["raw_path"], scope["headers"], body
-        )
+    async def relay(scope: Scope, body: bytes) -> tuple[int, Headers, bytes]:
+        method = scope["method"].encode()
+        return await _lean_request(client, base, method, scope["raw_path"], scope["headers"], body)
 
     return relay
 
@@ -180,10 +121,10 @@ asgi_aiohttp: Final = _asgi(_aiohttp_relay(_UPSTREAM))
 
 @final
 class _LeanServer(asyncio.Protocol):
-    """HTTP/1.1 keep-alive server: parse with httptools, relay with `LeanClient`."""
+    """HTTP/1.1 keep-alive server: parse with httptools, relay with the gateway's client."""
 
-    def __init__(self, client: LeanClient) -> None:
-        self._client = client
+    def __init__(self, client: Client, base: str) -> None:
+        self._client, self._base = client, base
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -214,7 +155,9 @@ class _LeanServer(asyncio.Protocol):
     async def _relay(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
-        status, out, data = await self._client.request(method, url, headers, body)
+        status, out, data = await _lean_request(
+            self._client, self._base, method, url, headers, body
+        )
         lines = [b"HTTP/1.1 %d OK\r\n" % status]
         for name, value in out:
             if name not in _SKIP:
@@ -237,9 +180,11 @@ def main() -> None:
 
     async def serve() -> None:
         if args.stack == "lean-lean":
-            client = LeanClient("127.0.0.1", args.upstream)
+            client, base = Client(), f"http://127.0.0.1:{args.upstream}"
             loop = asyncio.get_running_loop()
-            server = await loop.create_server(lambda: _LeanServer(client), "127.0.0.1", args.port)
+            server = await loop.create_server(
+                lambda: _LeanServer(client, base), "127.0.0.1", args.port
+            )
             print("listening", flush=True)  # noqa: T201 - the parent waits for this line
             await server.serve_forever()
         import uvicorn

@@ -1,7 +1,7 @@
 """The OpenAI-compatible flow-control gateway (`sluicegate serve`).
 
 A raw ASGI application served by uvicorn, relaying to pools of model servers through
-one pooled aiohttp session, with a `sluicegate.FlowController` and a saturation
+its own keep-alive HTTP/1.1 client (`_http1`), with a `sluicegate.FlowController` and a saturation
 detector per pool. Needs the ``server`` extras.
 """
 

@@ -28,6 +28,7 @@ from ._auth import Auth
 from ._config import GatewayConfigError, UtilizationSettings, load_config
 from ._errors import GatewayError
 from ._health import relay_with_retry
+from ._http1 import Client
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pause import Resumable
@@ -132,6 +133,7 @@ class Gateway:
         self._pools: dict[str, Pool] = {}
         self._state: _State | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
         self._stack: AsyncExitStack | None = None
         self.metrics = GatewayMetrics(config.metrics, lambda: self._pools.values())
         #: Streamed requests waiting with ``x-sluicegate-queue-events: 1``.
@@ -187,6 +189,12 @@ class Gateway:
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
             stack.push_async_callback(session.close)
+            # The data path has its own lean client (issue 17); aiohttp's session stays
+            # for probes, scrapes, /v1/models and tokenize.
+            client = Client(
+                connect_timeout=server.connect_timeout, read_timeout=server.read_timeout
+            )
+            stack.push_async_callback(client.close)
             auth = self._auth(self._config, None)
             flow_control = auth.flow_control(self._config.flow_control)
             for settings in self._config.pools:
@@ -197,6 +205,7 @@ class Gateway:
                 pool.start_scraping(session)
                 stack.push_async_callback(pool.stop_scraping)
             self._session = session
+            self._client = client
             self._state = self._new_state(self._config, auth)
             _warn_about(self._config)
             self._stack = stack.pop_all()
@@ -381,6 +390,11 @@ class Gateway:
         body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
         await ex.respond(200, body, _JSON)
 
+    def _require_client(self) -> Client:
+        if self._client is None:
+            raise sg.ControllerClosedError("the gateway is not running")
+        return self._client
+
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise sg.ControllerClosedError("the gateway is not running")
@@ -450,7 +464,7 @@ class Gateway:
         auth.spend(flow, charged, asyncio.get_running_loop().time())
         meter = UsageMeter(ticket, pool.observe(ticket))
         try:
-            session = self._require_session()
+            session = self._require_client()
             relay_once = relay if res is None else res.relay
             while True:
                 with pool.preemption.track(ticket, ex, stream=stream, resumable=res):
@@ -540,7 +554,7 @@ class Gateway:
         if auth.rewrites:
             ex.scope["headers"] = auth.outbound(ex.scope["headers"], pool.name)
         ex.watch_disconnect()
-        await relay(self._require_session(), ex, backend.url, body, stream=stream)
+        await relay(self._require_client(), ex, backend.url, body, stream=stream)
 
     # -- outcomes -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import aiohttp
 import sluicegate as sg
 
 from ._errors import GatewayError
+from ._http1 import ConnectError, ConnectionBroken
 from ._saturation import binding_of
 from ._upstream import KIND_STATUS, UpstreamFailure
 
@@ -36,8 +37,8 @@ def failure_kind(exc: BaseException) -> FailureKind | None:
     """What an upstream failure says about the backend's health; None: nothing.
 
     The relay answers every upstream failure before the response started as a 502
-    `GatewayError` raised while handling the `UpstreamFailure` that maps aiohttp's
-    exception (its context): a connect error, or a reset (the connection closed or
+    `GatewayError` raised while handling the `UpstreamFailure` that maps the upstream
+    client's exception (its context): a connect error, or a reset (the connection closed or
     failed under the request, or the body was cut short); its kind ``status_5xx`` is
     the backend's own 5xx answer (as is a 502 without context). Timeouts say the
     backend is slow, not dead, and do not count.
@@ -50,10 +51,14 @@ def failure_kind(exc: BaseException) -> FailureKind | None:
             return "status"
         inner = cause.cause
         cause = inner if isinstance(inner, BaseException) else None
-    if isinstance(cause, aiohttp.ClientConnectorError):
+    if isinstance(cause, ConnectError | aiohttp.ClientConnectorError):
         return "connect"
     if isinstance(
-        cause, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError
+        cause,
+        ConnectionBroken  # closed, reset, or invalid HTTP (ProtocolError)
+        | aiohttp.ServerDisconnectedError
+        | aiohttp.ClientOSError
+        | aiohttp.ClientPayloadError,
     ):
         return "reset"
     if cause is None:

@@ -36,8 +36,7 @@ from ._resume import Kind, PausePolicy, StreamSplicer, pause_blocker, upstream_b
 from ._upstream import KIND_STATUS, UPSTREAM_ERRORS, UpstreamFailure
 
 if TYPE_CHECKING:
-    import aiohttp
-
+    from ._http1 import Client, Response
     from ._proxy import Exchange
     from ._tokens import UsageMeter
 
@@ -163,7 +162,7 @@ class Resumable:
 
     async def relay(
         self,
-        session: aiohttp.ClientSession,
+        session: Client,
         ex: Exchange,
         base: str,
         body: bytes | bytearray,
@@ -176,7 +175,7 @@ class Resumable:
         del stream  # the upstream is always streamed; the splicer answers the client
         ex.record.backend = base
         began = now()
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         clean = False
         try:
             with UPSTREAM_ERRORS:
@@ -208,7 +207,7 @@ class Resumable:
                     resp.close()  # a pause or an error: the engine stops generating
 
     async def _segment(
-        self, ex: Exchange, resp: aiohttp.ClientResponse, began: float, meter: UsageMeter | None
+        self, ex: Exchange, resp: Response, began: float, meter: UsageMeter | None
     ) -> bool:
         """Pass one segment through the splicer. True when the answer ended, False when
         the segment was cut for a pause."""
@@ -287,7 +286,7 @@ class Resumable:
     async def _refused(
         self,
         ex: Exchange,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         began: float,
         meter: UsageMeter | None,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The client side (one raw ASGI exchange) and the upstream relay (aiohttp).
+"""The client side (one raw ASGI exchange) and the upstream relay (`_http1.Client`).
 
 Invariants:
 
@@ -7,7 +7,7 @@ Invariants:
 * Once a byte was sent to the client, an upstream failure ends the response: an SSE
   stream with an error event, anything else by closing the connection. Nothing is
   retried and no error status can follow.
-* Every read from a backend is bounded by `read_timeout`, measured by the gateway itself.
+* Every read from a backend is bounded by `read_timeout` (the client's own timer).
 * A non-streamed answer is buffered (to send it with a content-length) only up to
   `max_buffered_response_bytes`; a larger one is relayed as it arrives.
 * When the client disconnects, the handler task is cancelled (see `Exchange`), so a
@@ -20,19 +20,16 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final, final
 
-import aiohttp
-from yarl import URL
-
 import sluicegate as sg
 
 from ..asgi import BodyTooLarge, Message, Receive, Scope, Send, read_body
 from ._errors import GatewayError, GatewayOutcome, error_reply
+from ._http1 import Client, HTTPClientError, Response, Target
 from ._queue_events import preamble_continues, sse_failure
 from ._record import RequestRecord, now
 from ._upstream import (
     KIND_STATUS,
     UPSTREAM_ERRORS,
-    ReadWatch,
     UpstreamFailure,
     failure,
     sse_error_event,
@@ -55,7 +52,7 @@ _log = logging.getLogger("sluicegate.gateway")
 
 Headers = list[tuple[bytes, bytes]]
 
-#: Request headers not forwarded: hop-by-hop ones, and those aiohttp sets itself.
+#: Request headers not forwarded: hop-by-hop ones, and those the client sets itself.
 _REQUEST_SKIP: Final = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -66,11 +63,11 @@ _REQUEST_SKIP: Final = frozenset(
 _RESPONSE_SKIP: Final = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"trailer", b"upgrade"}
 )
-_STREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
+_STREAM_ERRORS: Final = (HTTPClientError, TimeoutError)
 #: Bytes kept from the end of an unbuffered answer to find its ``usage`` object.
 _TAIL: Final = 4096
 #: Upstream URLs of query-less requests, by (base, path) (see `upstream_url`).
-_URLS: dict[tuple[str, str], URL] = {}
+_URLS: dict[tuple[str, str], Target] = {}
 _MAX_URLS: Final = 1024
 #: ``x-sluicegate-outcome`` values, encoded once.
 _OUTCOME_BYTES: Final = {o: o.value.encode() for o in (*sg.Outcome, *GatewayOutcome)}
@@ -288,17 +285,14 @@ class Exchange:
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def forward_headers(headers: Headers) -> list[tuple[str, str]]:
-    """The client's headers to send upstream (hop-by-hop ones dropped)."""
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in headers
-        if name not in _REQUEST_SKIP
-    ]
+def forward_headers(headers: Headers) -> Headers:
+    """The client's headers to send upstream (hop-by-hop ones dropped). The server
+    parsed them (no CR or LF can be in a name or value), so they go as they came."""
+    return [(name, value) for name, value in headers if name not in _REQUEST_SKIP]
 
 
 async def relay(
-    session: aiohttp.ClientSession,
+    session: Client,
     ex: Exchange,
     base: str,
     body: bytes | bytearray,
@@ -313,7 +307,7 @@ async def relay(
     stream is ended with an error event and anything else is cut (connection closed).
 
     Args:
-        session: the gateway's pooled client session.
+        session: the gateway's upstream client (keep-alive pools).
         ex: the client exchange.
         base: the backend's base URL.
         body: the request body, forwarded unchanged.
@@ -327,16 +321,15 @@ async def relay(
     scope = ex.scope
     ex.record.backend = base
     began = now()
-    resp: aiohttp.ClientResponse | None = None
+    resp: Response | None = None
     clean = False
     try:
         with UPSTREAM_ERRORS:
             resp = await session.request(
                 scope["method"],
                 upstream_url(base, scope),
-                data=body or None,
+                data=body,
                 headers=forward_headers(scope["headers"]),
-                allow_redirects=False,
             )
             if resp.status >= 500:
                 detail = f"HTTP {resp.status} {await _detail(resp)}".rstrip()
@@ -364,23 +357,23 @@ async def relay(
                 resp.close()
 
 
-def upstream_url(base: str, scope: Scope) -> URL:
-    """The backend URL of the request: `base` + the path, and the query as sent.
+def upstream_url(base: str, scope: Scope) -> Target:
+    """The backend target of the request: `base`, the path, and the query as sent.
 
     The route table matched the raw path exactly, so it needs no escaping; the query
-    goes as the client sent it (encoded=True: yarl must not re-quote or normalise).
-    Without a query the URL is the same for every request of a route and backend, so
-    it is parsed once and kept (a few routes times a few backends).
+    goes as the client sent it (the server checked it holds no space nor control).
+    Without a query the target is the same for every request of a route and backend,
+    so it is built once and kept (a few routes times a few backends).
     """
     query: bytes = scope.get("query_string", b"")
     if query:
-        return URL(f"{base}{scope['path']}?{query.decode('latin-1')}", encoded=True)
+        return Target(base, scope["path"].encode("latin-1") + b"?" + query)
     key = (base, scope["path"])
     url = _URLS.get(key)
     if url is None:
         if len(_URLS) >= _MAX_URLS:
             _URLS.clear()  # backends come and go with reloads; never grow without bound
-        url = _URLS[key] = URL(base + scope["path"], encoded=True)
+        url = _URLS[key] = Target(base, scope["path"].encode("latin-1"))
     return url
 
 
@@ -402,72 +395,73 @@ def upstream_failed(ex: Exchange, base: str, failed: UpstreamFailure) -> Gateway
     return failure(failed.kind, None if pool is None else pool.name, failed.detail)
 
 
-async def _detail(resp: aiohttp.ClientResponse) -> str:
+async def _detail(resp: Response) -> str:
     """The start of a 5xx answer's body: the backend's own explanation, if it sends one."""
     try:
         async with asyncio.timeout(1.0):
-            data = await resp.content.read(300)
+            data = await resp.read(300)
     except _STREAM_ERRORS:
         return ""
     return data.decode("utf-8", "replace")
 
 
-def _watch(ex: Exchange, resp: aiohttp.ClientResponse) -> ReadWatch | None:
-    """The body's read timeout, from now on (the headers came under aiohttp's own)."""
-    limit = ex.server.read_timeout if ex.server is not None else None
-    if limit is None:
-        return None
-    # aiohttp's sock_read timer is cancelled and a new loop timer armed on every socket
-    # read: a timer per relayed chunk. The watch bounds the body alone, so the protocol
-    # stops re-arming (its pending timer, if it fires, fails the read the same way).
-    # The next request on this connection sets sock_read again (set_response_params).
-    conn = resp.connection
-    if conn is not None and conn.protocol is not None:
-        conn.protocol.read_timeout = None
-    return ReadWatch(resp.content, limit)
+@final
+class _ClientWatch:
+    """The read watch of `_pause`'s segment loop: nothing left to do, since the client
+    bounds every read itself (one lazily re-armed timer per response, `_http1`)."""
+
+    __slots__ = ()
+
+    def reading(self) -> None:
+        """A read starts (the client stamps it)."""
+
+    def cancel(self) -> None:
+        """The response ended (its timer went with it)."""
+
+
+_CLIENT_WATCH: Final = _ClientWatch()
+
+
+def _watch(ex: Exchange, resp: Response) -> _ClientWatch:
+    """The body's read watch (see `_ClientWatch`)."""
+    del ex, resp
+    return _CLIENT_WATCH
 
 
 async def _relay_response(
     ex: Exchange,
-    resp: aiohttp.ClientResponse,
+    resp: Response,
     began: float,
     *,
     stream: bool,
     meter: UsageMeter | None,
 ) -> None:
     """Send the backend's answer to the client: whole, or chunk by chunk as it arrives."""
-    headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
-    watch = _watch(ex, resp)
-    try:
-        if stream:
-            ex.sse = resp.content_type == "text/event-stream"
-            if meter is not None:
-                meter.begin(resp.status)
-            # The headers go out with the first chunk: until then nothing reached the
-            # client, so the request may still be taken back and queued again
-            # (_preempt.py), or fail with a clean error status.
-            await _pipe(ex, resp.content, watch, meter, start=(resp.status, headers, began))
-        else:
-            await _relay_whole(ex, resp, headers, began, watch, meter)
-    finally:
-        if watch is not None:
-            watch.cancel()
+    headers = [(n, v) for n, v in resp.headers if n not in _RESPONSE_SKIP]  # names lower
+    if stream:
+        ex.sse = resp.content_type == "text/event-stream"
+        if meter is not None:
+            meter.begin(resp.status)
+        # The headers go out with the first chunk: until then nothing reached the
+        # client, so the request may still be taken back and queued again
+        # (_preempt.py), or fail with a clean error status.
+        await _pipe(ex, resp, meter, start=(resp.status, headers, began))
+    else:
+        await _relay_whole(ex, resp, headers, began, meter)
 
 
 async def _pipe(
     ex: Exchange,
-    content: aiohttp.StreamReader,
-    watch: ReadWatch | None,
+    resp: Response,
     meter: UsageMeter | _Tail | None,
     *,
     start: tuple[int, Headers, float] | None = None,
 ) -> None:
     """Relay the rest of the body as it arrives, then end the response. With `start`
     (status, headers, upstream start time), the response starts with the first chunk."""
+    read = resp.readany
     if start is not None and not ex.started:
-        if watch is not None:
-            watch.reading()
-        chunk = await content.readany()
+        chunk = await read()
         await _start(ex, *start)
         if not chunk:
             await ex.finish()
@@ -475,13 +469,11 @@ async def _pipe(
         if meter is not None:
             meter.chunk(chunk)
         await ex.chunk(chunk)
-    # The per-chunk loop, kept lean: one ASGI message and one clock read a chunk.
+    # The per-chunk loop, kept lean: one ASGI message a chunk.
     send = ex.send_raw
     count = None if meter is None else meter.chunk
     while True:
-        if watch is not None:
-            watch.reading()
-        chunk = await content.readany()
+        chunk = await read()
         if not chunk:
             break
         if count is not None:
@@ -497,23 +489,20 @@ async def _start(ex: Exchange, status: int, headers: Headers, began: float) -> N
 
 async def _relay_whole(
     ex: Exchange,
-    resp: aiohttp.ClientResponse,
+    resp: Response,
     headers: Headers,
     began: float,
-    watch: ReadWatch | None,
     meter: UsageMeter | None,
 ) -> None:
     """A non-streamed answer: buffered up to `max_buffered_response_bytes` and sent with
     a content-length; a larger one is relayed as it arrives, never held whole."""
     cap = ex.server.max_buffered_response_bytes if ex.server is not None else 1 << 62
-    content = resp.content
+    read = resp.readany
     parts: list[bytes] = []
     total = 0
     length = resp.content_length
     while length is None or length <= cap:
-        if watch is not None:
-            watch.reading()
-        chunk = await content.readany()
+        chunk = await read()
         if not chunk:
             data = parts[0] if len(parts) == 1 else b"".join(parts)
             ex.record.upstream_s = now() - began
@@ -535,7 +524,7 @@ async def _relay_whole(
         await ex.chunk(part)
     tail = _Tail(parts[-1] if parts else b"")
     del parts
-    await _pipe(ex, content, watch, None if meter is None else tail)
+    await _pipe(ex, resp, None if meter is None else tail)
     if meter is not None:
         meter.body(resp.status, tail.data)
 

@@ -1,4 +1,4 @@
-"""Upstream failures: what kind each is, what the client is told, and the read watchdog.
+"""Upstream failures: what kind each is and what the client is told.
 
 A client is never told a backend's address (that stays in the log and the metrics);
 it gets the kind of failure and, for a 5xx, the backend's own short explanation.
@@ -6,7 +6,6 @@ it gets the kind of failure and, for a 5xx, the backend's own short explanation.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import aiohttp
@@ -15,6 +14,7 @@ import orjson
 import sluicegate as sg
 
 from ._errors import GatewayError
+from ._http1 import ConnectError, HTTPClientError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -25,9 +25,7 @@ __all__ = [
     "KIND_STATUS",
     "KIND_TIMEOUT",
     "UPSTREAM_ERRORS",
-    "ReadWatch",
     "UpstreamFailure",
-    "UpstreamTimeoutError",
     "failure",
     "kind_of",
     "sse_error_event",
@@ -57,10 +55,6 @@ _SAY: Final = {
 }
 
 
-class UpstreamTimeoutError(TimeoutError):
-    """The gateway's read watchdog fired: no byte from the backend for `read_timeout`."""
-
-
 class UpstreamFailure(Exception):
     """One upstream attempt failed (raised by `UPSTREAM_ERRORS`, or for a 5xx status).
 
@@ -79,7 +73,8 @@ class UpstreamFailure(Exception):
 
 @final
 class _MapUpstreamErrors:
-    """``with UPSTREAM_ERRORS:`` turns aiohttp's and timeout errors raised inside into
+    """``with UPSTREAM_ERRORS:`` turns the upstream client's (`_http1`; aiohttp's, for the
+    other callers) and timeout errors raised inside into
     `UpstreamFailure` of their kind (httpcore's ``map_exceptions``), so each relay has
     one handler for every way a backend can fail. A plain class, not a
     ``contextlib.contextmanager``: it is entered once per request on the hot path."""
@@ -95,7 +90,7 @@ class _MapUpstreamErrors:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        if isinstance(exc, HTTPClientError | TimeoutError | aiohttp.ClientError):
             raise UpstreamFailure(kind_of(exc), exc) from None
         return False
 
@@ -105,10 +100,10 @@ UPSTREAM_ERRORS: Final = _MapUpstreamErrors()
 
 
 def kind_of(exc: BaseException) -> str:
-    """The failure kind of an aiohttp or timeout exception."""
-    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+    """The failure kind of an upstream client's or timeout exception."""
+    if isinstance(exc, TimeoutError):  # ConnectTimeout, ReadTimeout, aiohttp's too
         return KIND_TIMEOUT
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectError | aiohttp.ClientConnectorError):
         return KIND_CONNECT
     return KIND_BROKEN
 
@@ -133,43 +128,3 @@ def sse_error_event(err: GatewayError) -> bytes:
     """`err` as an OpenAI-shaped SSE error event, to end a stream that cannot go on."""
     doc = {"error": {"message": err.message, "type": err.type, "code": err.code, "param": None}}
     return b"data: " + orjson.dumps(doc) + b"\n\n"
-
-
-@final
-class ReadWatch:
-    """Fails an upstream body read when no byte came for `limit` seconds.
-
-    aiohttp's own ``sock_read`` timer is lost when its parser meets invalid chunk framing
-    (the read then waits forever), so the gateway keeps its own: one timer per response,
-    re-armed lazily (a read only stamps the time; the timer checks the stamp when it
-    fires), so a chunk costs a clock read, not a timer. Call `reading` before each read.
-    The watchdog fails the read by setting an exception on the stream, which wakes it.
-    """
-
-    __slots__ = ("_content", "_handle", "_limit", "_loop", "_since", "fired")
-
-    def __init__(self, content: aiohttp.StreamReader, limit: float) -> None:
-        self._loop = loop = asyncio.get_running_loop()
-        self._content = content
-        self._limit = limit
-        self._since = loop.time()
-        self._handle = loop.call_at(self._since + limit, self._check)
-        self.fired = False
-
-    def reading(self) -> None:
-        """A read of the next bytes starts now."""
-        self._since = self._loop.time()
-
-    def _check(self) -> None:
-        due = self._since + self._limit
-        if self._loop.time() < due:
-            self._handle = self._loop.call_at(due, self._check)
-            return
-        self.fired = True
-        self._content.set_exception(
-            UpstreamTimeoutError(f"no byte from the backend for {self._limit:g} s")
-        )
-
-    def cancel(self) -> None:
-        """Stop watching (the response ended)."""
-        self._handle.cancel()

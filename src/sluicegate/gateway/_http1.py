@@ -1,0 +1,652 @@
+"""A small HTTP/1.1 client for the gateway's data path (issue 17).
+
+One asyncio protocol per connection, httptools (llhttp) to parse the answers, a pool of
+keep-alive connections per backend. It exists for speed: aiohttp's client cost about
+two thirds of a relayed request's CPU (docs/design.md, "The hot path"). It does only
+what the relay needs, and does it strictly:
+
+* One request at a time per connection; bytes from a backend nobody asked, or a second
+  answer to one request, are a protocol error (no response desynchronisation).
+* Limits against hostile backends: the head (status line and headers) at most
+  `MAX_HEAD` bytes, a header line `MAX_HEADER_LINE`, `MAX_HEADERS` headers; llhttp
+  checks the status line, the chunk framing and content-length strictly. A violation
+  fails the read (`ProtocolError`) and closes the connection.
+* Bodies framed by content-length, chunked, or by the close of the connection.
+* Timeouts: connect (and the wait for a free connection) `connect_timeout`; no byte
+  for `read_timeout` while a read waits (the head or any part of the body). One lazily
+  re-armed loop timer per response: a read stamps the time, the timer checks the
+  stamp when it fires, so a chunk costs no timer.
+* Backpressure: above `HIGH_WATER` unread bytes the connection stops reading.
+* Cancelling a read, or closing a response before its end, closes the connection:
+  the backend sees it (an engine stops generating).
+* At most `max_connections` connections per backend; an idle one is closed after
+  `KEEPALIVE` seconds (shorter than uvicorn's 5 s, so the backend rarely closes one
+  under a request about to be sent on it).
+
+Failures are `HTTPClientError` (`ConnectError`, `ConnectionBroken`, `ProtocolError`) or
+`TimeoutError` (`ConnectTimeout`, `ReadTimeout`). HEAD, redirects, proxies, cookies,
+decompression and HTTP/2 are out of scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from typing import TYPE_CHECKING, Final, final
+from urllib.parse import urlsplit
+
+import httptools
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+
+__all__ = [
+    "Client",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionBroken",
+    "HTTPClientError",
+    "ProtocolError",
+    "ReadTimeout",
+    "Response",
+    "Target",
+]
+
+#: The status line and headers of an answer, in bytes.
+MAX_HEAD: Final = 64 * 1024
+#: One header (name and value).
+MAX_HEADER_LINE: Final = 8190
+#: Headers in one answer.
+MAX_HEADERS: Final = 128
+#: Unread body bytes above which the connection stops reading (the client is slow).
+HIGH_WATER: Final = 256 * 1024
+#: Seconds an idle keep-alive connection is kept.
+KEEPALIVE: Final = 4.0
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class HTTPClientError(Exception):
+    """An upstream request failed (not a timeout: those are `TimeoutError`)."""
+
+
+class ConnectError(HTTPClientError):
+    """The backend could not be reached (refused, unreachable, DNS)."""
+
+
+class ConnectionBroken(HTTPClientError):
+    """The connection closed or failed before the end of the answer."""
+
+
+class ProtocolError(ConnectionBroken):
+    """The backend sent invalid HTTP or passed a limit; the connection was closed."""
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection (new or free) within `connect_timeout`."""
+
+
+class ReadTimeout(TimeoutError):
+    """No byte from the backend for `read_timeout` while waiting for one."""
+
+
+@final
+class Target:
+    """Where a request goes: the backend's base URL and the request target (path and
+    query) as bytes. Build one per route and backend and keep it."""
+
+    __slots__ = ("base", "path")
+
+    def __init__(self, base: str, path: bytes) -> None:
+        self.base = base
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Target({self.base!r}, {self.path!r})"
+
+
+@final
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time. The parser's callbacks fill
+    the current answer's state; `readany` hands the body out as it arrives."""
+
+    __slots__ = (
+        "_began",
+        "_buf",
+        "_buffered",
+        "_head_size",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_since",
+        "_timer",
+        "_waiter",
+        "busy",
+        "closed",
+        "done",
+        "error",
+        "head_done",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "limit",
+        "status",
+        "transport",
+        "until_close",
+    )
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.limit: float | None = pool.read_timeout
+        self.closed = self.busy = False
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        """Ready for the next exchange."""
+        self.status = 0
+        self.headers: Headers = []
+        self.head_done = self.done = self.until_close = self._began = self._paused = False
+        self.keep_alive = False
+        self.error: BaseException | None = None
+        self._buf: list[bytes] = []
+        self._buffered = self._head_size = 0
+
+    # -- asyncio protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy or self.error is not None:
+            self.fail(ProtocolError("bytes from the backend that no request asked for"))
+            return
+        if not self.head_done:
+            self._head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else exc
+            self.fail(ProtocolError(f"invalid HTTP from the backend: {cause}"))
+            return
+        if not self.head_done and self._head_size > MAX_HEAD:
+            self.fail(ProtocolError(f"the answer's head passed {MAX_HEAD} bytes"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.busy or self.done:
+            return
+        if exc is None and self.until_close and self.head_done:
+            self.done = True  # a body delimited by the close of the connection
+            self._wake()
+        elif self.error is None:
+            reason = "closed" if exc is None else f"failed ({exc!r})"
+            self.error = ConnectionBroken(f"the connection {reason} before the end of the answer")
+            self._wake()
+
+    def pause_writing(self) -> None:
+        """Requests are written whole; the socket's buffer holds them."""
+
+    def resume_writing(self) -> None:
+        """See `pause_writing`."""
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._began:
+            raise ProtocolError("a second answer to one request")
+        self._began = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_HEADER_LINE:
+            raise ProtocolError(f"a header passed {MAX_HEADER_LINE} bytes")
+        if len(self.headers) >= MAX_HEADERS:
+            raise ProtocolError(f"more than {MAX_HEADERS} headers")
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise ProtocolError("the backend switched protocols")
+            self.headers, self._began, self._head_size = [], False, 0  # 1xx: the answer follows
+            return
+        self.status = status
+        self.head_done = True
+        # Asked now: llhttp forgets the answer's flags once it is complete.
+        self.keep_alive = self._parser.should_keep_alive()
+        # llhttp reads a body with neither length nor chunked framing until the close.
+        self.until_close = not self.keep_alive and not any(
+            n == b"content-length" or (n == b"transfer-encoding" and v.endswith(b"chunked"))
+            for n, v in self.headers
+        )
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._buf.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:  # else the end of a 1xx answer
+            self.done = True
+            self._wake()
+
+    # -- the exchange -----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the exchange with `exc` (raised by the next read) and close."""
+        if self.error is None:
+            self.error = exc
+        self._wake()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    async def wait(self) -> None:
+        """Wait for the backend's next bytes, within `limit` seconds."""
+        loop = self._loop
+        self._waiter = waiter = loop.create_future()
+        if self.limit is not None:
+            self._since = loop.time()
+            if self._timer is None:
+                self._timer = loop.call_at(self._since + self.limit, self._check)
+        await waiter  # cancelled: the caller closes the connection
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._waiter is None or self.limit is None:
+            return  # not waiting: the next wait arms it again
+        due = self._since + self.limit
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self.fail(ReadTimeout(f"no byte from the backend for {self.limit:g} s"))
+
+    async def readany(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some when there
+        are none); b"" at the end of the body."""
+        while True:
+            buf = self._buf
+            if buf:
+                data = buf[0] if len(buf) == 1 else b"".join(buf)
+                self._buf = []
+                self._buffered = 0
+                if self._paused and not self.closed and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return data
+            if self.done:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self.wait()
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back at the front of the body (`Response.read` of a few bytes)."""
+        self._buf.insert(0, data)
+        self._buffered += len(data)
+
+    def finish(self) -> None:
+        """The caller is done with the answer: keep the connection if it may serve
+        another request, else close it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.busy = False
+        if (
+            self.done
+            and not self.closed
+            and self.error is None
+            and not self._buf
+            and self.keep_alive
+        ):
+            self._reset()
+            self._pool.park(self)
+        else:
+            self.close()
+
+
+@final
+class Response:
+    """A backend's answer: status and headers (names lower-cased), the body as it
+    arrives (`readany`, `read`). `release` when the body was read to its end (the
+    connection goes back to the pool), else `close` (the connection is closed)."""
+
+    __slots__ = ("_conn", "_type", "content_length", "headers", "readany", "status")
+
+    readany: Callable[[], Awaitable[bytes]]
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.status: int = conn.status
+        self.headers: Headers = conn.headers
+        #: Read the body bytes that arrived; b"" at its end.
+        self.readany = conn.readany
+        self.content_length: int | None = None
+        self._type = b""
+        for name, value in self.headers:
+            if name == b"content-length":
+                self.content_length = int(value)  # llhttp checked it is digits
+            elif name == b"content-type":
+                self._type = value
+
+    @property
+    def raw_headers(self) -> Headers:
+        """The headers, as aiohttp calls them (names are lower-cased here)."""
+        return self.headers
+
+    @property
+    def content(self) -> Response:
+        """The body reader (this response: aiohttp's ``resp.content`` shape)."""
+        return self
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower-cased, without parameters (aiohttp's default when
+        absent)."""
+        if not self._type:
+            return "application/octet-stream"
+        return self._type.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` body bytes (fewer at the end), or with n < 0 the rest of the body."""
+        if n >= 0:
+            data = await self.readany()
+            if len(data) > n:
+                self._conn.unread(data[n:])
+                data = data[:n]
+            return data
+        parts = []
+        while data := await self.readany():
+            parts.append(data)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """The body was read: the connection may serve the next request."""
+        self._conn.finish()
+
+    def close(self) -> None:
+        """Close the connection now (the backend sees it)."""
+        conn = self._conn
+        conn.busy = False
+        conn.close()
+        conn.finish()
+
+
+@final
+class _Pool:
+    """The connections to one backend: idle ones (most recently used last), a bound on
+    all open ones, and the requests waiting for one under that bound."""
+
+    __slots__ = (
+        "_expiry",
+        "_waiters",
+        "closing",
+        "connect_timeout",
+        "conns",
+        "host",
+        "hostline",
+        "idle",
+        "limit",
+        "loop",
+        "port",
+        "prefix",
+        "read_timeout",
+        "ssl",
+    )
+
+    def __init__(
+        self,
+        base: str,
+        limit: int,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base!r}")
+        self.loop = asyncio.get_running_loop()
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = (
+            (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
+        )
+        self.prefix = parts.path.rstrip("/").encode()
+        self.hostline = b"host: %s\r\n" % parts.netloc.encode("idna")
+        self.limit, self.connect_timeout, self.read_timeout = limit, connect_timeout, read_timeout
+        self.idle: list[_Connection] = []
+        self.conns: set[_Connection] = set()
+        self.closing = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    async def acquire(self) -> _Connection:
+        """A connection for one request: the most recently used idle one, else a new
+        one, else (at the bound) the next one freed."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.busy = True
+                return conn
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await self._acquire_slow()
+        except TimeoutError:
+            where = f"{self.host}:{self.port}"
+            raise ConnectTimeout(
+                f"no connection to {where} within {self.connect_timeout:g} s"
+            ) from None
+
+    async def _acquire_slow(self) -> _Connection:
+        while True:
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    conn.busy = True
+                    return conn
+            if len(self.conns) < self.limit:
+                return await self._connect()
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass the turn on
+                else:
+                    self._waiters.remove(waiter)
+                raise
+
+    async def _connect(self) -> _Connection:
+        conn = _Connection(self)
+        conn.busy = True
+        self.conns.add(conn)  # counts against the bound while connecting
+        try:
+            await self.loop.create_connection(lambda: conn, self.host, self.port, ssl=self.ssl)
+        except OSError as exc:
+            self.forget(conn)
+            raise ConnectError(f"could not connect to {self.host}:{self.port}: {exc}") from exc
+        except BaseException:
+            self.forget(conn)
+            raise
+        return conn
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def park(self, conn: _Connection) -> None:
+        """`conn` is free and may be reused."""
+        if self.closing:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._expiry is None:
+            self._expiry = self.loop.call_at(conn.idle_since + KEEPALIVE, self._expire)
+        if self._waiters:
+            self._wake_one()
+
+    def forget(self, conn: _Connection) -> None:
+        """`conn` closed."""
+        if conn in self.conns:
+            self.conns.discard(conn)
+            if conn in self.idle:
+                self.idle.remove(conn)
+            if self._waiters:
+                self._wake_one()
+
+    def _expire(self) -> None:
+        """Close the connections idle for `KEEPALIVE` (the oldest are first in the list)."""
+        self._expiry = None
+        now, idle = self.loop.time(), self.idle
+        while idle and idle[0].idle_since + KEEPALIVE <= now:
+            idle.pop(0).close()
+        if idle:
+            self._expiry = self.loop.call_at(idle[0].idle_since + KEEPALIVE, self._expire)
+
+    def close(self) -> None:
+        self.closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for conn in list(self.conns):
+            conn.close()
+
+
+@final
+class Client:
+    """Keep-alive connections to any number of backends, one pool per base URL.
+
+    Args:
+        connect_timeout: seconds to connect, or to wait for a free connection at the
+            bound; None: no limit.
+        read_timeout: seconds a read may wait for the backend's next bytes (the head,
+            then each part of the body); None: no limit.
+        max_connections: connections open at once to one backend.
+        ssl_context: for https backends; None: the system's defaults.
+    """
+
+    __slots__ = ("_pools", "_ssl", "closed", "connect_timeout", "max_connections", "read_timeout")
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float | None = 5.0,
+        read_timeout: float | None = 600.0,
+        max_connections: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.closed = False
+        self._ssl = ssl_context
+        self._pools: dict[str, _Pool] = {}
+
+    def _pool(self, base: str) -> _Pool:
+        pool = self._pools.get(base)
+        if pool is None:
+            if self.closed:
+                raise RuntimeError("the client is closed")
+            pool = _Pool(
+                base, self.max_connections, self.connect_timeout, self.read_timeout, self._ssl
+            )
+            self._pools[base] = pool
+        return pool
+
+    async def request(
+        self,
+        method: str,
+        target: Target,
+        *,
+        data: bytes | bytearray | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        allow_redirects: bool = False,
+    ) -> Response:
+        """Send a request and wait for the answer's head (never follows redirects).
+
+        `headers` go as given (hop-by-hop ones, host and content-length are the
+        caller's to leave out); host and content-length are added.
+
+        Raises:
+            ConnectError, ConnectTimeout: no connection.
+            ReadTimeout, ConnectionBroken, ProtocolError: no valid answer head.
+        """
+        del allow_redirects  # aiohttp's keyword; redirects are relayed, never followed
+        if method == "HEAD":
+            raise ValueError("HEAD is not supported (its answer has no body to frame)")
+        pool = self._pool(target.base)
+        conn = await pool.acquire()
+        try:
+            body = data or b""
+            parts: list[bytes | bytearray] = [
+                method.encode(),
+                b" ",
+                pool.prefix,
+                target.path,
+                b" HTTP/1.1\r\n",
+                pool.hostline,
+            ]
+            for name, value in headers:
+                parts += (name, b": ", value, b"\r\n")
+            if body or method not in ("GET", "OPTIONS"):
+                parts.append(b"content-length: %d\r\n" % len(body))
+            parts.append(b"\r\n")
+            assert conn.transport is not None
+            if len(body) > 65536:
+                conn.transport.write(b"".join(parts))
+                conn.transport.write(body)
+            else:
+                parts.append(body)
+                conn.transport.write(b"".join(parts))
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait()
+        except BaseException:
+            conn.busy = False
+            conn.close()
+            conn.finish()
+            raise
+        return Response(conn)
+
+    async def close(self) -> None:
+        """Close every connection (a request in flight fails)."""
+        self.closed = True
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
