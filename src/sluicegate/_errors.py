@@ -73,17 +73,27 @@ class QueueFullError(RejectedError):
         retry_after: whole seconds to wait before retrying, from the band's outflow
             (`FlowControlConfig.retry_reservations`), or None: the caller advises its own.
         reserved: a place is promised to this request after `retry_after` seconds.
+        retry: why a refusal by a band's ``max_requests`` promised nothing (``horizon``:
+            the place would free later than the longest delay advised; ``starved``: the
+            band let nothing out lately; ``table_full``), ``reserved``, or None (not a
+            refusal that may promise, or promises are off).
     """
 
     outcome = Outcome.REJECTED_CAPACITY
     status_hint = 429
 
     def __init__(
-        self, message: str, *, retry_after: int | None = None, reserved: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        reserved: bool = False,
+        retry: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.reserved = reserved
+        self.retry = retry
 
 
 class NoEndpointsError(RejectedError):

@@ -57,7 +57,7 @@ def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]
     for the retry."""
     h = _full_band(make)
     refusal = _refuse(h, "r", 1.0)
-    assert refusal.retry_after == 1 and refusal.reserved
+    assert refusal.retry_after == 1 and refusal.reserved and refusal.retry == "reserved"
     assert h.core.reservations.outstanding == 1
     h.dispatch_one(now=1.5)  # one place frees
     assert "1 places promised" in str(_refuse(h, "fresh", 1.6))
@@ -126,6 +126,7 @@ def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harn
     h.core.reservations.limit = 6
     refusal = _refuse(h, "late", 1.0)  # the table is full: the delay, no promise
     assert refusal.retry_after == 6 and not refusal.reserved
+    assert refusal.retry == "table_full"
     r = h.core.reservations
     assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
@@ -137,6 +138,7 @@ def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
         assert _refuse(h, f"r{i}", 1.0).reserved
     beyond = _refuse(h, "beyond", 1.0)
     assert beyond.retry_after == MAX_DELAY and not beyond.reserved
+    assert beyond.retry == "horizon"  # the gateway sends no Retry-After, and says why
 
 
 def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
@@ -146,6 +148,7 @@ def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
     h.submit("q", 0)
     refusal = _refuse(h, "r", 0.0)
     assert refusal.retry_after == MAX_DELAY and not refusal.reserved
+    assert refusal.retry == "starved"
     h2 = _full_band(make)  # dispatched from in [0, 1): an outflow until 10.0
     assert _refuse(h2, "r", 1.0 + OUTFLOW_WINDOW - 1.01).reserved
     assert not _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW).reserved
@@ -156,7 +159,7 @@ def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
     """Off: nothing is promised or held back (the gateway advises its own delay)."""
     h = _full_band(make, on=False)
     refusal = _refuse(h, "r", 1.0)
-    assert refusal.retry_after is None and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved and refusal.retry is None
     h.dispatch_one(now=1.5)
     assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
 

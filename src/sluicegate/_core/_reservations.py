@@ -71,9 +71,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EARLY",
+    "HORIZON",
     "MAX_DELAY",
     "OUTFLOW_WINDOW",
+    "RESERVED",
     "SAFETY",
+    "STARVED",
+    "TABLE_FULL",
     "Reservation",
     "Reservations",
     "advised_delay",
@@ -90,6 +94,11 @@ SAFETY: Final = 1.5
 #: Seconds over which the rate requests leave a band's queue is counted.
 OUTFLOW_WINDOW: Final = 10.0
 _UNASKED: Final = object()
+#: `QueueFullError.retry`: a place is promised after its delay; or why not.
+RESERVED: Final = "reserved"
+HORIZON: Final = "horizon"
+STARVED: Final = "starved"
+TABLE_FULL: Final = "table_full"
 
 
 def advised_delay(to_drain: int, rate: float | None) -> int | None:
@@ -184,7 +193,7 @@ class Reservations:
         if config is not None and not config.retry_reservations:
             return QueueFullError(message)
         held = self.held(band.priority, now)
-        delay, reserved = self.promise(
+        delay, why = self.promise(
             band.priority,
             flow_id,
             now,
@@ -194,7 +203,7 @@ class Reservations:
         )
         if held:
             message += f" ({held} places promised to retries)"
-        return QueueFullError(message, retry_after=delay, reserved=reserved)
+        return QueueFullError(message, retry_after=delay, reserved=why == RESERVED, retry=why)
 
     def redeem(self, priority: int, flow_id: str, now: float, claim: Claim) -> None:
         """An admitted arrival uses up its due promise, if it has one."""
@@ -244,20 +253,25 @@ class Reservations:
 
     def promise(
         self, priority: int, flow_id: str, now: float, to_drain: int, grace: float, claim: Claim
-    ) -> tuple[int, bool]:
-        """(the Retry-After to advise, whether a place is promised) for a refusal in band
-        `priority` with `to_drain` requests to leave first (the promised ones counted).
+    ) -> tuple[int, str]:
+        """(the delay to advise, `RESERVED` or why nothing is promised) for a refusal in
+        band `priority` with `to_drain` requests to leave first (the promised ones
+        counted).
 
         No promise when nothing was dispatched from the band for `OUTFLOW_WINDOW`
-        seconds (it is starved: there is no rate to promise by) or when the delay would
-        exceed `MAX_DELAY`: then `MAX_DELAY` is advised, since a retry any sooner would
-        find every place promised. A full table advises the delay, promising nothing.
+        seconds (``starved``: there is no rate to promise by) or when the delay would
+        exceed `MAX_DELAY` (``horizon``): then `MAX_DELAY` is the delay, since a retry
+        any sooner would find every place promised. A full table (``table_full``)
+        promises nothing either. The gateway sends `Retry-After` only with a promise.
         """
-        delay = advised_delay(to_drain, self.outflow(priority, now))
+        rate = self.outflow(priority, now)
+        delay = advised_delay(to_drain, rate)
         if delay is None or delay > MAX_DELAY:
             self.refused += 1
-            return MAX_DELAY, False
-        return delay, self.reserve(priority, flow_id, now, delay, grace, claim)
+            return MAX_DELAY, STARVED if delay is None else HORIZON
+        if self.reserve(priority, flow_id, now, delay, grace, claim):
+            return delay, RESERVED
+        return delay, TABLE_FULL
 
     def reserve(
         self,
