@@ -70,8 +70,8 @@ class QueueFullError(RejectedError):
     """A band or global capacity limit is reached. Retry later, or raise the limit.
 
     Attributes:
-        retry_after: whole seconds to wait before retrying, from the band's outflow
-            (`FlowControlConfig.retry_reservations`), or None: the caller advises its own.
+        retry_after: whole seconds after which a place is promised to this request
+            (`FlowControlConfig.retry_reservations`), or None: nothing is promised.
         reserved: a place is promised to this request after `retry_after` seconds.
         retry: why a refusal by a band's ``max_requests`` promised nothing (``horizon``:
             the place would free later than the longest delay advised; ``starved``: the

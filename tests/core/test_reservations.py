@@ -125,33 +125,34 @@ def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harn
     assert delays == [1, 2, 3, 3, 4, 5]
     h.core.reservations.limit = 6
     refusal = _refuse(h, "late", 1.0)  # the table is full: the delay, no promise
-    assert refusal.retry_after == 6 and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved
     assert refusal.retry == "table_full"
     r = h.core.reservations
     assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
 
 def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
-    """Past MAX_DELAY nothing is promised and MAX_DELAY is advised."""
+    """Past MAX_DELAY nothing is promised, and no delay advised."""
     h = _full_band(make, limit=1)
     for i in range(round(MAX_DELAY * 2 / SAFETY)):  # 2/s: up to 80 requests ahead
         assert _refuse(h, f"r{i}", 1.0).reserved
     beyond = _refuse(h, "beyond", 1.0)
-    assert beyond.retry_after == MAX_DELAY and not beyond.reserved
+    assert beyond.retry_after is None and not beyond.reserved
     assert beyond.retry == "horizon"  # the gateway sends no Retry-After, and says why
 
 
 def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
-    """Nothing dispatched from the band in the window (starved): no promise, and the
-    longest delay is advised."""
+    """Nothing dispatched from the band in the window (starved): no promise, and no
+    delay advised."""
     h = make(sg.FlowControlConfig(bands={0: sg.BandConfig(max_requests=1)}))
     h.submit("q", 0)
     refusal = _refuse(h, "r", 0.0)
-    assert refusal.retry_after == MAX_DELAY and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved
     assert refusal.retry == "starved"
     h2 = _full_band(make)  # dispatched from in [0, 1): an outflow until 10.0
     assert _refuse(h2, "r", 1.0 + OUTFLOW_WINDOW - 1.01).reserved
-    assert not _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW).reserved
+    late = _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW)
+    assert not late.reserved and late.retry == "starved"
     assert (h.core.reservations.made, h.core.reservations.refused) == (0, 1)
 
 
