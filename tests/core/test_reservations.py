@@ -228,13 +228,20 @@ _STEP = st.one_of(
 )
 
 
+def _check_advice(refusal: sg.QueueFullError) -> None:
+    """A delay is advised only as a promise; a refusal without one says why."""
+    assert (refusal.retry_after is not None) == refusal.reserved
+    assert refusal.retry in (None, "reserved", "horizon", "starved", "table_full")
+    assert (refusal.retry == "reserved") == refusal.reserved
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_STEP, min_size=10, max_size=120))
 def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
     """After every step: band limits hold (a promise never overfills a band), the
     promises are bounded by the table, made = honoured + lapsed + outstanding, requests
-    conserve, and displacement (a global limit is set too) only ever evicts strictly
-    lower priority."""
+    conserve, displacement (a global limit is set too) only ever evicts strictly lower
+    priority, and a refusal advises a delay only with a promise."""
     config = sg.FlowControlConfig(
         default_ttl=None,
         max_requests=8,
@@ -255,8 +262,8 @@ def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
         if kind == "submit":
             try:
                 ticket = core.submit(sg.FlowKey(fid, value), 0, None, None, now, gate)
-            except sg.QueueFullError:
-                pass
+            except sg.QueueFullError as refusal:
+                _check_advice(refusal)
             else:
                 if ticket.state is State.DISPATCHED:
                     running.append(ticket)
