@@ -70,20 +70,30 @@ class QueueFullError(RejectedError):
     """A band or global capacity limit is reached. Retry later, or raise the limit.
 
     Attributes:
-        retry_after: whole seconds to wait before retrying, from the band's outflow
-            (`FlowControlConfig.retry_reservations`), or None: the caller advises its own.
+        retry_after: whole seconds after which a place is promised to this request
+            (`FlowControlConfig.retry_reservations`), or None: nothing is promised.
         reserved: a place is promised to this request after `retry_after` seconds.
+        retry: why a refusal by a band's ``max_requests`` promised nothing (``horizon``:
+            the place would free later than the longest delay advised; ``starved``: the
+            band let nothing out lately; ``table_full``), ``reserved``, or None (not a
+            refusal that may promise, or promises are off).
     """
 
     outcome = Outcome.REJECTED_CAPACITY
     status_hint = 429
 
     def __init__(
-        self, message: str, *, retry_after: int | None = None, reserved: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        reserved: bool = False,
+        retry: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.reserved = reserved
+        self.retry = retry
 
 
 class NoEndpointsError(RejectedError):

@@ -43,21 +43,32 @@ def test_calibration_counts_errors_and_false_rejects() -> None:
 
 
 def test_retries_count_only_those_not_refused_again() -> None:
+    """Retries after a Retry-After and after the SDK's own backoff are counted apart;
+    an advised retry that never came back is counted as such, not as a success."""
     run = LookaheadRun("x", early_reject=True)
-    a, b, c = (_sent(1000, None, 0, outcome="RejectedCapacity") for _ in range(3))
-    for refused in (a, b, c):
+    a, b, c, d = (_sent(1000, None, 0, outcome="RejectedCapacity") for _ in range(4))
+    for refused in (a, b, c, d):
         assert refused.first is not None
         refused.first.status = 429
-    a.first.reserved = True  # type: ignore[union-attr]  # set just above
+    for advised in (a, b, c):
+        advised.first.retry_after = 3  # type: ignore[union-attr]  # set just above
+        advised.first.retry_reason = "reserved"  # type: ignore[union-attr]
+    d.first.retry_reason = "horizon"  # type: ignore[union-attr]
     a.retry = Attempt(1.0, 200, "Dispatched")
-    b.retry = Attempt(1.0, 429, "RejectedCapacity")
-    run.sent = [a, b, c]
+    b.retry = Attempt(1.0, 429, "RejectedCapacity", retry_reason="reserved")
+    c.retry = Attempt(1.0)  # sent, no answer within the run
+    d.retry = Attempt(1.0, 200, "Dispatched")
+    run.sent = [a, b, c, d]
     got = retries(run)
+    assert got["refused"] == 4 and got["advised"] == 3 and got["advised_share"] == 0.75
     assert got["retries"] == 2 and got["got_in"] == 1 and got["share"] == 0.5
-    assert got["first_outcomes"] == {"RejectedCapacity": 3}
-    assert got["answered"] == 3 and got["first_admitted_share"] == 0.0
-    assert got["served_share"] == pytest.approx(1 / 3)
-    assert got["promised"] == 1 and got["promised_in"] == 1
+    assert got["not_back"] == 1
+    assert (got["unadvised_retries"], got["unadvised_in"]) == (1, 1)
+    assert got["reasons"] == {"reserved": 3, "horizon": 1}
+    assert got["advised_retry_refusals"] == {"RejectedCapacity/reserved": 1}
+    assert got["first_outcomes"] == {"RejectedCapacity": 4}
+    assert got["answered"] == 4 and got["first_admitted_share"] == 0.0
+    assert got["served_share"] == pytest.approx(2 / 4)
 
 
 @pytest.mark.e2e
@@ -69,6 +80,7 @@ async def test_a_tiny_run_answers_every_request() -> None:
     runs = await _runs(options)
     assert [r.early_reject for r in runs] == [False, True, True] * 2
     assert [r.reservations for r in runs] == [True, True, False] * 2
+    assert [r.retrying for r in runs] == [False, True, True] * 2
     for run in runs:
         assert run.sent
         assert all(s.first is not None for s in run.sent)

@@ -57,7 +57,7 @@ def test_full_band_promises_a_place_after_its_delay(make: Callable[..., Harness]
     for the retry."""
     h = _full_band(make)
     refusal = _refuse(h, "r", 1.0)
-    assert refusal.retry_after == 1 and refusal.reserved
+    assert refusal.retry_after == 1 and refusal.reserved and refusal.retry == "reserved"
     assert h.core.reservations.outstanding == 1
     h.dispatch_one(now=1.5)  # one place frees
     assert "1 places promised" in str(_refuse(h, "fresh", 1.6))
@@ -125,30 +125,34 @@ def test_promises_are_spread_out_beyond_the_band_places(make: Callable[..., Harn
     assert delays == [1, 2, 3, 3, 4, 5]
     h.core.reservations.limit = 6
     refusal = _refuse(h, "late", 1.0)  # the table is full: the delay, no promise
-    assert refusal.retry_after == 6 and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved
+    assert refusal.retry == "table_full"
     r = h.core.reservations
     assert (r.made, r.refused, r.outstanding) == (6, 1, 6)
 
 
 def test_no_delay_beyond_the_horizon(make: Callable[..., Harness]) -> None:
-    """Past MAX_DELAY nothing is promised and MAX_DELAY is advised."""
+    """Past MAX_DELAY nothing is promised, and no delay advised."""
     h = _full_band(make, limit=1)
     for i in range(round(MAX_DELAY * 2 / SAFETY)):  # 2/s: up to 80 requests ahead
         assert _refuse(h, f"r{i}", 1.0).reserved
     beyond = _refuse(h, "beyond", 1.0)
-    assert beyond.retry_after == MAX_DELAY and not beyond.reserved
+    assert beyond.retry_after is None and not beyond.reserved
+    assert beyond.retry == "horizon"  # the gateway sends no Retry-After, and says why
 
 
 def test_no_outflow_no_promise(make: Callable[..., Harness]) -> None:
-    """Nothing dispatched from the band in the window (starved): no promise, and the
-    longest delay is advised."""
+    """Nothing dispatched from the band in the window (starved): no promise, and no
+    delay advised."""
     h = make(sg.FlowControlConfig(bands={0: sg.BandConfig(max_requests=1)}))
     h.submit("q", 0)
     refusal = _refuse(h, "r", 0.0)
-    assert refusal.retry_after == MAX_DELAY and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved
+    assert refusal.retry == "starved"
     h2 = _full_band(make)  # dispatched from in [0, 1): an outflow until 10.0
     assert _refuse(h2, "r", 1.0 + OUTFLOW_WINDOW - 1.01).reserved
-    assert not _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW).reserved
+    late = _refuse(h2, "s", 1.0 + OUTFLOW_WINDOW)
+    assert not late.reserved and late.retry == "starved"
     assert (h.core.reservations.made, h.core.reservations.refused) == (0, 1)
 
 
@@ -156,7 +160,7 @@ def test_reservations_can_be_turned_off(make: Callable[..., Harness]) -> None:
     """Off: nothing is promised or held back (the gateway advises its own delay)."""
     h = _full_band(make, on=False)
     refusal = _refuse(h, "r", 1.0)
-    assert refusal.retry_after is None and not refusal.reserved
+    assert refusal.retry_after is None and not refusal.reserved and refusal.retry is None
     h.dispatch_one(now=1.5)
     assert h.submit("fresh", 0, now=1.6).state is State.QUEUED
 
@@ -224,13 +228,20 @@ _STEP = st.one_of(
 )
 
 
+def _check_advice(refusal: sg.QueueFullError) -> None:
+    """A delay is advised only as a promise; a refusal without one says why."""
+    assert (refusal.retry_after is not None) == refusal.reserved
+    assert refusal.retry in (None, "reserved", "horizon", "starved", "table_full")
+    assert (refusal.retry == "reserved") == refusal.reserved
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_STEP, min_size=10, max_size=120))
 def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
     """After every step: band limits hold (a promise never overfills a band), the
     promises are bounded by the table, made = honoured + lapsed + outstanding, requests
-    conserve, and displacement (a global limit is set too) only ever evicts strictly
-    lower priority."""
+    conserve, displacement (a global limit is set too) only ever evicts strictly lower
+    priority, and a refusal advises a delay only with a promise."""
     config = sg.FlowControlConfig(
         default_ttl=None,
         max_requests=8,
@@ -251,8 +262,8 @@ def test_promises_conserve_and_bound(steps: list[tuple[str, str, int]]) -> None:
         if kind == "submit":
             try:
                 ticket = core.submit(sg.FlowKey(fid, value), 0, None, None, now, gate)
-            except sg.QueueFullError:
-                pass
+            except sg.QueueFullError as refusal:
+                _check_advice(refusal)
             else:
                 if ticket.state is State.DISPATCHED:
                     running.append(ticket)

@@ -135,7 +135,7 @@ async def test_non_json_body_is_a_400_immediate_response_like_the_gateway() -> N
 
 
 @pytest.mark.asyncio
-async def test_queue_full_is_a_429_with_retry_after_and_the_gateway_body() -> None:
+async def test_queue_full_is_a_429_with_the_gateway_body() -> None:
     config = make_config([A], max_in_flight=1, flow_control={"bands": {"0": {"max_requests": 1}}})
     async with stack(config) as (running, envoy):
         holder = envoy.open()
@@ -147,7 +147,8 @@ async def test_queue_full_is_a_429_with_retry_after_and_the_gateway_body() -> No
         decision = await refused.request(BODY)
         await refused.finish()
         assert decision.status == 429
-        assert int(decision.headers["retry-after"]) >= 1
+        assert "retry-after" not in decision.headers  # nothing left the band: no promise
+        assert decision.headers["x-sluicegate-retry"] == "starved"
         doc = orjson.loads(decision.body)
         assert doc["error"]["type"] == "rate_limit_error"
         assert doc["error"]["code"] == "queue_full"

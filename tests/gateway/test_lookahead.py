@@ -17,9 +17,10 @@ OBJECTIVES = [{"name": "batch", "priority": -1}, {"name": "chat", "priority": 10
 
 
 @pytest.mark.asyncio
-async def test_displaced_request_is_429_with_retry_after() -> None:
+async def test_displaced_request_is_429_with_its_position_and_no_promise() -> None:
     """A full global queue of batch work makes room for a chat request: the newest batch
-    request ends 429 `displaced` (EvictedDisplaced) with Retry-After and the position."""
+    request ends 429 `displaced` (EvictedDisplaced) with the position; no Retry-After,
+    which the gateway sends only as a promise (`x-sluicegate-retry` says why)."""
     sat = {"type": "concurrency", "max_in_flight": 1}
     fc = {"max_requests": 1}
     async with stack(saturation=sat, flow_control=fc, objectives=OBJECTIVES) as (gw, fake, client):
@@ -34,10 +35,12 @@ async def test_displaced_request_is_429_with_retry_after() -> None:
         )
         async with await displaced as r:
             assert r.status == 429
-            assert int(r.headers["retry-after"]) >= 1
+            assert "retry-after" not in r.headers
+            assert r.headers["x-sluicegate-retry"] == "displaced"
             assert r.headers["x-sluicegate-outcome"] == "EvictedDisplaced"
             assert int(r.headers["x-sluicegate-queue-position"]) >= 1
-            assert (await r.json())["error"]["code"] == "displaced"
+            error = (await r.json())["error"]
+            assert (error["code"], error["retry"]) == ("displaced", "displaced")
         fake.hold.set()
         for task in (running, vip):
             async with await task as r:
@@ -71,8 +74,8 @@ async def test_displacement_off_refuses_the_arrival() -> None:
 
 
 def test_early_rejection_answer_carries_its_position_and_estimate() -> None:
-    """429 `deadline_unreachable` with Retry-After, the position and the estimated wait
-    the controller computed for it."""
+    """429 `deadline_unreachable` with the position and the estimated wait the controller
+    computed for it; a Retry-After given (`retry_reservations: false`) is an estimate."""
     exc = sg.DeadlineUnreachableError("too late", wait_s=3.2, position=41)
     status, body, headers = error_reply(exc, queue_ms=0.0, retry_after=4)
     found = dict(headers)
@@ -80,5 +83,10 @@ def test_early_rejection_answer_carries_its_position_and_estimate() -> None:
     assert orjson.loads(body)["error"]["code"] == "deadline_unreachable"
     assert found[b"x-sluicegate-outcome"] == b"RejectedDeadline"
     assert found[b"retry-after"] == b"4"
+    assert found[b"x-sluicegate-retry"] == b"estimate"
+    _, body, headers = error_reply(exc, queue_ms=0.0)  # retry_reservations on: no promise
+    found = dict(headers)
+    assert b"retry-after" not in found and found[b"x-sluicegate-retry"] == b"deadline"
+    assert orjson.loads(body)["error"]["retry"] == "deadline"
     assert found[b"x-sluicegate-queue-position"] == b"41"
     assert found[b"x-sluicegate-queue-eta-ms"] == b"3200"

@@ -69,11 +69,13 @@ async def test_the_refused_request_gets_the_place_its_tenant_s_next_one_does_not
             await eventually(lambda: ctl.queued_requests() == 1)
             status, headers = await post(s, gw, body("refused"))
             assert status == 429 and headers["x-sluicegate-retry-reserved"] == "1"
+            assert headers["x-sluicegate-retry"] == "reserved"
             delay = int(headers["retry-after"])
             await running  # the queued one starts: the band's place is free again...
             await eventually(lambda: ctl.queued_requests() == 0)
             status, headers = await post(s, gw, body("fresh"))
             assert status == 429  # ...but promised: the tenant's fresh request is refused
+            assert headers["x-sluicegate-retry"] == "reserved"  # and promised a later one
             await asyncio.sleep(delay)
             status, _ = await post(s, gw, body("refused"))
             assert status == 200

@@ -34,9 +34,10 @@ a lower one and band limits hold. A reservation nobody uses lapses at the end of
 window: it is dropped lazily, the next time its band is looked at (an arrival or a
 refusal there; no sweeper); until then its place stays empty, the price of a client
 that does not come back. The table is bounded: no delay beyond `MAX_DELAY`, and `limit`
-entries in all, live or used. When no promise can be made (no band drain rate yet,
-a delay beyond `MAX_DELAY`, a full table) the refusal advises the delay as before and
-promises nothing (``refused``). Counts conserve:
+entries in all, live or used. When no promise can be made (nothing left the band for
+`OUTFLOW_WINDOW` seconds, a delay beyond `MAX_DELAY`, a full table) the refusal promises
+nothing and advises no delay (``refused``; `QueueFullError.retry` says why, and the
+gateway sends no Retry-After: it is only ever a promise). Counts conserve:
 ``made == honoured + lapsed + outstanding``.
 
 Which arrival redeems it. A flow is often a whole tenant, whose fresh requests would
@@ -71,9 +72,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EARLY",
+    "HORIZON",
     "MAX_DELAY",
     "OUTFLOW_WINDOW",
+    "RESERVED",
     "SAFETY",
+    "STARVED",
+    "TABLE_FULL",
     "Reservation",
     "Reservations",
     "advised_delay",
@@ -85,11 +90,17 @@ EARLY: Final = 0.25
 #: The longest delay advised (Retry-After), in seconds.
 MAX_DELAY: Final = 60
 #: Factor on the delay: the band's outflow varies (it waits for higher bands), and a
-#: promise kept late is better than a retry refused.
+#: promise kept late is better than a retry refused. (Pacing by the window's slowest
+#: 2.5 s span instead kept no more promises and made a seventh as many: part 6.)
 SAFETY: Final = 1.5
 #: Seconds over which the rate requests leave a band's queue is counted.
 OUTFLOW_WINDOW: Final = 10.0
 _UNASKED: Final = object()
+#: `QueueFullError.retry`: a place is promised after its delay; or why not.
+RESERVED: Final = "reserved"
+HORIZON: Final = "horizon"
+STARVED: Final = "starved"
+TABLE_FULL: Final = "table_full"
 
 
 def advised_delay(to_drain: int, rate: float | None) -> int | None:
@@ -184,7 +195,7 @@ class Reservations:
         if config is not None and not config.retry_reservations:
             return QueueFullError(message)
         held = self.held(band.priority, now)
-        delay, reserved = self.promise(
+        delay, why = self.promise(
             band.priority,
             flow_id,
             now,
@@ -194,7 +205,7 @@ class Reservations:
         )
         if held:
             message += f" ({held} places promised to retries)"
-        return QueueFullError(message, retry_after=delay, reserved=reserved)
+        return QueueFullError(message, retry_after=delay, reserved=delay is not None, retry=why)
 
     def redeem(self, priority: int, flow_id: str, now: float, claim: Claim) -> None:
         """An admitted arrival uses up its due promise, if it has one."""
@@ -244,20 +255,24 @@ class Reservations:
 
     def promise(
         self, priority: int, flow_id: str, now: float, to_drain: int, grace: float, claim: Claim
-    ) -> tuple[int, bool]:
-        """(the Retry-After to advise, whether a place is promised) for a refusal in band
-        `priority` with `to_drain` requests to leave first (the promised ones counted).
+    ) -> tuple[int | None, str]:
+        """(the delay after which a place is promised, `RESERVED`), or (None, why not),
+        for a refusal in band `priority` with `to_drain` requests to leave first (the
+        promised ones counted).
 
         No promise when nothing was dispatched from the band for `OUTFLOW_WINDOW`
-        seconds (it is starved: there is no rate to promise by) or when the delay would
-        exceed `MAX_DELAY`: then `MAX_DELAY` is advised, since a retry any sooner would
-        find every place promised. A full table advises the delay, promising nothing.
+        seconds (``starved``: there is no rate to promise by), when
+        the delay would exceed `MAX_DELAY` (``horizon``), or when the table is full
+        (``table_full``). A refusal without a promise advises no delay: any guess would
+        invite a retry into a band whose places are promised.
         """
         delay = advised_delay(to_drain, self.outflow(priority, now))
         if delay is None or delay > MAX_DELAY:
             self.refused += 1
-            return MAX_DELAY, False
-        return delay, self.reserve(priority, flow_id, now, delay, grace, claim)
+            return None, STARVED if delay is None else HORIZON
+        if self.reserve(priority, flow_id, now, delay, grace, claim):
+            return delay, RESERVED
+        return None, TABLE_FULL
 
     def reserve(
         self,

@@ -2,22 +2,26 @@
 
 Two runs of the same seeded plan, at `load` x the estimated capacity, through the demo's
 flow-control-on gateway (part 4's stack). The clients send their objective's TTFT goal
-as ``x-slo-ttft-ms`` (part 4's goodput objectives) and, on a 429 with ``Retry-After``,
-wait that long and retry once.
+as ``x-slo-ttft-ms`` (part 4's goodput objectives) and, on a 429, retry once with the
+same body: after ``Retry-After`` when the 429 carries one (with retry reservations on,
+only a promise does), else after the OpenAI SDK's own first backoff (0.5 s less up to a
+quarter of jitter; ``openai/_base_client.py`` ``_calculate_retry_timeout``).
 
 * ``shadow``: early rejection off. Every dispatched answer carries the queue wait the
   controller predicted when it queued the request (``x-sluicegate-queue-eta-ms``) and
   the actual one (``x-sluicegate-queue-ms``): the calibration. The requests the rule
   *would* have refused (predicted wait > SLO x (1 + margin)) that in fact started
   within their SLO are the false rejects.
-* ``on``: early rejection on (the default): how many were refused at once, and how
-  often a client that waits the advised Retry-After gets in on its first retry.
-* ``reservations off``: as ``on`` but a full band's 429 promises nothing
-  (``retry_reservations: false``): the same-run baseline of first-retry success, and of
-  what the promises cost fresh arrivals (first attempts admitted, requests served).
+* ``on``: early rejection on (the default): how many were refused at once, how many
+  429s carried a Retry-After, and how often a client that waits it gets in on its
+  first retry.
+* ``reservations off``: as ``on`` but a full band's 429 promises nothing and every 429
+  carries the gateway's estimate as Retry-After (``retry_reservations: false``): the
+  same-run baseline of first-retry success, and of what the promises cost fresh
+  arrivals (first attempts admitted, requests served).
 
-Only retries sent while arrivals last count (after that the queue empties and any
-retry gets in).
+Every retry counts: a run goes on after its arrivals until the last advised retry has
+come back (at most the 60 s horizon + twice the grace).
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ _HOST: Final = "127.0.0.1"
 _MARGIN: Final = 0.25
 #: Smallest share of its objective's TTFT goal a client asks for.
 _SLO_MIN_FACTOR: Final = 0.05
+#: The OpenAI SDK's first retry delay without Retry-After (`openai/_constants.py`
+#: INITIAL_RETRY_DELAY; it doubles to at most 8 s, with jitter).
+_SDK_BACKOFF: Final = 0.5
+#: The gateway's longest Retry-After: how long a run goes on after its arrivals so that
+#: every advised retry comes back (plus the grace).
+_RETRY_HORIZON: Final = 60.0
 
 
 @final
@@ -91,6 +101,8 @@ class Attempt:
     retry_after: float | None = None
     #: The 429 promised a place after its Retry-After (``x-sluicegate-retry-reserved``).
     reserved: bool = False
+    #: What the 429's retry advice means (``x-sluicegate-retry``).
+    retry_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +121,9 @@ class LookaheadRun:
     early_reject: bool
     closed: bool = False
     reservations: bool = True
+    #: Clients retry once on a 429 (after Retry-After, else the SDK's backoff); the
+    #: run then lasts until every retry came back (bounded).
+    retrying: bool = True
     started_at: float = 0.0
     sent: list[Sent] = field(default_factory=list)
 
@@ -145,6 +160,7 @@ async def _attempt(
             attempt.eta_ms = _number(h.get("x-sluicegate-queue-eta-ms"))
             attempt.retry_after = _number(h.get("retry-after"))
             attempt.reserved = h.get("x-sluicegate-retry-reserved") == "1"
+            attempt.retry_reason = h.get("x-sluicegate-retry")
             async for _ in resp.content.iter_any():
                 pass
     except (aiohttp.ClientError, TimeoutError):
@@ -153,7 +169,7 @@ async def _attempt(
 
 
 async def _client(
-    session: aiohttp.ClientSession, url: str, model: str, sent: Sent, until: float
+    session: aiohttp.ClientSession, url: str, model: str, sent: Sent, retrying: bool
 ) -> None:
     planned = sent.planned
     body = request_body(planned, model)
@@ -166,11 +182,14 @@ async def _client(
     loop = asyncio.get_running_loop()
     sent.first = first = Attempt(loop.time())
     await _attempt(session, url, body, headers, first)
+    if first.status != 429 or not retrying:
+        return
     wait = first.retry_after
-    if first.status == 429 and wait is not None and loop.time() + wait <= until:
-        await asyncio.sleep(wait)
-        sent.retry = Attempt(loop.time())
-        await _attempt(session, url, body, headers, sent.retry)
+    if wait is None:  # the OpenAI SDK's own first backoff: 0.5 s x (1 - 0.25 x random)
+        wait = _SDK_BACKOFF * (1.0 - 0.25 * random.Random(planned.index).random())
+    await asyncio.sleep(wait)
+    sent.retry = Attempt(loop.time())
+    await _attempt(session, url, body, headers, sent.retry)
 
 
 @contextlib.asynccontextmanager
@@ -206,8 +225,10 @@ async def _measure(
         endpoint = url + "/v1/chat/completions"
         start = run.started_at = loop.time()
         until = start + options.duration
+        # Every advised retry comes back within the horizon (plus its own wait).
+        tail = options.grace_s + (_RETRY_HORIZON + options.grace_s if run.retrying else 0.0)
         if run.closed:
-            await _closed_loop(session, endpoint, run, plan, options, until)
+            await _closed_loop(session, endpoint, run, plan, options, (until, until + tail))
             return
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -215,11 +236,12 @@ async def _measure(
                 await asyncio.sleep(max(0.0, start + planned.at - loop.time()))
                 sent = Sent(planned, _slo_ms(planned, options.seed))
                 run.sent.append(sent)
+                model = options.sim.model
                 tasks.append(
-                    asyncio.create_task(_client(session, endpoint, options.sim.model, sent, until))
+                    asyncio.create_task(_client(session, endpoint, model, sent, run.retrying))
                 )
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(options.grace_s):
+                async with asyncio.timeout_at(until + tail):
                     await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             for task in tasks:
@@ -233,12 +255,14 @@ async def _closed_loop(
     run: LookaheadRun,
     plan: Sequence[PlannedRequest],
     options: LookaheadOptions,
-    until: float,
+    bounds: tuple[float, float],
 ) -> None:
     """`load x batch slots` users, each sending its next request once the last one ended
-    (after its one retry, if refused); the plan is a source of request shapes."""
+    (after its one retry, if refused) until the first bound; the plan is a source of
+    request shapes. The last retries may come back until the second bound."""
     loop = asyncio.get_running_loop()
     source = iter(plan)
+    until, end = bounds
 
     async def user() -> None:
         for planned in source:
@@ -246,13 +270,13 @@ async def _closed_loop(
                 return
             sent = Sent(planned, _slo_ms(planned, options.seed))
             run.sent.append(sent)
-            await _client(session, endpoint, options.sim.model, sent, until)
+            await _client(session, endpoint, options.sim.model, sent, run.retrying)
 
     users = round(options.load * options.backends * options.sim.max_num_seqs)
     tasks = [asyncio.create_task(user()) for _ in range(users)]
     try:
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(until + options.grace_s):
+            async with asyncio.timeout_at(end):
                 await asyncio.gather(*tasks)
     finally:
         for task in tasks:
@@ -265,13 +289,13 @@ async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
     rate = options.load * estimate_capacity(workload, options.sim, options.backends)
     plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
     runs = [
-        LookaheadRun("open loop, early rejection off", False),
+        LookaheadRun("open loop, early rejection off", False, retrying=False),
         LookaheadRun("open loop", True),
         LookaheadRun("open loop, reservations off", True, reservations=False),
     ]
     if options.closed_loop:
         runs += [
-            LookaheadRun("closed loop, early rejection off", False, closed=True),
+            LookaheadRun("closed loop, early rejection off", False, closed=True, retrying=False),
             LookaheadRun("closed loop", True, closed=True),
             LookaheadRun("closed loop, reservations off", True, closed=True, reservations=False),
         ]
@@ -314,16 +338,27 @@ def calibration(run: LookaheadRun) -> dict[str, Any]:
     }
 
 
+def _came_back(group: Sequence[Sent]) -> list[Attempt]:
+    return [s.retry for s in group if s.retry is not None and s.retry.status is not None]
+
+
+def _tally(values: Sequence[str | None]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return counts
+
+
 def retries(run: LookaheadRun) -> dict[str, Any]:
-    """First retries after Retry-After sent while arrivals lasted, and how many got in
-    (were not refused again)."""
-    retried = [s for s in run.sent if s.retry is not None and s.retry.status is not None]
-    tried = [s.retry for s in retried if s.retry is not None]
-    got_in = sum(a.status != 429 for a in tried)
-    promised = [s.retry for s in retried if s.first is not None and s.first.reserved]
-    promised_in = sum(a is not None and a.status != 429 for a in promised)
-    outcomes: dict[str, int] = {}
+    """First retries and how many got in (were not refused again): after a Retry-After
+    (``advised``) and after the SDK's own backoff (``unadvised``); the 429s' reasons."""
+    refused = [s for s in run.sent if s.first is not None and s.first.status == 429]
+    advised = [s for s in refused if s.first is not None and s.first.retry_after is not None]
+    unadvised = [s for s in refused if s.first is not None and s.first.retry_after is None]
+    back, back_bare = _came_back(advised), _came_back(unadvised)
+    got_in = sum(a.status != 429 for a in back)
     answered = first_in = served = 0
+    outcomes: dict[str, int] = {}
     for sent in run.sent:
         first = sent.first
         if first is None or first.status is None:
@@ -334,12 +369,19 @@ def retries(run: LookaheadRun) -> dict[str, Any]:
         first_in += first.status != 429
         retry = sent.retry
         served += first.status == 200 or (retry is not None and retry.status == 200)
+    failed = [a for a in back if a.status == 429]
     return {
-        "retries": len(tried),
+        "refused": len(refused),
+        "advised": len(advised),
+        "advised_share": len(advised) / len(refused) if refused else 0.0,
+        "retries": len(back),
+        "not_back": len(advised) - len(back),
         "got_in": got_in,
-        "share": got_in / len(tried) if tried else 0.0,
-        "promised": len(promised),
-        "promised_in": promised_in,
+        "share": got_in / len(back) if back else 0.0,
+        "unadvised_retries": len(back_bare),
+        "unadvised_in": sum(a.status != 429 for a in back_bare),
+        "reasons": _tally([s.first.retry_reason for s in refused if s.first is not None]),
+        "advised_retry_refusals": _tally([f"{a.outcome}/{a.retry_reason}" for a in failed]),
         "first_outcomes": outcomes,
         "answered": answered,
         "first_admitted_share": first_in / answered if answered else 0.0,
@@ -386,23 +428,39 @@ def _figures(
             float(len(on.sent)),
             "requests sent",
         ),
+        *_retry_figures(ret_on, ret_off, arrivals),
+    ]
+
+
+def _retry_figures(ret_on: dict[str, Any], ret_off: dict[str, Any], arrivals: str) -> list[Figure]:
+    """Retry-After (retry reservations on) against the same-run baseline (off)."""
+    return [
         Figure(
-            f"{arrivals}: first retry after Retry-After gets in",
+            f"{arrivals}: first retry after a Retry-After gets in",
             ret_on["share"] * 100.0,
             "%",
             ret_off["share"] * 100.0,
-            "same, retry reservations off",
+            "same, reservations off (Retry-After: an estimate on every 429)",
             target=Target(">=", 80.0, ">= 80 %") if ret_on["retries"] else None,
             note=(
-                f"{ret_on['got_in']} of {ret_on['retries']} retries; reservations off: "
+                f"{ret_on['got_in']} of {ret_on['retries']} retries "
+                f"({ret_on['not_back']} advised did not come back); reservations off: "
                 f"{ret_off['got_in']} of {ret_off['retries']}"
             ),
         ),
         Figure(
-            f"{arrivals}: first retry after a 429 that promised a place gets in",
-            ret_on["promised_in"] / ret_on["promised"] * 100.0 if ret_on["promised"] else 0.0,
+            f"{arrivals}: 429s that carried a Retry-After (a promise)",
+            ret_on["advised_share"] * 100.0,
             "%",
-            note=f"{ret_on['promised_in']} of {ret_on['promised']} such retries",
+            ret_off["advised_share"] * 100.0,
+            "same, reservations off",
+            note=f"{ret_on['advised']} of {ret_on['refused']}; reasons {ret_on['reasons']}",
+        ),
+        Figure(
+            f"{arrivals}: first retry without Retry-After (the SDK's 0.5 s backoff) gets in",
+            _share(ret_on["unadvised_in"], ret_on["unadvised_retries"]),
+            "%",
+            note=f"{ret_on['unadvised_in']} of {ret_on['unadvised_retries']} retries",
         ),
         Figure(
             f"{arrivals}: first attempts admitted (not 429)",
@@ -420,6 +478,10 @@ def _figures(
             "same, retry reservations off",
         ),
     ]
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole * 100.0 if whole else 0.0
 
 
 def _raw(run: LookaheadRun) -> dict[str, Any]:
@@ -461,12 +523,16 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
             f"arrivals + {options.grace_s:g} s grace, the demo mix over {options.tenants} "
             f"tenants. Clients send x-slo-ttft-ms (their objective's goal, {slos}, times "
             f"a seeded factor in [{_SLO_MIN_FACTOR:g}, 1], so some deadlines are tight) and "
-            "retry once after Retry-After on a 429 (only retries sent while arrivals last "
-            "count). Open loop: Poisson arrivals; closed loop: load x batch slots users, "
+            "retry once on a 429: after Retry-After when given, else after the OpenAI "
+            "SDK's own first backoff (0.375-0.5 s); each run goes on until every retry "
+            f"came back (at most {_RETRY_HORIZON:g} s + {2 * options.grace_s:g} s after "
+            "its arrivals), so every advised retry counts. Open loop: Poisson "
+            "arrivals; closed loop: load x batch slots users, "
             "each waiting for its answer (and its retry) before the next request. Each "
             "runs three times on the same plan: early rejection off (predictions are "
             "still made and sent back), on (the default), and on with retry reservations "
-            "off (a full band's 429 promises nothing: the baseline). Calibration covers "
+            "off (a full band's 429 promises nothing, every 429 carries the estimated "
+            "delay as Retry-After: the baseline). Calibration covers "
             "dispatched requests that waited in the queue; a false reject is a request "
             f"the rule would have refused (predicted wait > SLO x {1 + _MARGIN:g}) whose "
             "actual queue wait was within its SLO."
@@ -476,9 +542,10 @@ def run_lookahead(options: LookaheadOptions, *, command: str) -> PartResult:
             "The prediction is the work queued at the request's priority and above, "
             "divided by the pool's completion rate; it leaves out higher-priority "
             "arrivals during the wait, so it errs low (towards admitting).",
-            "Retry reservations: a full band's 429 promises the refused flow a place "
+            "Retry reservations: a full band's 429 promises the refused request a place "
             "after its Retry-After; fresh arrivals may not take promised places, so "
-            "they are refused more often while promises are outstanding.",
+            "they are refused more often while promises are outstanding. A 429 that "
+            "cannot promise carries no Retry-After and says why (x-sluicegate-retry).",
         ],
         seconds=time.monotonic() - began,
         raw={"runs": [_raw(run) for run in runs]},

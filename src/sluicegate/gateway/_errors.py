@@ -15,7 +15,7 @@ import orjson
 
 import sluicegate as sg
 
-__all__ = ["GatewayError", "GatewayOutcome", "RequestOutcome", "error_reply"]
+__all__ = ["GatewayError", "GatewayOutcome", "RequestOutcome", "error_reply", "retry_reason"]
 
 
 @final
@@ -87,6 +87,30 @@ def _flow_control(exc: sg.FlowControlError) -> tuple[int, str, str]:
     return status, "server_error", "flow_control_error"
 
 
+def retry_reason(exc: Exception, retry_after: int | None) -> str:
+    """What a 429's retry advice means (``x-sluicegate-retry``, the body's ``retry``).
+
+    ``reserved``: `Retry-After` is a promise, a place is kept for this request after it.
+    ``estimate``: `Retry-After` is the gateway's estimate (`retry_reservations: false`).
+    Otherwise no `Retry-After` was sent, and this says why, so the client backs off by
+    its own policy: ``horizon`` (the band's place would free beyond the 60 s the gateway
+    promises), ``starved`` (the band let nothing out lately), ``table_full``,
+    ``deadline`` (its deadline cannot be met: the work ahead is in
+    ``x-sluicegate-queue-eta-ms``), ``displaced``, or ``capacity`` (another limit).
+    """
+    if isinstance(exc, sg.QueueFullError) and exc.reserved and retry_after is not None:
+        return "reserved"
+    if retry_after is not None:
+        return "estimate"
+    if isinstance(exc, sg.QueueFullError) and exc.retry is not None:
+        return exc.retry
+    if isinstance(exc, sg.DeadlineUnreachableError):
+        return "deadline"
+    if isinstance(exc, sg.DisplacedError):
+        return "displaced"
+    return "capacity"
+
+
 def error_reply(
     exc: Exception,
     *,
@@ -119,9 +143,13 @@ def error_reply(
         status, type_, code = 500, "server_error", "internal_error"
         outcome = GatewayOutcome.INVALID
         message = "internal gateway error; see the gateway log"
-    body = orjson.dumps(
-        {"error": {"message": message, "type": type_, "code": code, "param": param}}
-    )
+    error: dict[str, str | None] = {"message": message, "type": type_, "code": code}
+    error["param"] = param
+    flow = isinstance(exc, sg.FlowControlError)
+    retry = retry_reason(exc, retry_after) if status == 429 and flow else None
+    if retry is not None:
+        error["retry"] = retry
+    body = orjson.dumps({"error": error})
     headers: Headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -132,6 +160,8 @@ def error_reply(
         headers.append((b"retry-after", str(max(1, retry_after)).encode()))
         if isinstance(exc, sg.QueueFullError) and exc.reserved:  # a place is kept for it
             headers.append((b"x-sluicegate-retry-reserved", b"1"))
+    if retry is not None:
+        headers.append((b"x-sluicegate-retry", retry.encode()))
     if isinstance(exc, sg.DeadlineUnreachableError):
         queue = (exc.wait_s, exc.position)
     if queue is not None:

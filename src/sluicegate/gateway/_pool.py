@@ -187,12 +187,19 @@ class Pool:
             meter = self._meters[priority] = DrainMeter()
         meter.record(now)
 
-    def retry_after(self, priority: int, exc: Exception | None = None) -> int:
-        """Seconds after which band `priority` should have room: the delay the refusal
-        `exc` advised (a full band's, which may hold a place for it), else the time the
-        pool needs to drain what waits at that priority and above (the flow
-        controller's wait estimate, which early rejection uses too); before the pool has
-        a drain rate, the band's own recent dispatch rate."""
+    def retry_after(self, priority: int, exc: Exception | None = None) -> int | None:
+        """The `Retry-After` of a 429 in band `priority`, or None: send none.
+
+        With `retry_reservations` (the default) it is a promise: only a refusal that
+        reserved a place advises its delay; any other 429 advises nothing and says why
+        (`x-sluicegate-retry`), so the client backs off by its own policy. Without, the
+        delay the refusal `exc` advised, else the time the pool needs to drain what
+        waits at that priority and above (the flow controller's wait estimate); before
+        the pool has a drain rate, the band's own recent dispatch rate."""
+        if self.controller.config.retry_reservations:
+            if isinstance(exc, sg.QueueFullError) and exc.reserved:
+                return exc.retry_after
+            return None
         if isinstance(exc, sg.QueueFullError) and exc.retry_after is not None:
             return exc.retry_after
         wait, _ = self.controller.estimate_wait(priority)  # O(bands): runs on every 429
