@@ -404,6 +404,11 @@ class FlowController:
         band = core.registry.bands.get(priority)
         return 0 if band is None else band.queued_requests
 
+    def leaves_headroom(self, priority: int) -> bool:
+        """Whether taking one more slot at `priority` now leaves the bands above it the
+        free slots demand headroom keeps for them (True with `demand_headroom` off)."""
+        return self._core.leaves_headroom(self._detector, priority)
+
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated seconds a new request at `priority` would wait, its queue position).
 

@@ -80,6 +80,25 @@ def test_scheduler_keeps_the_reserve_free_for_the_higher_band() -> None:
     assert core.dispatch(now, gate) == []
 
 
+def test_leaves_headroom_at_any_level_says_what_the_reserve_allows() -> None:
+    # A paused request's slot loan asks this at a level that is no band (top - 1).
+    gate = ConcurrencyLimit(20)
+    core = Scheduler(FlowControlConfig())
+    now = 0.0
+    for i in range(12):
+        now = i * 0.25
+        ticket = core.submit(FlowKey("i", 10), 0, None, None, now, gate)
+        core.release(ticket, now + 0.01, gate)
+    batch = [core.submit(FlowKey("b", 0), 0, None, None, now, gate) for _ in range(30)]
+    core.dispatch(now, gate)
+    assert not core.leaves_headroom(gate, 9)  # batch stopped at the reserve
+    assert core.leaves_headroom(gate, 10)  # the band itself keeps nothing back
+    for ticket in [t for t in batch if t.dispatched_at is not None][:5]:
+        core.release(ticket, now, gate)
+    assert core.leaves_headroom(gate, 9)
+    assert Scheduler(FlowControlConfig(demand_headroom=False)).leaves_headroom(gate, 9)
+
+
 def test_off_by_config() -> None:
     gate = ConcurrencyLimit(20)
     core = Scheduler(FlowControlConfig(demand_headroom=False))

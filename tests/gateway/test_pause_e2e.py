@@ -106,6 +106,9 @@ async def test_a_paused_stream_reads_as_one_answer_through_the_gateway(pauses: i
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (48, 48)
         assert pool.preemption.pauses[-1] == pauses
         assert pool.preemption.resumes[-1] == pauses
+        # Each pause lent its slot to the interactive request and got it back after it.
+        loans = pool.preemption.describe()["loans"]
+        assert loans == {"lent": 0, "returned": pauses, "fell_back": 0}
         async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/metrics") as resp:
             text = await resp.text()
         assert f'requests_paused_total{{pool="p",priority="-1"}} {pauses}.0' in text

@@ -396,6 +396,15 @@ class Scheduler:
             return True
         return self.headroom.allows(band.priority, *counted)
 
+    def leaves_headroom(self, gate: SaturationDetector, priority: int) -> bool:
+        """Whether one more request in flight at `priority` (any level, a band or not)
+        leaves the bands above it the free slots their demand needs."""
+        slots = getattr(gate, "slots", None)
+        if slots is None or not self.registry.config.demand_headroom:
+            return True
+        counted: tuple[float, float] | None = slots()
+        return counted is None or self.headroom.allows(priority, *counted)
+
     def _has_endpoints(self, gate: SaturationDetector) -> bool:
         """The gate's answer; a failing gate counts as having endpoints (nothing is
         evicted for the detector's own failure)."""

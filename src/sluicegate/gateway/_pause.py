@@ -10,9 +10,11 @@ splicer, and only the splicer's output reaches the client.
 handler is waiting for upstream bytes, cancelling the handler task; a handler busy
 sending to its client sees `requested` right after the send instead. Either way the
 segment ends between two whole client writes, so nothing the client was sent is lost or
-sent twice. The upstream request is closed (the engine stops generating), the ticket is
-queued again at the head of its flow, and the continuation (`StreamSplicer.pause`) is
-the next segment's body. The client's stream stays open meanwhile.
+sent twice. The upstream request is closed (the engine stops generating), the ticket
+lends its slot and waits for one on its own backend (`_affinity.py`, where the prefix
+cache holds what it had), else is queued again at the head of its flow, and the
+continuation (`StreamSplicer.pause`) is the next segment's body. The client's stream
+stays open meanwhile.
 
 A paused request's TTL starts again when it is queued again (as for a requeue). If it
 runs out, or the gateway drains, a streamed answer ends with an SSE `error` event (the

@@ -193,9 +193,15 @@ class _PoolDetector:
         self._listener: Callable[[], None] | None = None
         self._prober: Callable[[Backend, float], None] | None = None
         self._best: Backend | None = None
+        #: Told of each slot a release frees (`SlotLoans.freed`: a paused request's own).
+        self.on_freed: Callable[[Backend], None] | None = None
 
     def score(self, backend: Backend, now: float) -> float:
         raise NotImplementedError
+
+    def has_room(self, backend: Backend) -> bool:
+        """Whether `backend` takes one more request now."""
+        return backend.usable and self.score(backend, self._clock()) < 1.0
 
     def notify(self) -> None:
         """Tell the controller the answer may have changed."""
@@ -347,6 +353,8 @@ class _PoolDetector:
     def on_release(self, ticket: Ticket, /) -> None:
         if (binding := binding_of(ticket)) is not None:
             binding.release()
+            if self.on_freed is not None:
+                self.on_freed(binding.backend)
 
     def least_loaded(self) -> Backend | None:
         """A usable backend for traffic outside flow control (fewest in flight)."""
