@@ -32,6 +32,9 @@ __all__ = ["DemandHeadroom"]
 DEFAULT_WINDOW: Final = 3.0
 #: Target chance that a higher-band arrival finds no free slot.
 DEFAULT_MISS: Final = 0.01
+#: Target chance that a top-band arrival finds no *idle* slot where preemptible work
+#: fills the rest of its reserve: such an arrival costs a pause, not a wait.
+DEFAULT_IDLE_MISS: Final = 0.3
 #: Completions in the window before the drain rate counts as known.
 MIN_DRAIN_SAMPLES: Final = 8
 #: Weight of the newest sample in a band's mean service time.
@@ -49,14 +52,21 @@ class DemandHeadroom:
         "_mu",
         "_rates",
         "_service",
+        "idle_miss",
         "miss",
         "reserves",
         "window",
     )
 
-    def __init__(self, window: float = DEFAULT_WINDOW, miss: float = DEFAULT_MISS) -> None:
+    def __init__(
+        self,
+        window: float = DEFAULT_WINDOW,
+        miss: float = DEFAULT_MISS,
+        idle_miss: float = DEFAULT_IDLE_MISS,
+    ) -> None:
         self.window = window
         self.miss = miss
+        self.idle_miss = idle_miss
         self._arrivals: dict[int, deque[float]] = {}
         self._completions: deque[float] = deque()
         #: Mean seconds a request of the band holds its slot (dispatch to release).
@@ -86,19 +96,57 @@ class DemandHeadroom:
         self._service[priority] = held_s if old is None else old + _SERVICE_WEIGHT * (held_s - old)
         self.refresh(now)
 
-    def allows(self, priority: int, free_slots: float, capacity: float) -> bool:
-        """Whether band `priority` may take one of `free_slots` (of `capacity` slots)."""
-        reserve = self.reserve_for(priority, busy_slots=capacity - free_slots)
+    def allows(
+        self,
+        priority: int,
+        free_slots: float,
+        capacity: float,
+        *,
+        reclaimable: float = 0.0,
+        top: int | None = None,
+    ) -> bool:
+        """Whether band `priority` may take one of `free_slots` (of `capacity` slots).
+
+        `reclaimable` slots are held by preemptible work, which band `top` (the
+        highest) gets back at once: they count as free for its part of the reserve.
+        """
+        busy = capacity - free_slots
+        reserve = self.reserve_for(priority, busy_slots=busy)
         if not reserve:
             return True
-        return free_slots - 1 >= min(reserve, math.floor(capacity / 2))
+        half = math.floor(capacity / 2)
+        if reclaimable > 0 and top is not None and top > priority:
+            # The idle part of the top band's reserve stays idle whatever holds the rest.
+            idle = self.reserve_for(top - 1, busy_slots=busy, miss=self.idle_miss)
+            if free_slots - 1 < min(idle, half):
+                return False
+            free_slots += min(reclaimable, self.reserve_for(top - 1, busy_slots=busy))
+        return free_slots - 1 >= min(reserve, half)
 
-    def reserve_for(self, priority: int, busy_slots: float = 0.0) -> int:
+    def allows_preemptible(
+        self, priority: int, top: int, free_slots: float, capacity: float, middle: bool
+    ) -> bool:
+        """Whether preemptible work of band `priority` may take one of `free_slots`:
+        it leaves idle only the part of the top band's reserve that keeps a pause rare
+        (`idle_miss`), plus, when `middle` (a band between them has no backlog), the
+        reserve of the bands between, which cannot take a slot back."""
+        busy = capacity - free_slots
+        keep = self.reserve_for(top - 1, busy_slots=busy, miss=self.idle_miss)
+        if middle and self.reserve_for(priority, busy_slots=busy) > keep:
+            # One slot, not their whole reserve: sized like the top band's, it kept
+            # 5-9 slots idle at 2x overload (their load alone is near the pool's, so
+            # the formula caps it at half the pool) while their arrivals, which
+            # cannot pause anything, wait at most for the next completion without it.
+            keep += 1
+        return free_slots - 1 >= min(keep, math.floor(capacity / 2))
+
+    def reserve_for(self, priority: int, busy_slots: float = 0.0, miss: float | None = None) -> int:
         """Slots band `priority` must leave free for the bands above it.
 
         `busy_slots` (the slots in use now) bounds the completion rate from below by
         Little's law (busy / mean service time): early on, when long requests have not
         ended yet, the measured rate alone would make every arrival look unservable.
+        `miss`: the target chance of no free slot (None: `self.miss`).
         """
         demand = self.reserves.get(priority)
         if demand is None:
@@ -114,7 +162,7 @@ class DemandHeadroom:
         mu = self._mu
         if self._mean_service > 0.0:
             mu = max(mu, busy_slots / self._mean_service)
-        return _reserve(lam, mu, busy, self.miss)
+        return _reserve(lam, mu, busy, self.miss if miss is None else miss)
 
     def drain_rate(self, busy_slots: float) -> float | None:
         """Requests per second the pool finishes (and so takes from the queues), or None

@@ -321,8 +321,11 @@ class Preemption:
             return await self.controller.requeue_and_wait(ticket)
         self.pauses[ticket.priority] += 1
         self._paused.add(resumable)
+        # At its pause cap it keeps its next slot: out of the top band's headroom.
+        policy = self.pause_policy
+        again = policy is not None and resumable.cuts < policy.max_pauses
         try:
-            ticket = await self.controller.requeue_and_wait(ticket)
+            ticket = await self.controller.requeue_and_wait(ticket, preemptible=again)
         except Exception as exc:
             await resumable.end_with_error(ex, exc)
             raise
