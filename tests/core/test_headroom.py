@@ -231,9 +231,9 @@ def test_a_requeued_ticket_stops_counting_as_preemptible() -> None:
     core = Scheduler(FlowControlConfig())
     ticket = core.submit(FlowKey("p", -1), 0, None, None, 0.0, gate, preemptible=True)
     assert ticket.preemptible and core.preemptible_in_flight == 1
-    assert core.requeue(ticket, 1.0, gate)
-    assert core.preemptible_in_flight == 0
     ticket._preemptible = False  # what `requeue_and_wait(preemptible=False)` does
+    assert core.requeue(ticket, 1.0, gate)
+    assert core.preemptible_in_flight == 0 and core.preemptible_queued == 0
     core.dispatch(1.0, gate)
     assert ticket.dispatched_at == 1.0
     assert core.preemptible_in_flight == 0

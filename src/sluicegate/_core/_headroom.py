@@ -32,6 +32,8 @@ __all__ = ["DemandHeadroom"]
 DEFAULT_WINDOW: Final = 3.0
 #: Target chance that a higher-band arrival finds no free slot.
 DEFAULT_MISS: Final = 0.01
+#: Seconds the top band's peak arrival rate is remembered for preemptible slots.
+DEFAULT_MEMORY: Final = 30.0
 #: Target chance that a top-band arrival finds no *idle* slot where preemptible work
 #: fills the rest of its reserve: such an arrival costs a pause, not a wait.
 DEFAULT_IDLE_MISS: Final = 0.3
@@ -50,6 +52,7 @@ class DemandHeadroom:
         "_completions",
         "_mean_service",
         "_mu",
+        "_peaks",
         "_rates",
         "_service",
         "idle_miss",
@@ -78,6 +81,9 @@ class DemandHeadroom:
         self.reserves: dict[int, tuple[float, float]] = {}
         #: Mean seconds any request holds its slot.
         self._mean_service = 0.0
+        #: (time, arrival rate) of the top band: a falling sequence whose head is the
+        #: peak of the last `DEFAULT_MEMORY` seconds.
+        self._peaks: deque[tuple[float, float]] = deque()
 
     def arrived(self, priority: int, now: float) -> None:
         """A request of band `priority` was submitted."""
@@ -104,14 +110,21 @@ class DemandHeadroom:
         *,
         reclaimable: float = 0.0,
         top: int | None = None,
+        preemptible_waiting: bool = False,
     ) -> bool:
         """Whether band `priority` may take one of `free_slots` (of `capacity` slots).
 
         `reclaimable` slots are held by preemptible work, which band `top` (the
         highest) gets back at once: they count as free for its part of the reserve.
+        While preemptible work waits (`preemptible_waiting`), the top band's peak
+        reserve of the last `DEFAULT_MEMORY` seconds is left to it (idle or held by it).
         """
         busy = capacity - free_slots
         reserve = self.reserve_for(priority, busy_slots=busy)
+        if preemptible_waiting and top is not None and top > priority:
+            soft = self.remembered_reserve(top, busy)
+            if soft and free_slots + reclaimable - 1 < min(soft, math.floor(capacity / 2)):
+                return False
         if not reserve:
             return True
         half = math.floor(capacity / 2)
@@ -200,6 +213,32 @@ class DemandHeadroom:
         self._mu = len(completions) / self.window
         self._rates = rates
         self.reserves.clear()
+        self._remember_peak(now)
+
+    def _remember_peak(self, now: float) -> None:
+        """Keep the top band's arrival rate of the last `DEFAULT_MEMORY` seconds."""
+        peaks = self._peaks
+        top = max(self._service, default=None)  # every band that ever completed one
+        rate = self._rates.get(top, 0.0) if top is not None else 0.0
+        while peaks and peaks[-1][1] <= rate:
+            peaks.pop()
+        peaks.append((now, rate))
+        while peaks[0][0] < now - DEFAULT_MEMORY:
+            peaks.popleft()
+
+    def remembered_reserve(self, top: int, busy_slots: float) -> int:
+        """The top band's reserve at its peak rate of the last `DEFAULT_MEMORY` seconds:
+        what preemptible work should hold for it. A burst that starts after a quiet
+        spell shows no demand in the short window; pausing that work gives it slots at
+        once, where the short window alone left every slot to work it cannot pause."""
+        lam = self._peaks[0][1] if self._peaks else 0.0
+        if lam <= 0.0:
+            return 0
+        service = self._service.get(top, 0.0)
+        mu = self._mu
+        if self._mean_service > 0.0:
+            mu = max(mu, busy_slots / self._mean_service)
+        return _reserve(lam, mu, lam * service, self.miss)
 
     def __repr__(self) -> str:
         return f"<DemandHeadroom rates={self._rates} mu={self._mu:.2f}>"

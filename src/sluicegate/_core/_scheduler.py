@@ -102,6 +102,8 @@ class Scheduler:
         self.headroom = DemandHeadroom()
         #: Dispatched preemptible tickets: slots the top band gets back at once.
         self.preemptible_in_flight = 0
+        #: Queued preemptible tickets (they may fill the top band's remembered reserve).
+        self.preemptible_queued = 0
         #: Tickets evicted by displacement in the last `submit`, for the shell to fail
         #: (`take_displaced`).
         self._displaced: list[Ticket] = []
@@ -295,6 +297,7 @@ class Scheduler:
         ticket._state = State.QUEUED
         size = ticket._size
         self.queued_requests += 1
+        self.preemptible_queued += ticket._preemptible
         self.queued_bytes += size
         band.queued_requests += 1
         band.queued_bytes += size
@@ -432,8 +435,30 @@ class Scheduler:
             middle = not all(b.queued_requests > b.held_requests for b in mid)
             return self.headroom.allows_preemptible(band.priority, top, free, capacity, middle)
         return self.headroom.allows(
-            band.priority, free, capacity, reclaimable=self.preemptible_in_flight, top=top
+            band.priority,
+            free,
+            capacity,
+            reclaimable=self.preemptible_in_flight,
+            top=top,
+            preemptible_waiting=self.preemptible_queued > 0 and self._preemptible_next(band),
         )
+
+    def _preemptible_next(self, band: Band) -> bool:
+        """Whether a band below `band` would dispatch a preemptible ticket next (only
+        then is the top band's remembered reserve left to such work: a head that is
+        not preemptible would leave it idle)."""
+        levels = self.registry.levels
+        for lower in levels[levels.index(band) + 1 :]:
+            if lower.queued_requests <= lower.held_requests:
+                continue
+            try:
+                flow = lower.fairness.select()
+            except Exception:
+                continue
+            head = None if flow is None else flow.queue.peek()
+            if head is not None and head._preemptible:
+                return True
+        return False
 
     def _has_endpoints(self, gate: SaturationDetector) -> bool:
         """The gate's answer; a failing gate counts as having endpoints (nothing is
@@ -491,6 +516,7 @@ class Scheduler:
         flow.last_backlogged = now
         size = ticket._size
         self.queued_requests -= 1
+        self.preemptible_queued -= ticket._preemptible
         self.queued_bytes -= size
         band.queued_requests -= 1
         band.queued_bytes -= size
