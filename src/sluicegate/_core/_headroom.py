@@ -18,6 +18,15 @@ lower bands are never shut out.
 Rates are counts over the last `window` seconds, refreshed on every arrival and
 completion (the core never reads a clock): a band that stopped sending drops out of
 the reserve one window later. Sans-I/O: every step takes ``now``.
+
+Work conservation. The top band's reserve need not be idle: a slot held by
+*preemptible* work (which the gateway pauses at once for the top band) is as good as a
+free one. So plain work counts such slots as free for the top band's part of its
+reserve, preemptible work may fill that reserve down to an idle part sized for a
+looser target (`idle_miss`: the arrivals that miss cost a pause, not a wait), and
+while preemptible work waits, plain work leaves it the top band's reserve at its peak
+rate of the last `DEFAULT_MEMORY` seconds (a burst after a quiet spell then finds work
+to pause). Measured: docs/benchmarks.md 5f.
 """
 
 from __future__ import annotations
