@@ -130,6 +130,7 @@ class FlowController:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         claim: Callable[[], Hashable] | None = None,
+        preemptible: bool = False,
     ) -> Ticket:
         """Wait until the request may proceed; return its ticket.
 
@@ -149,6 +150,9 @@ class FlowController:
                 so that a place promised to it when a full band refused it
                 (`QueueFullError.retry_after`) is kept for it, not for any request of its
                 flow. Called only when needed.
+            preemptible: the caller gives the slot back at once (pause, requeue) when
+                the pool's top band needs it: it may use slots demand headroom keeps
+                for that band (`Ticket.preemptible`).
 
         Raises:
             QueueFullError: a capacity limit is reached (429).
@@ -161,7 +165,9 @@ class FlowController:
             ControllerClosedEvictedError: the controller closed while it waited (503).
             ValueError: `size`, `ttl` or `slo` is invalid.
         """
-        ticket = self._submit(key, size, ttl, slo, input_tokens, output_tokens, claim=claim)
+        ticket = self._submit(
+            key, size, ttl, slo, input_tokens, output_tokens, claim=claim, preemptible=preemptible
+        )
         if ticket._state is State.DISPATCHED:
             ticket._handed_over = True
             return ticket
@@ -199,13 +205,15 @@ class FlowController:
         ticket._handed_over = True
         return ticket
 
-    async def requeue_and_wait(self, ticket: Ticket) -> Ticket:
+    async def requeue_and_wait(self, ticket: Ticket, *, preemptible: bool | None = None) -> Ticket:
         """Take an in-flight ticket back (preemption) and wait until it is dispatched again.
 
         For a request whose answer has not started: its slot goes to whoever waits
         first (the preempting request), and it waits again at the head of its flow's
         queue; its TTL starts again. The caller must have stopped its use of the slot
         (closed the upstream request) first. Returns the same ticket, dispatched again.
+        `preemptible` (None: unchanged) replaces `Ticket.preemptible`, e.g. when the
+        request may not be paused again.
 
         Raises:
             ValueError: the ticket is not in flight.
@@ -213,6 +221,8 @@ class FlowController:
             ControllerClosedEvictedError: the controller closed while it waited.
         """
         loop = self._loop
+        if preemptible is not None and ticket._state is State.DISPATCHED:
+            ticket._preemptible = preemptible
         if loop is None or not self._core.requeue(ticket, loop.time(), self._detector):
             raise ValueError(f"{ticket!r} is not in flight")
         return await self._wait(ticket, pass_needed=True)
@@ -304,6 +314,7 @@ class FlowController:
         *,
         nowait: bool = False,
         claim: Callable[[], Hashable] | None = None,
+        preemptible: bool = False,
     ) -> Ticket:
         if not isinstance(key, FlowKey):
             raise TypeError(f"key must be a FlowKey, got {key!r}")
@@ -332,6 +343,7 @@ class FlowController:
                 output_tokens,
                 nowait=nowait,
                 claim=claim,
+                preemptible=preemptible,
             )
         except RejectedError:
             self._arm_collection()

@@ -194,3 +194,79 @@ def test_a_probe_left_by_the_top_band_is_not_held_back_as_headroom() -> None:
     # The interactive request leaves the probes to batch work, and the reserve for it
     # does not keep them idle: otherwise neither band would ever test them.
     assert sum(1 for t in batch if t.dispatched_at is not None) == 2
+
+
+def steady_interactive(core: Scheduler, gate: ConcurrencyLimit) -> float:
+    """Three seconds of interactive arrivals (4/s, 1 s each, the last ones still in
+    flight) over a pool with no other work; returns the time."""
+    held: list[Ticket] = []
+    now = 0.0
+    for i in range(13):
+        now = i * 0.25
+        while held and held[0].arrival + 1.0 <= now:
+            core.release(held.pop(0), now, gate)
+        held.append(core.submit(FlowKey("i", 10), 0, None, None, now, gate))
+    return now
+
+
+def test_preemptible_work_fills_the_top_bands_reserve_but_its_idle_part() -> None:
+    gate = ConcurrencyLimit(20)
+    core = Scheduler(FlowControlConfig())
+    now = steady_interactive(core, gate)
+    plain = [core.submit(FlowKey("b", 0), 0, None, None, now, gate) for _ in range(30)]
+    core.dispatch(now, gate)
+    free = int(gate.slots()[0])
+    assert free >= core.headroom.reserve_for(0, busy_slots=20 - free) >= 2
+    # Preemptible work of a lower band goes on into the reserve (the blocked plain
+    # work above does not hold it back), down to the idle part kept for arrivals.
+    paused = [
+        core.submit(FlowKey("p", -1), 0, None, None, now, gate, preemptible=True) for _ in range(30)
+    ]
+    core.dispatch(now, gate)
+    taken = [t for t in paused if t.dispatched_at is not None]
+    idle = core.headroom.reserve_for(0, busy_slots=20 - free, miss=core.headroom.idle_miss)
+    assert 1 <= idle < free
+    assert len(taken) == free - idle
+    assert core.preemptible_in_flight == len(taken)
+    assert all(t.preemptible for t in taken)
+    # Slots change hands: plain work counts the preemptible slots as the top band's,
+    # so the reserve stays covered (idle or reclaimable), and its idle part idle.
+    for victim in (*taken, *plain):
+        if victim.dispatched_at is None or victim.state.name != "DISPATCHED":
+            continue
+        core.release(victim, now, gate)
+        core.dispatch(now, gate)
+        free = int(gate.slots()[0])
+        reserve = core.headroom.reserve_for(0, busy_slots=20 - free)
+        assert free + core.preemptible_in_flight >= reserve
+        assert free >= core.headroom.reserve_for(0, 20 - free, core.headroom.idle_miss)
+    # The top band arrives: it is dispatched at once into an idle slot.
+    urgent = core.submit(FlowKey("i", 10), 0, None, None, now, gate)
+    assert urgent.dispatched_at == now
+
+
+def test_a_requeued_ticket_stops_counting_as_preemptible() -> None:
+    gate = ConcurrencyLimit(4)
+    core = Scheduler(FlowControlConfig())
+    ticket = core.submit(FlowKey("p", -1), 0, None, None, 0.0, gate, preemptible=True)
+    assert ticket.preemptible and core.preemptible_in_flight == 1
+    ticket._preemptible = False  # what `requeue_and_wait(preemptible=False)` does
+    assert core.requeue(ticket, 1.0, gate)
+    assert core.preemptible_in_flight == 0 and core.preemptible_queued == 0
+    core.dispatch(1.0, gate)
+    assert ticket.dispatched_at == 1.0
+    assert core.preemptible_in_flight == 0
+    core.release(ticket, 2.0, gate)
+    assert core.preemptible_in_flight == 0 and core.in_flight == 0
+
+
+def test_preemptible_work_keeps_a_slot_for_a_middle_band_without_backlog() -> None:
+    headroom = DemandHeadroom()
+    busy_pool(headroom, high_rate=4.0, now=10.0)
+    for i in range(30):  # a middle band (priority 5) sends too, with no backlog
+        headroom.arrived(5, 7.0 + i * 0.1)
+    headroom.refresh(10.0)
+    idle = headroom.reserve_for(9, busy_slots=40, miss=headroom.idle_miss)
+    assert headroom.allows_preemptible(0, 10, idle + 1, 48, middle=False)
+    assert not headroom.allows_preemptible(0, 10, idle + 1, 48, middle=True)
+    assert headroom.allows_preemptible(0, 10, idle + 2, 48, middle=True)

@@ -28,6 +28,7 @@ READ_ONLY = (
     "dispatched_at",
     "queue_time",
     "eta",
+    "preemptible",
     "requeues",
     "released",
     "input_tokens",

@@ -188,3 +188,30 @@ async def test_a_reload_turns_eviction_on_and_off() -> None:
     preemption.evict_below = 0
     assert preemption.make_room(10)
     assert await streams.outcomes() == ["served", "evicted"]
+
+
+async def test_a_victim_that_leaves_its_backend_a_slot_comes_first() -> None:
+    """A request taken back from a backend over its capacity frees nothing for the
+    arrival: the sent-last rule yields to one whose backend then has room."""
+    over: list[Any] = []
+    preemption = Preemption(None, frees_slot=lambda t: all(t is not o for o in over))  # type: ignore[arg-type]
+    held = asyncio.Event()
+    entries: list[tuple[Any, asyncio.Task[None]]] = []
+    for _ in range(2):
+        t = ticket(-1, requeues=0)
+
+        async def hold(t: Any = t) -> None:
+            with preemption.track(t, exchange(started=False), stream=True):
+                await held.wait()
+
+        entries.append((t, asyncio.ensure_future(hold())))
+    await asyncio.sleep(0)
+    (_, first_task), (last, last_task) = entries
+    over.append(last)  # the one sent last sits on a backend over its capacity
+    assert preemption.make_room(10)
+    chosen = [e.task for e in preemption._live.values() if e.preempted]
+    assert chosen == [first_task]
+    held.set()
+    await last_task
+    with pytest.raises(asyncio.CancelledError):
+        await first_task

@@ -18,6 +18,15 @@ lower bands are never shut out.
 Rates are counts over the last `window` seconds, refreshed on every arrival and
 completion (the core never reads a clock): a band that stopped sending drops out of
 the reserve one window later. Sans-I/O: every step takes ``now``.
+
+Work conservation. The top band's reserve need not be idle: a slot held by
+*preemptible* work (which the gateway pauses at once for the top band) is as good as a
+free one. So plain work counts such slots as free for the top band's part of its
+reserve, preemptible work may fill that reserve down to an idle part sized for a
+looser target (`idle_miss`: the arrivals that miss cost a pause, not a wait), and
+while preemptible work waits, plain work leaves it the top band's reserve at its peak
+rate of the last `DEFAULT_MEMORY` seconds (a burst after a quiet spell then finds work
+to pause). Measured: docs/benchmarks.md 5f.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ __all__ = ["DemandHeadroom"]
 DEFAULT_WINDOW: Final = 3.0
 #: Target chance that a higher-band arrival finds no free slot.
 DEFAULT_MISS: Final = 0.01
+#: Seconds the top band's peak arrival rate is remembered for preemptible slots.
+DEFAULT_MEMORY: Final = 30.0
+#: Target chance that a top-band arrival finds no *idle* slot where preemptible work
+#: fills the rest of its reserve: such an arrival costs a pause, not a wait.
+DEFAULT_IDLE_MISS: Final = 0.3
 #: Completions in the window before the drain rate counts as known.
 MIN_DRAIN_SAMPLES: Final = 8
 #: Weight of the newest sample in a band's mean service time.
@@ -47,16 +61,24 @@ class DemandHeadroom:
         "_completions",
         "_mean_service",
         "_mu",
+        "_peaks",
         "_rates",
         "_service",
+        "idle_miss",
         "miss",
         "reserves",
         "window",
     )
 
-    def __init__(self, window: float = DEFAULT_WINDOW, miss: float = DEFAULT_MISS) -> None:
+    def __init__(
+        self,
+        window: float = DEFAULT_WINDOW,
+        miss: float = DEFAULT_MISS,
+        idle_miss: float = DEFAULT_IDLE_MISS,
+    ) -> None:
         self.window = window
         self.miss = miss
+        self.idle_miss = idle_miss
         self._arrivals: dict[int, deque[float]] = {}
         self._completions: deque[float] = deque()
         #: Mean seconds a request of the band holds its slot (dispatch to release).
@@ -68,6 +90,9 @@ class DemandHeadroom:
         self.reserves: dict[int, tuple[float, float]] = {}
         #: Mean seconds any request holds its slot.
         self._mean_service = 0.0
+        #: (time, arrival rate) of the top band: a falling sequence whose head is the
+        #: peak of the last `DEFAULT_MEMORY` seconds.
+        self._peaks: deque[tuple[float, float]] = deque()
 
     def arrived(self, priority: int, now: float) -> None:
         """A request of band `priority` was submitted."""
@@ -86,19 +111,64 @@ class DemandHeadroom:
         self._service[priority] = held_s if old is None else old + _SERVICE_WEIGHT * (held_s - old)
         self.refresh(now)
 
-    def allows(self, priority: int, free_slots: float, capacity: float) -> bool:
-        """Whether band `priority` may take one of `free_slots` (of `capacity` slots)."""
-        reserve = self.reserve_for(priority, busy_slots=capacity - free_slots)
+    def allows(
+        self,
+        priority: int,
+        free_slots: float,
+        capacity: float,
+        *,
+        reclaimable: float = 0.0,
+        top: int | None = None,
+        preemptible_waiting: bool = False,
+    ) -> bool:
+        """Whether band `priority` may take one of `free_slots` (of `capacity` slots).
+
+        `reclaimable` slots are held by preemptible work, which band `top` (the
+        highest) gets back at once: they count as free for its part of the reserve.
+        While preemptible work waits (`preemptible_waiting`), the top band's peak
+        reserve of the last `DEFAULT_MEMORY` seconds is left to it (idle or held by it).
+        """
+        busy = capacity - free_slots
+        reserve = self.reserve_for(priority, busy_slots=busy)
+        if preemptible_waiting and top is not None and top > priority:
+            soft = self.remembered_reserve(top, busy)
+            if soft and free_slots + reclaimable - 1 < min(soft, math.floor(capacity / 2)):
+                return False
         if not reserve:
             return True
-        return free_slots - 1 >= min(reserve, math.floor(capacity / 2))
+        half = math.floor(capacity / 2)
+        if reclaimable > 0 and top is not None and top > priority:
+            # The idle part of the top band's reserve stays idle whatever holds the rest.
+            idle = self.reserve_for(top - 1, busy_slots=busy, miss=self.idle_miss)
+            if free_slots - 1 < min(idle, half):
+                return False
+            free_slots += min(reclaimable, self.reserve_for(top - 1, busy_slots=busy))
+        return free_slots - 1 >= min(reserve, half)
 
-    def reserve_for(self, priority: int, busy_slots: float = 0.0) -> int:
+    def allows_preemptible(
+        self, priority: int, top: int, free_slots: float, capacity: float, middle: bool
+    ) -> bool:
+        """Whether preemptible work of band `priority` may take one of `free_slots`:
+        it leaves idle only the part of the top band's reserve that keeps a pause rare
+        (`idle_miss`), plus, when `middle` (a band between them has no backlog), the
+        reserve of the bands between, which cannot take a slot back."""
+        busy = capacity - free_slots
+        keep = self.reserve_for(top - 1, busy_slots=busy, miss=self.idle_miss)
+        if middle and self.reserve_for(priority, busy_slots=busy) > keep:
+            # One slot, not their whole reserve: sized like the top band's, it kept
+            # 5-9 slots idle at 2x overload (their load alone is near the pool's, so
+            # the formula caps it at half the pool) while their arrivals, which
+            # cannot pause anything, wait at most for the next completion without it.
+            keep += 1
+        return free_slots - 1 >= min(keep, math.floor(capacity / 2))
+
+    def reserve_for(self, priority: int, busy_slots: float = 0.0, miss: float | None = None) -> int:
         """Slots band `priority` must leave free for the bands above it.
 
         `busy_slots` (the slots in use now) bounds the completion rate from below by
         Little's law (busy / mean service time): early on, when long requests have not
         ended yet, the measured rate alone would make every arrival look unservable.
+        `miss`: the target chance of no free slot (None: `self.miss`).
         """
         demand = self.reserves.get(priority)
         if demand is None:
@@ -114,7 +184,7 @@ class DemandHeadroom:
         mu = self._mu
         if self._mean_service > 0.0:
             mu = max(mu, busy_slots / self._mean_service)
-        return _reserve(lam, mu, busy, self.miss)
+        return _reserve(lam, mu, busy, self.miss if miss is None else miss)
 
     def drain_rate(self, busy_slots: float) -> float | None:
         """Requests per second the pool finishes (and so takes from the queues), or None
@@ -152,6 +222,32 @@ class DemandHeadroom:
         self._mu = len(completions) / self.window
         self._rates = rates
         self.reserves.clear()
+        self._remember_peak(now)
+
+    def _remember_peak(self, now: float) -> None:
+        """Keep the top band's arrival rate of the last `DEFAULT_MEMORY` seconds."""
+        peaks = self._peaks
+        top = max(self._service, default=None)  # every band that ever completed one
+        rate = self._rates.get(top, 0.0) if top is not None else 0.0
+        while peaks and peaks[-1][1] <= rate:
+            peaks.pop()
+        peaks.append((now, rate))
+        while peaks[0][0] < now - DEFAULT_MEMORY:
+            peaks.popleft()
+
+    def remembered_reserve(self, top: int, busy_slots: float) -> int:
+        """The top band's reserve at its peak rate of the last `DEFAULT_MEMORY` seconds:
+        what preemptible work should hold for it. A burst that starts after a quiet
+        spell shows no demand in the short window; pausing that work gives it slots at
+        once, where the short window alone left every slot to work it cannot pause."""
+        lam = self._peaks[0][1] if self._peaks else 0.0
+        if lam <= 0.0:
+            return 0
+        service = self._service.get(top, 0.0)
+        mu = self._mu
+        if self._mean_service > 0.0:
+            mu = max(mu, busy_slots / self._mean_service)
+        return _reserve(lam, mu, lam * service, self.miss)
 
     def __repr__(self) -> str:
         return f"<DemandHeadroom rates={self._rates} mu={self._mu:.2f}>"

@@ -100,6 +100,10 @@ class Scheduler:
         self.requeued = 0
         #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
         self.headroom = DemandHeadroom()
+        #: Dispatched preemptible tickets: slots the top band gets back at once.
+        self.preemptible_in_flight = 0
+        #: Queued preemptible tickets (they may fill the top band's remembered reserve).
+        self.preemptible_queued = 0
         #: Tickets evicted by displacement in the last `submit`, for the shell to fail
         #: (`take_displaced`).
         self._displaced: list[Ticket] = []
@@ -139,6 +143,7 @@ class Scheduler:
         *,
         nowait: bool = False,
         claim: Claim = None,
+        preemptible: bool = False,
     ) -> Ticket:
         """Admit a request: dispatch it at once, queue it, or raise `RejectedError`.
 
@@ -154,6 +159,8 @@ class Scheduler:
             nowait: dispatch at once or raise `WouldBlock` (counting nothing); never queue.
             claim: names the request for a promise made with Retry-After
                 (`_reservations.py`); None: any request of its flow redeems one.
+            preemptible: its caller gives the slot back at once for the top band
+                (`Ticket.preemptible`): it may run in the top band's reserve.
 
         Returns:
             the ticket, DISPATCHED or QUEUED (never QUEUED with `nowait`).
@@ -177,6 +184,7 @@ class Scheduler:
             eta = self._check_admission(key, size, band, gate, now, expires_at, slo_at, claim)
         flow = registry.flow_for(band, key.id)
         ticket = Ticket(key, flow, size, now, self._seq, expires_at=expires_at, slo_at=slo_at)
+        ticket._preemptible = preemptible
         estimate(ticket, flow, input_tokens, output_tokens)
         if immediate:
             self._start(ticket, now, gate)
@@ -289,6 +297,7 @@ class Scheduler:
         ticket._state = State.QUEUED
         size = ticket._size
         self.queued_requests += 1
+        self.preemptible_queued += ticket._preemptible
         self.queued_bytes += size
         band.queued_requests += 1
         band.queued_bytes += size
@@ -319,9 +328,9 @@ class Scheduler:
         tenants = self.tenants
         for band in self.registry.levels:
             while band.queued_requests > band.held_requests:
-                if not self.can_dispatch(gate, band):
+                if not self._gate_allows(gate, band):
                     self.blocked = True
-                    self.saturated = not self.can_dispatch(gate)
+                    self.saturated = not self._gate_allows(gate)
                     return out
                 if self._probe_for_lower(gate, band):
                     break  # only untested slots are free: a lower band tests them
@@ -338,6 +347,11 @@ class Scheduler:
                 if tenants and (tenant := tenants.get(flow.key.id)) is not None and tenant.full:
                     tenants.park(tenant, flow)  # others go on; back when it has room
                     continue
+                if not self._headroom_allows(gate, band, flow.queue.peek()):
+                    # Free slots are kept for higher bands. Lower bands go on: their
+                    # preemptible work may use the top band's share (never more).
+                    self.blocked = True
+                    break
                 ticket = flow.queue.pop()
                 self._unqueue(ticket, band, flow, now)
                 waiter = ticket._waiter
@@ -355,14 +369,19 @@ class Scheduler:
 
     def can_dispatch(self, gate: SaturationDetector, band: Band | None = None) -> bool:
         """True when the gate has endpoints, is not saturated, and (for `band`) is below
-        the band's `max_utilization`. A failing gate counts as saturated."""
+        the band's `max_utilization` and leaves the bands above it their headroom (for
+        a request that is not preemptible). A failing gate counts as saturated."""
+        return self._gate_allows(gate, band) and (
+            band is None or self._headroom_allows(gate, band, None)
+        )
+
+    def _gate_allows(self, gate: SaturationDetector, band: Band | None = None) -> bool:
+        """`can_dispatch` without demand headroom."""
         try:
             if not gate.has_endpoints() or gate.is_saturated():
                 return False
             ceiling = 1.0 if band is None else band.config.max_utilization
-            if ceiling < 1.0 and gate.utilization() >= ceiling:
-                return False
-            return band is None or self._headroom_allows(gate, band)
+            return ceiling >= 1.0 or gate.utilization() < ceiling
         except Exception as error:
             self._fault("saturation detector failed; treating the pool as saturated", error)
             return False
@@ -383,18 +402,63 @@ class Scheduler:
             self._fault("saturation detector failed in probe_only; ignoring it", error)
             return False
 
-    def _headroom_allows(self, gate: SaturationDetector, band: Band) -> bool:
-        """Whether `band` leaves the bands above it the free slots their demand needs."""
+    def _headroom_allows(self, gate: SaturationDetector, band: Band, head: Ticket | None) -> bool:
+        """Whether `band` (its request `head`, None if not known) leaves the bands above
+        it the free slots their demand needs.
+
+        The top band's reserve need not be idle: a slot held by preemptible work is
+        one the top band gets back at once (a pause), so it counts as free for the top
+        band, and preemptible work of a lower band may fill that reserve down to the
+        few slots kept idle for arrivals that would otherwise each cost a pause.
+        """
         slots = getattr(gate, "slots", None)
-        if slots is None or not self.registry.config.demand_headroom:
+        levels = self.registry.levels
+        if slots is None or not self.registry.config.demand_headroom or band is levels[0]:
             return True
-        probe_for = getattr(gate, "probe_for", None)
-        if probe_for is not None and probe_for(band.priority):
-            return True  # it takes an untested slot, which higher bands leave alone
-        counted: tuple[float, float] | None = slots()
+        try:
+            probe_for = getattr(gate, "probe_for", None)
+            if probe_for is not None and probe_for(band.priority):
+                return True  # it takes an untested slot, which higher bands leave alone
+            counted: tuple[float, float] | None = slots()
+        except Exception as error:
+            self._fault("saturation detector failed; treating the pool as saturated", error)
+            return False
         if counted is None:
             return True
-        return self.headroom.allows(band.priority, *counted)
+        free, capacity = counted
+        top = levels[0].priority
+        if head is not None and head._preemptible:
+            # Bands between it and the top cannot take their slots back: their reserve
+            # stays idle, unless each is backlogged (its arrivals queue behind its own
+            # work, not for a free slot).
+            mid = levels[1 : levels.index(band)]
+            middle = not all(b.queued_requests > b.held_requests for b in mid)
+            return self.headroom.allows_preemptible(band.priority, top, free, capacity, middle)
+        return self.headroom.allows(
+            band.priority,
+            free,
+            capacity,
+            reclaimable=self.preemptible_in_flight,
+            top=top,
+            preemptible_waiting=self.preemptible_queued > 0 and self._preemptible_next(band),
+        )
+
+    def _preemptible_next(self, band: Band) -> bool:
+        """Whether a band below `band` would dispatch a preemptible ticket next (only
+        then is the top band's remembered reserve left to such work: a head that is
+        not preemptible would leave it idle)."""
+        levels = self.registry.levels
+        for lower in levels[levels.index(band) + 1 :]:
+            if lower.queued_requests <= lower.held_requests:
+                continue
+            try:
+                flow = lower.fairness.select()
+            except Exception:
+                continue
+            head = None if flow is None else flow.queue.peek()
+            if head is not None and head._preemptible:
+                return True
+        return False
 
     def leaves_headroom(self, gate: SaturationDetector, priority: int) -> bool:
         """Whether one more request in flight at `priority` (any level, a band or not)
@@ -420,6 +484,9 @@ class Scheduler:
         ticket._outcome = Outcome.DISPATCHED
         self.outcomes[Outcome.DISPATCHED] += 1
         self.in_flight += 1
+        if ticket._preemptible:
+            ticket._reserve_held = True
+            self.preemptible_in_flight += 1
         flow = ticket._flow
         flow.band.in_flight += 1
         flow.in_flight += 1
@@ -458,6 +525,7 @@ class Scheduler:
         flow.last_backlogged = now
         size = ticket._size
         self.queued_requests -= 1
+        self.preemptible_queued -= ticket._preemptible
         self.queued_bytes -= size
         band.queued_requests -= 1
         band.queued_bytes -= size
@@ -485,6 +553,7 @@ class Scheduler:
     def _end_flight(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
         flow = ticket._flow
         self.in_flight -= 1
+        self._unhold(ticket)
         flow.band.in_flight -= 1
         flow.in_flight -= 1
         held = now - ticket._dispatched_at if ticket._dispatched_at is not None else 0.0
@@ -498,6 +567,11 @@ class Scheduler:
         except Exception as error:
             self._fault("saturation detector failed in on_release", error)
         self.registry.settle(flow, now)
+
+    def _unhold(self, ticket: Ticket) -> None:
+        if ticket._reserve_held:
+            ticket._reserve_held = False
+            self.preemptible_in_flight -= 1
 
     def revoke(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
         """Undo a dispatch that its caller never received (cancelled in between).
@@ -529,6 +603,7 @@ class Scheduler:
         band = flow.band
         self.outcomes[Outcome.DISPATCHED] -= 1
         self.in_flight -= 1
+        self._unhold(ticket)
         band.in_flight -= 1
         flow.in_flight -= 1
         tenant = self.tenants.get(flow.key.id) if self.tenants else None

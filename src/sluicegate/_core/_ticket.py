@@ -95,8 +95,10 @@ class Ticket:
         "_outcome",
         "_output_tokens",
         "_owner",
+        "_preemptible",
         "_priority",
         "_requeues",
+        "_reserve_held",
         "_seq",
         "_size",
         "_slo_at",
@@ -145,6 +147,11 @@ class Ticket:
         #: True once a final output count was reported (`record_usage`).
         self._usage_known = False
         self._requeues = 0
+        #: Its caller takes its slot back at once for the top band (pause, requeue):
+        #: it may run in slots demand headroom keeps for that band (`Scheduler`).
+        self._preemptible = False
+        #: Counted in the scheduler's `preemptible_in_flight` while dispatched.
+        self._reserve_held = False
         self._eta: float | None = None
         self._owner: _Releaser | None = None
         self.assignment: Any = None
@@ -200,6 +207,14 @@ class Ticket:
     @property
     def requeues(self) -> int:
         return self._requeues
+
+    @property
+    def preemptible(self) -> bool:
+        """Whether its caller gives its slot back at once when the pool's top band needs
+        it (pause or requeue; `enqueue_and_wait(preemptible=True)`, changed by
+        `requeue_and_wait`). Such a request may use the free slots demand headroom keeps
+        for the top band."""
+        return self._preemptible
 
     @property
     def input_tokens(self) -> int:

@@ -484,6 +484,16 @@ class AdaptiveDetector(_PoolDetector):
                 return True
         return False
 
+    def frees_slot(self, ticket: Ticket, /) -> bool:
+        """As `_PoolDetector.frees_slot`, counting proven slots only: the top band,
+        for which room is made, does not take a probe."""
+        binding = binding_of(ticket)
+        state = None if binding is None else self.limits.get(binding.backend.url)
+        if binding is None or state is None:
+            return True
+        backend = binding.backend
+        return backend.usable and backend.in_flight - 1 < state.proven
+
     def proven_free(self) -> int:
         """Free slots over the usable backends that are not probes."""
         now = self._clock()

@@ -432,6 +432,9 @@ class Gateway:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 claim=functools.partial(body_claim, body),  # Retry-After promises
+                # A pausable request gives its slot back at once for the top band, so
+                # it may run in the headroom kept for that band (_core/_headroom.py).
+                preemptible=res is not None,
             )
         record.left_queue()
         record.eta_s = ticket.eta

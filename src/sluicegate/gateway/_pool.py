@@ -87,6 +87,7 @@ class Pool:
             enabled=settings.preemptive_requeue,
             pause_policy=_pause_policy(settings),
             move_to=self.detector.move_to,
+            frees_slot=self.detector.frees_slot,
             evict_below=_evict_below(settings),
         )
         # A paused request lends its slot and gets one back on its own backend.

@@ -300,6 +300,16 @@ class _PoolDetector:
         self.notify()
         return True
 
+    def frees_slot(self, ticket: Ticket, /) -> bool:
+        """Whether taking `ticket` back (pause, requeue) leaves its backend a slot for
+        another request: not when the backend is over its capacity (e.g. its learned
+        batch shrank), where the victim only makes room for the requests above it."""
+        binding = binding_of(ticket)
+        if binding is None:
+            return True
+        backend = binding.backend
+        return backend.usable and backend.in_flight - 1 < self.backend_slots(backend)
+
     # -- backends -------------------------------------------------------------------------
 
     def set_backends(self, urls: Iterable[str]) -> tuple[list[Backend], list[Backend]]:
