@@ -416,6 +416,11 @@ class FlowController:
         band = core.registry.bands.get(priority)
         return 0 if band is None else band.queued_requests
 
+    def holds_slot(self, ticket: Ticket, held: bool) -> None:
+        """Tell demand headroom whether the dispatched preemptible `ticket` holds its
+        slot (a paused request that lent it holds none the top band could reclaim)."""
+        self._core.holds_slot(ticket, held)
+
     def leaves_headroom(self, priority: int) -> bool:
         """Whether taking one more slot at `priority` now leaves the bands above it the
         free slots demand headroom keeps for them (True with `demand_headroom` off)."""

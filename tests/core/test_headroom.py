@@ -270,3 +270,23 @@ def test_preemptible_work_keeps_a_slot_for_a_middle_band_without_backlog() -> No
     assert headroom.allows_preemptible(0, 10, idle + 1, 48, middle=False)
     assert not headroom.allows_preemptible(0, 10, idle + 1, 48, middle=True)
     assert headroom.allows_preemptible(0, 10, idle + 2, 48, middle=True)
+
+
+def test_a_lent_slot_is_not_counted_as_reclaimable() -> None:
+    """A paused request that lent its slot (slot loans) holds nothing the top band
+    could take back by pausing it; it counts again once its home gives one back."""
+    gate = ConcurrencyLimit(4)
+    core = Scheduler(FlowControlConfig())
+    ticket = core.submit(FlowKey("p", -1), 0, None, None, 0.0, gate, preemptible=True)
+    assert core.preemptible_in_flight == 1
+    core.holds_slot(ticket, False)
+    core.holds_slot(ticket, False)  # idempotent
+    assert core.preemptible_in_flight == 0 and core.in_flight == 1
+    core.holds_slot(ticket, True)
+    core.holds_slot(ticket, True)
+    assert core.preemptible_in_flight == 1
+    core.holds_slot(ticket, False)
+    core.release(ticket, 1.0, gate)  # released while lent: nothing counted twice
+    assert core.preemptible_in_flight == 0 and core.in_flight == 0
+    core.holds_slot(ticket, True)  # no longer dispatched: ignored
+    assert core.preemptible_in_flight == 0

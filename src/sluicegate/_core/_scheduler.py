@@ -568,6 +568,16 @@ class Scheduler:
             self._fault("saturation detector failed in on_release", error)
         self.registry.settle(flow, now)
 
+    def holds_slot(self, ticket: Ticket, held: bool) -> None:
+        """A dispatched preemptible `ticket` lent its slot (`held` False: a paused
+        request waiting for its home backend holds nothing the top band could take
+        back) or got one again (True). Only what counts as reclaimable changes."""
+        if not held:
+            self._unhold(ticket)
+        elif ticket._preemptible and ticket._state is State.DISPATCHED and not ticket._reserve_held:
+            ticket._reserve_held = True
+            self.preemptible_in_flight += 1
+
     def _unhold(self, ticket: Ticket) -> None:
         if ticket._reserve_held:
             ticket._reserve_held = False

@@ -41,11 +41,19 @@ class SlotLoans:
         detector: the pool's detector (its `on_release` calls `freed`).
         may_take_back: whether a slot free on this backend may go back to a loan now
             (False while the band that pauses others needs it).
+        holds_slot: the controller's `holds_slot`: a lent slot is not one demand
+            headroom may count as reclaimable by pausing its holder.
     """
 
-    def __init__(self, detector: _PoolDetector, may_take_back: Callable[[Backend], bool]) -> None:
+    def __init__(
+        self,
+        detector: _PoolDetector,
+        may_take_back: Callable[[Backend], bool],
+        holds_slot: Callable[[sg.Ticket, bool], None] | None = None,
+    ) -> None:
         self.detector = detector
         self.may_take_back = may_take_back
+        self.holds_slot = holds_slot
         self._owed: dict[Backend, deque[tuple[sg.Ticket, asyncio.Future[bool]]]] = {}
         #: Loans given back on the home backend, and those that fell back to a requeue.
         self.returned = 0
@@ -61,6 +69,8 @@ class SlotLoans:
             return None
         binding.release()
         ticket.assignment = None
+        if self.holds_slot is not None:
+            self.holds_slot(ticket, False)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._owed.setdefault(binding.backend, deque()).append((ticket, future))
         self.detector.notify()
@@ -94,6 +104,8 @@ class SlotLoans:
             if self.detector.has_room(backend) and self.may_take_back(backend):
                 ticket, future = owed.popleft()
                 ticket.assignment = backend.bind()
+                if self.holds_slot is not None:
+                    self.holds_slot(ticket, True)
                 future.set_result(True)
                 self.returned += 1
             # Else full, or the band that pauses needs this one: the loan waits for

@@ -91,7 +91,7 @@ class Pool:
             evict_below=_evict_below(settings),
         )
         # A paused request lends its slot and gets one back on its own backend.
-        loans = SlotLoans(self.detector, self._may_take_back)
+        loans = SlotLoans(self.detector, self._may_take_back, self.controller.holds_slot)
         self.preemption.loans = loans
         self.detector.on_freed = loans.freed
         self._meters: dict[int, DrainMeter] = {}
