@@ -421,10 +421,12 @@ class FlowController:
         slot (a paused request that lent it holds none the top band could reclaim)."""
         self._core.holds_slot(ticket, held)
 
-    def leaves_headroom(self, priority: int) -> bool:
+    def leaves_headroom(self, priority: int, preemptible: bool = False) -> bool:
         """Whether taking one more slot at `priority` now leaves the bands above it the
-        free slots demand headroom keeps for them (True with `demand_headroom` off)."""
-        return self._core.leaves_headroom(self._detector, priority)
+        free slots demand headroom keeps for them (True with `demand_headroom` off);
+        `preemptible`: the slot goes to work the top band can pause (see
+        `enqueue_and_wait`), which may use its reserve down to the idle part."""
+        return self._core.leaves_headroom(self._detector, priority, preemptible)
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated seconds a new request at `priority` would wait, its queue position).

@@ -290,3 +290,20 @@ def test_a_lent_slot_is_not_counted_as_reclaimable() -> None:
     assert core.preemptible_in_flight == 0 and core.in_flight == 0
     core.holds_slot(ticket, True)  # no longer dispatched: ignored
     assert core.preemptible_in_flight == 0
+
+
+def test_a_preemptible_taker_may_use_the_reserve_down_to_its_idle_part() -> None:
+    """`leaves_headroom(..., preemptible=True)` (a slot loan going back to a paused
+    request) applies the dispatch rule of pausable work, not the plain one."""
+    gate = ConcurrencyLimit(20)
+    core = Scheduler(FlowControlConfig())
+    now = steady_interactive(core, gate)
+    for _ in range(30):
+        core.submit(FlowKey("b", 0), 0, None, None, now, gate)
+    core.dispatch(now, gate)
+    free = int(gate.slots()[0])
+    idle = core.headroom.reserve_for(0, busy_slots=20 - free, miss=core.headroom.idle_miss)
+    assert free > idle >= 1
+    assert not core.leaves_headroom(gate, -1)  # plain work stops at the reserve
+    assert core.leaves_headroom(gate, -1, preemptible=True)
+    assert core.leaves_headroom(gate, 10, preemptible=True)  # the top band itself

@@ -37,7 +37,7 @@ def _setup(top_waits: list[bool]) -> tuple[ConcurrencyDetector, SlotLoans, list[
     detector = ConcurrencyDetector(["http://a", "http://b"], settings, lambda: 0.0)
     told: list[bool] = []
     detector.set_listener(lambda: told.append(True))
-    loans = SlotLoans(detector, lambda backend: not top_waits[0])
+    loans = SlotLoans(detector, lambda backend, ticket: not top_waits[0])
     detector.on_freed = loans.freed
     return detector, loans, told
 
@@ -167,17 +167,20 @@ async def test_the_pool_gives_a_slot_back_only_when_the_top_band_loses_nothing()
     backend = pool.detector.backends["http://a"]
     assert pool.preemption.loans is not None
     assert pool.detector.on_freed == pool.preemption.loans.freed
-    assert pool._may_take_back(backend)  # no band seen yet
+    loan = SimpleNamespace(priority=-1, preemptible=True)  # a paused batch request
+    assert pool._may_take_back(backend, loan)  # no band seen yet
     pool.preemption.top_priority = 10
     queued = [0]
     headroom = [True]
     pool.controller = SimpleNamespace(
         queued_requests=lambda priority: queued[0] if priority == 10 else 5,
-        leaves_headroom=lambda priority: priority == 9 and headroom[0],
+        leaves_headroom=lambda priority, preemptible: (
+            priority == -1 and preemptible and headroom[0]
+        ),
     )
-    assert pool._may_take_back(backend)  # lower bands queued: the loan goes first
+    assert pool._may_take_back(backend, loan)  # lower bands queued: the loan goes first
     queued[0] = 1
-    assert not pool._may_take_back(backend)  # the top band waits: it takes the slot
+    assert not pool._may_take_back(backend, loan)  # the top band waits: it takes the slot
     queued[0] = 0
     headroom[0] = False
-    assert not pool._may_take_back(backend)  # the slot is kept free for the top band
+    assert not pool._may_take_back(backend, loan)  # the slot is kept free for the top band

@@ -460,14 +460,25 @@ class Scheduler:
                 return True
         return False
 
-    def leaves_headroom(self, gate: SaturationDetector, priority: int) -> bool:
+    def leaves_headroom(
+        self, gate: SaturationDetector, priority: int, preemptible: bool = False
+    ) -> bool:
         """Whether one more request in flight at `priority` (any level, a band or not)
-        leaves the bands above it the free slots their demand needs."""
+        leaves the bands above it the free slots their demand needs; a `preemptible`
+        one may use the top band's reserve down to its idle part, as at dispatch."""
         slots = getattr(gate, "slots", None)
         if slots is None or not self.registry.config.demand_headroom:
             return True
         counted: tuple[float, float] | None = slots()
-        return counted is None or self.headroom.allows(priority, *counted)
+        if counted is None:
+            return True
+        levels = self.registry.levels
+        if not preemptible or not levels or priority >= levels[0].priority:
+            return self.headroom.allows(priority, *counted)
+        top = levels[0].priority
+        mid = [b for b in levels if priority < b.priority < top]
+        middle = not all(b.queued_requests > b.held_requests for b in mid)
+        return self.headroom.allows_preemptible(priority, top, *counted, middle)
 
     def _has_endpoints(self, gate: SaturationDetector) -> bool:
         """The gate's answer; a failing gate counts as having endpoints (nothing is

@@ -48,7 +48,7 @@ class SlotLoans:
     def __init__(
         self,
         detector: _PoolDetector,
-        may_take_back: Callable[[Backend], bool],
+        may_take_back: Callable[[Backend, sg.Ticket], bool],
         holds_slot: Callable[[sg.Ticket, bool], None] | None = None,
     ) -> None:
         self.detector = detector
@@ -101,7 +101,7 @@ class SlotLoans:
         if not owed:
             return
         if backend.usable and self.detector.backends.get(backend.url) is backend:
-            if self.detector.has_room(backend) and self.may_take_back(backend):
+            if self.detector.has_room(backend) and self.may_take_back(backend, owed[0][0]):
                 ticket, future = owed.popleft()
                 ticket.assignment = backend.bind()
                 if self.holds_slot is not None:
