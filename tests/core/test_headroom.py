@@ -57,15 +57,22 @@ def test_reserve_is_bounded_by_what_the_higher_bands_can_use_and_half_the_pool()
     assert headroom.allows(0, free_slots=2, capacity=2)
 
 
-def test_scheduler_keeps_the_reserve_free_for_the_higher_band() -> None:
-    gate = ConcurrencyLimit(20)
-    core = Scheduler(FlowControlConfig())
+def interactive_history(core: Scheduler, gate: ConcurrencyLimit) -> float:
+    """Three seconds of short interactive requests at 4/s, none left in flight;
+    returns the time."""
     now = 0.0
-    # A steady interactive stream (4/s, 1 s each), and a backlog of batch work.
     for i in range(12):
         now = i * 0.25
         ticket = core.submit(FlowKey("i", 10), 0, None, None, now, gate)
         core.release(ticket, now + 0.01, gate)
+    return now
+
+
+def test_scheduler_keeps_the_reserve_free_for_the_higher_band() -> None:
+    gate = ConcurrencyLimit(20)
+    core = Scheduler(FlowControlConfig())
+    # A steady interactive stream (4/s), and a backlog of batch work.
+    now = interactive_history(core, gate)
     batch = [core.submit(FlowKey("b", 0), 0, None, None, now, gate) for _ in range(30)]
     core.dispatch(now, gate)
     running = sum(1 for t in batch if t.dispatched_at is not None)
@@ -84,11 +91,7 @@ def test_leaves_headroom_at_any_level_says_what_the_reserve_allows() -> None:
     # A paused request's slot loan asks this at a level that is no band (top - 1).
     gate = ConcurrencyLimit(20)
     core = Scheduler(FlowControlConfig())
-    now = 0.0
-    for i in range(12):
-        now = i * 0.25
-        ticket = core.submit(FlowKey("i", 10), 0, None, None, now, gate)
-        core.release(ticket, now + 0.01, gate)
+    now = interactive_history(core, gate)
     batch = [core.submit(FlowKey("b", 0), 0, None, None, now, gate) for _ in range(30)]
     core.dispatch(now, gate)
     assert not core.leaves_headroom(gate, 9)  # batch stopped at the reserve
