@@ -6,9 +6,14 @@ with aiohttp's client (tuned as the gateway's was) and with the gateway's own
     taskset -c 0 python docs/profiles/client_leg.py 18203
 """
 
-import asyncio, sys, time
-import aiohttp, uvloop
+import asyncio
+import sys
+import time
+
+import aiohttp
+import uvloop
 from yarl import URL
+
 from sluicegate.gateway._http1 import Client, Target
 
 PORT = int(sys.argv[1])
@@ -53,7 +58,7 @@ async def main():
     )
     c = Client()
     res = {"aiohttp": [], "lean": []}
-    for name, f in [("aiohttp", lambda: run_aiohttp(s)), ("lean", lambda: run_lean(c))]:
+    for _name, f in [("aiohttp", lambda: run_aiohttp(s)), ("lean", lambda: run_lean(c))]:
         await f()  # warm-up
     for _ in range(3):
         for name, f in [("aiohttp", lambda: run_aiohttp(s)), ("lean", lambda: run_lean(c))]:
@@ -61,7 +66,8 @@ async def main():
             await f()
             res[name].append((time.process_time() - t0) / N * 1e6)
     for k, v in res.items():
-        print(k, "us/request", " ".join(f"{x:.1f}" for x in v), "median", f"{sorted(v)[1]:.1f}")
+        runs = " ".join(f"{x:.1f}" for x in v)
+        sys.stdout.write(f"{k} us/request {runs} median {sorted(v)[1]:.1f}\n")
     await s.close()
     await c.close()
 
