@@ -181,10 +181,9 @@ class DemandHeadroom:
         lam, busy = demand
         if lam <= 0.0:
             return 0
-        mu = self._mu
-        if self._mean_service > 0.0:
-            mu = max(mu, busy_slots / self._mean_service)
-        return _reserve(lam, mu, busy, self.miss if miss is None else miss)
+        return _reserve(
+            lam, self._completion_rate(busy_slots), busy, self.miss if miss is None else miss
+        )
 
     def drain_rate(self, busy_slots: float) -> float | None:
         """Requests per second the pool finishes (and so takes from the queues), or None
@@ -195,10 +194,15 @@ class DemandHeadroom:
         """
         if len(self._completions) < MIN_DRAIN_SAMPLES:
             return None
-        mu = self._mu
-        if self._mean_service > 0.0:
-            mu = max(mu, busy_slots / self._mean_service)
+        mu = self._completion_rate(busy_slots)
         return mu if mu > 0.0 else None
+
+    def _completion_rate(self, busy_slots: float) -> float:
+        """Completions per second in the window, bounded from below by Little's law
+        (`busy_slots` / mean service time)."""
+        if self._mean_service > 0.0:
+            return max(self._mu, busy_slots / self._mean_service)
+        return self._mu
 
     def rate(self, priority: int) -> float:
         """Arrivals per second of band `priority` over the window (as last refreshed)."""
@@ -244,10 +248,7 @@ class DemandHeadroom:
         if lam <= 0.0:
             return 0
         service = self._service.get(top, 0.0)
-        mu = self._mu
-        if self._mean_service > 0.0:
-            mu = max(mu, busy_slots / self._mean_service)
-        return _reserve(lam, mu, lam * service, self.miss)
+        return _reserve(lam, self._completion_rate(busy_slots), lam * service, self.miss)
 
     def __repr__(self) -> str:
         return f"<DemandHeadroom rates={self._rates} mu={self._mu:.2f}>"
