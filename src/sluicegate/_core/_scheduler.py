@@ -428,12 +428,7 @@ class Scheduler:
         free, capacity = counted
         top = levels[0].priority
         if head is not None and head._preemptible:
-            # Bands between it and the top cannot take their slots back: their reserve
-            # stays idle, unless each is backlogged (its arrivals queue behind its own
-            # work, not for a free slot).
-            mid = levels[1 : levels.index(band)]
-            middle = not all(b.queued_requests > b.held_requests for b in mid)
-            return self.headroom.allows_preemptible(band.priority, top, free, capacity, middle)
+            return self._preemptible_allowed(band.priority, free, capacity)
         return self.headroom.allows(
             band.priority,
             free,
@@ -475,10 +470,20 @@ class Scheduler:
         levels = self.registry.levels
         if not preemptible or not levels or priority >= levels[0].priority:
             return self.headroom.allows(priority, *counted)
-        top = levels[0].priority
-        mid = [b for b in levels if priority < b.priority < top]
-        middle = not all(b.queued_requests > b.held_requests for b in mid)
-        return self.headroom.allows_preemptible(priority, top, *counted, middle)
+        return self._preemptible_allowed(priority, *counted)
+
+    def _preemptible_allowed(self, priority: int, free: float, capacity: float) -> bool:
+        """Whether preemptible work at `priority` (below the top band) may take a slot.
+        Bands between it and the top cannot take their slots back: their reserve stays
+        idle, unless each is backlogged (its arrivals queue behind its own work, not for
+        a free slot)."""
+        top = self.registry.levels[0].priority
+        middle = not all(
+            b.queued_requests > b.held_requests
+            for b in self.registry.levels
+            if priority < b.priority < top
+        )
+        return self.headroom.allows_preemptible(priority, top, free, capacity, middle)
 
     def _has_endpoints(self, gate: SaturationDetector) -> bool:
         """The gate's answer; a failing gate counts as having endpoints (nothing is
