@@ -81,6 +81,9 @@ class Pool:
         #: Probes of backends taken out of service by passive health.
         self.probes = HealthProbes(self.detector)
         self.controller = sg.FlowController(flow_control, saturation=self.detector)
+        # A paused request lends its slot and gets one back on its own backend.
+        loans = SlotLoans(self.detector, self._may_take_back, self.controller.holds_slot)
+        self.detector.on_freed = loans.freed
         self.preemption = Preemption(
             self.controller,
             max_requeues=settings.max_requeues,
@@ -89,11 +92,8 @@ class Pool:
             move_to=self.detector.move_to,
             frees_slot=self.detector.frees_slot,
             evict_below=_evict_below(settings),
+            loans=loans,
         )
-        # A paused request lends its slot and gets one back on its own backend.
-        loans = SlotLoans(self.detector, self._may_take_back, self.controller.holds_slot)
-        self.preemption.loans = loans
-        self.detector.on_freed = loans.freed
         self._meters: dict[int, DrainMeter] = {}
         self._scrapers: dict[str, asyncio.Task[None]] = {}
         self._retired: set[asyncio.Task[None]] = set()
