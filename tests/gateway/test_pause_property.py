@@ -78,8 +78,8 @@ class Upstream:
         return types.SimpleNamespace(
             status=200,
             content_type="text/event-stream",
-            raw_headers=[],
-            content=Content(parts, self.gap),
+            headers=[],
+            readany=Content(parts, self.gap).readany,
             release=lambda: None,
             close=lambda: None,
         )

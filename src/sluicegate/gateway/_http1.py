@@ -360,16 +360,6 @@ class Response:
                 self._type = value
 
     @property
-    def raw_headers(self) -> Headers:
-        """The headers, as aiohttp calls them (names are lower-cased here)."""
-        return self.headers
-
-    @property
-    def content(self) -> Response:
-        """The body reader (this response: aiohttp's ``resp.content`` shape)."""
-        return self
-
-    @property
     def content_type(self) -> str:
         """The media type, lower-cased, without parameters (aiohttp's default when
         absent)."""

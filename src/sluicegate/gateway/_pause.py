@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import orjson
 
 from ._errors import error_reply
-from ._proxy import _RESPONSE_SKIP, _watch, forward_headers, upstream_failed, upstream_url
+from ._proxy import _RESPONSE_SKIP, forward_headers, upstream_failed, upstream_url
 from ._record import now
 from ._resume import Kind, PausePolicy, StreamSplicer, pause_blocker, upstream_body
 from ._upstream import KIND_STATUS, UPSTREAM_ERRORS, UpstreamFailure
@@ -214,42 +214,34 @@ class Resumable:
         """Pass one segment through the splicer. True when the answer ended, False when
         the segment was cut for a pause."""
         if self._headers is None:
-            self._headers = [
-                (n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP
-            ]
-        splicer, content, task = self.splicer, resp.content, asyncio.current_task()
-        watch = _watch(ex, resp)
-        try:
-            while True:
-                if self.requested:
-                    if splicer.can_pause:
-                        return False  # asked while sending to the client: cut here
-                    self.requested = False  # it ended (or may not pause) meanwhile
-                if watch is not None:
-                    watch.reading()
-                self.reading = True
-                try:
-                    data = await content.readany()
-                except asyncio.CancelledError:
-                    # Ours (make_room) only if nothing else cancelled the task too.
-                    if self.requested and task is not None and task.uncancel() == 0:
-                        return False
-                    raise
-                finally:
-                    self.reading = False
-                if not data:
-                    break
-                if meter is not None:
-                    meter.chunk(data)
-                out = splicer.feed(data)
-                if out:
-                    if not ex.started:
-                        ex.sse = True
-                        await self._start(ex, began, content_length=None)
-                    await ex.chunk(out)
-        finally:
-            if watch is not None:
-                watch.cancel()
+            # Names come lower-cased from the client; every read is bounded by its timer.
+            self._headers = [(n, v) for n, v in resp.headers if n not in _RESPONSE_SKIP]
+        splicer, read, task = self.splicer, resp.readany, asyncio.current_task()
+        while True:
+            if self.requested:
+                if splicer.can_pause:
+                    return False  # asked while sending to the client: cut here
+                self.requested = False  # it ended (or may not pause) meanwhile
+            self.reading = True
+            try:
+                data = await read()
+            except asyncio.CancelledError:
+                # Ours (make_room) only if nothing else cancelled the task too.
+                if self.requested and task is not None and task.uncancel() == 0:
+                    return False
+                raise
+            finally:
+                self.reading = False
+            if not data:
+                break
+            if meter is not None:
+                meter.chunk(data)
+            out = splicer.feed(data)
+            if out:
+                if not ex.started:
+                    ex.sse = True
+                    await self._start(ex, began, content_length=None)
+                await ex.chunk(out)
         await self._end(ex, began)
         return True
 
@@ -303,7 +295,7 @@ class Resumable:
             await ex.finish(data)
             return
         ex.record.upstream_s = now() - began
-        headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in _RESPONSE_SKIP]
+        headers = [(n, v) for n, v in resp.headers if n not in _RESPONSE_SKIP]
         headers.append((b"content-length", str(len(data)).encode()))
         await ex.start(resp.status, headers)
         await ex.finish(data)

@@ -405,29 +405,6 @@ async def _detail(resp: Response) -> str:
     return data.decode("utf-8", "replace")
 
 
-@final
-class _ClientWatch:
-    """The read watch of `_pause`'s segment loop: nothing left to do, since the client
-    bounds every read itself (one lazily re-armed timer per response, `_http1`)."""
-
-    __slots__ = ()
-
-    def reading(self) -> None:
-        """A read starts (the client stamps it)."""
-
-    def cancel(self) -> None:
-        """The response ended (its timer went with it)."""
-
-
-_CLIENT_WATCH: Final = _ClientWatch()
-
-
-def _watch(ex: Exchange, resp: Response) -> _ClientWatch:
-    """The body's read watch (see `_ClientWatch`)."""
-    del ex, resp
-    return _CLIENT_WATCH
-
-
 async def _relay_response(
     ex: Exchange,
     resp: Response,
