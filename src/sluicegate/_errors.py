@@ -72,7 +72,8 @@ class QueueFullError(RejectedError):
     Attributes:
         retry_after: whole seconds after which a place is promised to this request
             (`FlowControlConfig.retry_reservations`), or None: nothing is promised.
-        reserved: a place is promised to this request after `retry_after` seconds.
+        reserved: a place is promised to this request after `retry_after` seconds
+            (``retry == "reserved"``).
         retry: why a refusal by a band's ``max_requests`` promised nothing (``horizon``:
             the place would free later than the longest delay advised; ``starved``: the
             band let nothing out lately; ``table_full``), ``reserved``, or None (not a
@@ -87,13 +88,16 @@ class QueueFullError(RejectedError):
         message: str,
         *,
         retry_after: int | None = None,
-        reserved: bool = False,
         retry: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        self.reserved = reserved
         self.retry = retry
+
+    @property
+    def reserved(self) -> bool:
+        """A place is promised to this request after `retry_after` seconds."""
+        return self.retry == "reserved"
 
 
 class NoEndpointsError(RejectedError):

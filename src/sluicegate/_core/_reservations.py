@@ -205,7 +205,7 @@ class Reservations:
         )
         if held:
             message += f" ({held} places promised to retries)"
-        return QueueFullError(message, retry_after=delay, reserved=delay is not None, retry=why)
+        return QueueFullError(message, retry_after=delay, retry=why)
 
     def redeem(self, priority: int, flow_id: str, now: float, claim: Claim) -> None:
         """An admitted arrival uses up its due promise, if it has one."""
