@@ -15,6 +15,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, final
 
+from ._core._admission import advised_seconds
 from ._core._config import FlowControlConfig
 from ._core._saturation import NeverSaturated
 from ._core._scheduler import Scheduler
@@ -550,6 +551,12 @@ class FlowController:
         waiter = ticket._waiter
         if waiter is None or waiter.done():
             return
+        if ticket.outcome is Outcome.EVICTED_DISPLACED:
+            # O(bands), paid only by displaced requests: when their band may take them.
+            wait, _ = self._core.estimate_wait(ticket.priority)
+            advice = None if wait is None else advised_seconds(wait)
+            waiter.set_exception(DisplacedError(_displaced(ticket), retry_after=advice))
+            return
         waiter.set_exception(_error_for(ticket))
 
     def __repr__(self) -> str:
@@ -566,6 +573,10 @@ def _log_fault(message: str, error: BaseException | None) -> None:
     _log.error(message, exc_info=error)
 
 
+def _displaced(ticket: Ticket) -> str:
+    return f"{ticket.key} waited, then made room for a higher-priority request"
+
+
 def _error_for(ticket: Ticket) -> EvictedError:
     waited = f"{ticket.key} waited"
     if ticket.outcome is Outcome.EVICTED_TTL:
@@ -573,6 +584,4 @@ def _error_for(ticket: Ticket) -> EvictedError:
         return TTLExpiredError(f"{waited} its whole TTL ({ttl:.3f} s) without capacity")
     if ticket.outcome is Outcome.EVICTED_NO_ENDPOINTS:
         return NoEndpointsEvictedError(f"{waited} its no-endpoint TTL with no backend available")
-    if ticket.outcome is Outcome.EVICTED_DISPLACED:
-        return DisplacedError(f"{waited}, then made room for a higher-priority request")
     return ControllerClosedEvictedError(f"{waited}, then the flow controller closed")

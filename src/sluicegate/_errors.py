@@ -117,20 +117,26 @@ class ControllerClosedError(RejectedError):
 class DeadlineUnreachableError(RejectedError):
     """Early rejection: the request's deadline (its SLO when given, else its TTL) cannot
     be met given the work queued ahead of it and its band's drain rate. Retry after
-    `wait_s` seconds, or with a longer deadline.
+    `retry_after` seconds, or with a longer deadline.
 
     Attributes:
         wait_s: the estimated queue wait, in seconds.
         position: its place in the queue had it been admitted (1 = next).
+        retry_after: whole seconds (1 to 60) after which the work queued ahead of it now
+            should have drained to within its deadline, at the same estimated rate: an
+            estimate, not a promise (work of higher priority may cut in meanwhile).
     """
 
     outcome = Outcome.REJECTED_DEADLINE
     status_hint = 429
 
-    def __init__(self, message: str, *, wait_s: float = 0.0, position: int = 0) -> None:
+    def __init__(
+        self, message: str, *, wait_s: float = 0.0, position: int = 0, retry_after: int = 1
+    ) -> None:
         super().__init__(message)
         self.wait_s = wait_s
         self.position = position
+        self.retry_after = retry_after
 
 
 class EvictedError(FlowControlError):
@@ -163,10 +169,20 @@ class ControllerClosedEvictedError(EvictedError):
 
 class DisplacedError(EvictedError):
     """A capacity limit was reached and this queued request made room for an arrival
-    of strictly higher priority (displacement). Retry later."""
+    of strictly higher priority (displacement). Retry after `retry_after` seconds.
+
+    Attributes:
+        retry_after: whole seconds (1 to 60) in which its band is estimated to drain the
+            work queued at its priority and above when it was displaced (an estimate, not
+            a promise), or None: the band has no drain estimate yet.
+    """
 
     outcome = Outcome.EVICTED_DISPLACED
     status_hint = 429
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ConfigError(FlowControlError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -25,6 +26,7 @@ async def test_displaced_waiter_gets_displaced_error() -> None:
         with pytest.raises(sg.DisplacedError) as caught:
             await low
         assert caught.value.status_hint == 429
+        assert caught.value.retry_after is None  # no drain rate yet: no estimate
         assert not high.done()
         blocker.release()
         (await high).release()
@@ -51,7 +53,33 @@ async def test_hopeless_deadline_is_refused_without_waiting() -> None:
             await ctl.enqueue_and_wait(sg.FlowKey("late"), ttl=0.5)
         assert loop.time() == start
         assert caught.value.position == 21
+        # When the work ahead will have drained to within its TTL, in whole seconds.
+        assert caught.value.retry_after == math.ceil(caught.value.wait_s - 0.5)
         blocker.release()
         for task in waiting:
             (await task).release()
         assert ctl.statistics().outcomes[sg.Outcome.REJECTED_DEADLINE] == 1
+
+
+async def test_displaced_waiter_is_advised_when_its_band_may_take_it() -> None:
+    """Once the pool has a drain rate, DisplacedError carries the estimated drain time of
+    what waits at its priority and above (whole seconds, at least 1)."""
+    gate = sg.ConcurrencyLimit(1)
+    ctl = sg.FlowController(sg.FlowControlConfig(max_requests=3), saturation=gate)
+    async with ctl:
+        for _ in range(10):  # one request per second: the drain rate is known
+            async with ctl.admit(sg.FlowKey("warm")):
+                await asyncio.sleep(0.3)
+        blocker = await ctl.enqueue_and_wait(sg.FlowKey("blocker"))
+        low = [asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("low", -1))) for _ in range(3)]
+        await asyncio.sleep(0)
+        high = asyncio.create_task(ctl.enqueue_and_wait(sg.FlowKey("high", 5)))
+        await asyncio.sleep(0)
+        with pytest.raises(sg.DisplacedError) as caught:
+            await low[2]  # the newest of the lowest band
+        assert caught.value.retry_after is not None
+        assert 1 <= caught.value.retry_after <= 10
+        blocker.release()
+        (await high).release()
+        for task in low[:2]:
+            (await task).release()

@@ -27,9 +27,11 @@ Sans-I/O: every step takes ``now``.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .._errors import DeadlineUnreachableError, QueueFullError
+from ._reservations import MAX_DELAY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from ._ticket import Ticket
 
 __all__ = [
+    "advised_seconds",
     "deadline_budget",
     "displacement_victims",
     "early_rejection",
@@ -101,7 +104,14 @@ def early_rejection(
         f"{wait:.3f} s of work is queued ahead of it (position {position})",
         wait_s=wait,
         position=position,
+        # When the work ahead of it now will have drained to within its deadline.
+        retry_after=advised_seconds(wait - budget),
     )
+
+
+def advised_seconds(wait: float) -> int:
+    """A wait estimate as a Retry-After: whole seconds, at least 1, at most `MAX_DELAY`."""
+    return max(1, min(MAX_DELAY, math.ceil(wait)))
 
 
 def estimate_wait(

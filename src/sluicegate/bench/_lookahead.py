@@ -4,7 +4,8 @@ Two runs of the same seeded plan, at `load` x the estimated capacity, through th
 flow-control-on gateway (part 4's stack). The clients send their objective's TTFT goal
 as ``x-slo-ttft-ms`` (part 4's goodput objectives) and, on a 429, retry once with the
 same body: after ``Retry-After`` when the 429 carries one (with retry reservations on,
-only a promise does), else after the OpenAI SDK's own first backoff (0.5 s less up to a
+a capacity refusal's promise, or an early rejection's or a displacement's estimate),
+else after the OpenAI SDK's own first backoff (0.5 s less up to a
 quarter of jitter; ``openai/_base_client.py`` ``_calculate_retry_timeout``).
 
 * ``shadow``: early rejection off. Every dispatched answer carries the queue wait the
@@ -357,6 +358,8 @@ def retries(run: LookaheadRun) -> dict[str, Any]:
     unadvised = [s for s in refused if s.first is not None and s.first.retry_after is None]
     back, back_bare = _came_back(advised), _came_back(unadvised)
     got_in = sum(a.status != 429 for a in back)
+    # Early rejections and displacements advise an estimate, not a promise.
+    estimated = _came_back([s for s in advised if s.first is not None and not s.first.reserved])
     answered = first_in = served = 0
     outcomes: dict[str, int] = {}
     for sent in run.sent:
@@ -378,6 +381,8 @@ def retries(run: LookaheadRun) -> dict[str, Any]:
         "not_back": len(advised) - len(back),
         "got_in": got_in,
         "share": got_in / len(back) if back else 0.0,
+        "estimated_retries": len(estimated),
+        "estimated_in": sum(a.status != 429 for a in estimated),
         "unadvised_retries": len(back_bare),
         "unadvised_in": sum(a.status != 429 for a in back_bare),
         "reasons": _tally([s.first.retry_reason for s in refused if s.first is not None]),
@@ -449,7 +454,13 @@ def _retry_figures(ret_on: dict[str, Any], ret_off: dict[str, Any], arrivals: st
             ),
         ),
         Figure(
-            f"{arrivals}: 429s that carried a Retry-After (a promise)",
+            f"{arrivals}: of those, after an estimate (early rejection, displacement)",
+            _share(ret_on["estimated_in"], ret_on["estimated_retries"]),
+            "%",
+            note=f"{ret_on['estimated_in']} of {ret_on['estimated_retries']} retries",
+        ),
+        Figure(
+            f"{arrivals}: 429s that carried a Retry-After (a promise or an estimate)",
             ret_on["advised_share"] * 100.0,
             "%",
             ret_off["advised_share"] * 100.0,

@@ -91,23 +91,26 @@ def retry_reason(exc: Exception, retry_after: int | None) -> str:
     """What a 429's retry advice means (``x-sluicegate-retry``, the body's ``retry``).
 
     ``reserved``: `Retry-After` is a promise, a place is kept for this request after it.
+    ``deadline``: its deadline cannot be met (the work ahead is in
+    ``x-sluicegate-queue-eta-ms``); `Retry-After` estimates when that work will have
+    drained to within it. ``displaced``: it made room for higher-priority work;
+    `Retry-After`, when sent, estimates when its band drains what waits now.
     ``estimate``: `Retry-After` is the gateway's estimate (`retry_reservations: false`).
     Otherwise no `Retry-After` was sent, and this says why, so the client backs off by
     its own policy: ``horizon`` (the band's place would free beyond the 60 s the gateway
-    promises), ``starved`` (the band let nothing out lately), ``table_full``,
-    ``deadline`` (its deadline cannot be met: the work ahead is in
-    ``x-sluicegate-queue-eta-ms``), ``displaced``, or ``capacity`` (another limit).
+    promises), ``starved`` (the band let nothing out lately), ``table_full``, or
+    ``capacity`` (another limit).
     """
     if isinstance(exc, sg.QueueFullError) and exc.reserved and retry_after is not None:
         return "reserved"
-    if retry_after is not None:
-        return "estimate"
-    if isinstance(exc, sg.QueueFullError) and exc.retry is not None:
-        return exc.retry
     if isinstance(exc, sg.DeadlineUnreachableError):
         return "deadline"
     if isinstance(exc, sg.DisplacedError):
         return "displaced"
+    if retry_after is not None:
+        return "estimate"
+    if isinstance(exc, sg.QueueFullError) and exc.retry is not None:
+        return exc.retry
     return "capacity"
 
 

@@ -215,12 +215,17 @@ class Pool:
     def retry_after(self, priority: int, exc: Exception | None = None) -> int | None:
         """The `Retry-After` of a 429 in band `priority`, or None: send none.
 
-        With `retry_reservations` (the default) it is a promise: only a refusal that
-        reserved a place advises its delay; any other 429 advises nothing and says why
-        (`x-sluicegate-retry`), so the client backs off by its own policy. Without, the
-        delay the refusal `exc` advised, else the time the pool needs to drain what
-        waits at that priority and above (the flow controller's wait estimate); before
-        the pool has a drain rate, the band's own recent dispatch rate."""
+        An early rejection and a displacement advise their own estimate (when the
+        work ahead will have drained; `x-sluicegate-retry` says ``deadline`` or
+        ``displaced``). With `retry_reservations` (the default) any other advice is a
+        promise: only a refusal that reserved a place advises its delay; any other 429
+        advises nothing and says why (`x-sluicegate-retry`), so the client backs off by
+        its own policy. Without, the delay the refusal `exc` advised, else the time the
+        pool needs to drain what waits at that priority and above (the flow
+        controller's wait estimate); before the pool has a drain rate, the band's own
+        recent dispatch rate."""
+        if isinstance(exc, sg.DeadlineUnreachableError | sg.DisplacedError):
+            return exc.retry_after
         if self.controller.config.retry_reservations:
             if isinstance(exc, sg.QueueFullError) and exc.reserved:
                 return exc.retry_after
