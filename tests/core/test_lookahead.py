@@ -160,6 +160,30 @@ def test_only_work_ahead_counts(make: Callable[..., Harness]) -> None:
     assert wait == pytest.approx(0.6) and position == 2
 
 
+def test_top_band_counts_slots_it_takes_back_as_no_wait(make: Callable[..., Harness]) -> None:
+    """Preemptible work of a lower band in flight gives its slot back at once for the top
+    band (the gateway pauses it): those positions wait for no completion, so a tight SLO
+    there is not refused; beyond them, and in the lower band, the drain rate counts."""
+    h = make()
+    _learn_drain(h)  # 3.33 completions/s, then saturated
+    h.gate.saturated = False
+    for _ in range(2):
+        h.core.submit(sg.FlowKey("p", -1), 0, None, None, 1.0, h.gate, preemptible=True)
+    h.core.submit(sg.FlowKey("own", 5), 0, None, None, 1.0, h.gate, preemptible=True)
+    h.gate.saturated = True
+    assert h.core.preemptible_in_flight == 3
+    # Two slots of band -1 to take back (band 5's own preemptible work does not count).
+    assert h.core.estimate_wait(5) == (0.0, 1)
+    assert h.submit("vip", 5, slo=0.01, now=1.0).state is State.QUEUED
+    assert h.submit("vip", 5, slo=0.01, now=1.0).state is State.QUEUED
+    wait, position = h.core.estimate_wait(5)
+    assert position == 3 and wait == pytest.approx(0.3)  # one completion at 3.33/s
+    with pytest.raises(sg.DeadlineUnreachableError):
+        h.submit("vip", 5, slo=0.01, now=1.0)
+    wait, _ = h.core.estimate_wait(0)  # below the top band: every position counts
+    assert wait == pytest.approx(0.9)
+
+
 def test_early_rejection_can_be_turned_off(make: Callable[..., Harness]) -> None:
     h = make(sg.FlowControlConfig(early_reject=False))
     _learn_drain(h)

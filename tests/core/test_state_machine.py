@@ -103,12 +103,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         size=st.integers(0, 80),
         ttl=st.none() | st.floats(0.5, 6.0),
         slo=st.none() | st.floats(0.0, 3.0),
+        preemptible=st.booleans(),
     )
     def submit(
-        self, fid: str, priority: int, size: int, ttl: float | None, slo: float | None
+        self,
+        fid: str,
+        priority: int,
+        size: int,
+        ttl: float | None,
+        slo: float | None,
+        preemptible: bool,
     ) -> None:
+        key, gate = sg.FlowKey(fid, priority), self.gate
         try:
-            t = self.core.submit(sg.FlowKey(fid, priority), size, ttl, slo, self.now, self.gate)
+            t = self.core.submit(key, size, ttl, slo, self.now, gate, preemptible=preemptible)
         except sg.RejectedError:
             self.rejections += 1
             assert not self.core.take_displaced(), "evicted for an arrival that was refused"
@@ -236,6 +244,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert sum(b.queued_requests for b in s.bands.values()) == s.queued_requests
         assert sum(f.queued_requests for f in s.flows.values()) == s.queued_requests
         assert sum(f.in_flight for f in s.flows.values()) == s.in_flight
+        core = self.core
+        reclaimable = sum(b.reclaimable for b in core.registry.bands.values())
+        assert reclaimable == core.preemptible_in_flight <= s.in_flight
 
     @invariant()
     def limits_never_exceeded(self) -> None:

@@ -115,12 +115,21 @@ def advised_seconds(wait: float) -> int:
 
 
 def estimate_wait(
-    levels: Sequence[Band], priority: int, headroom: DemandHeadroom, in_flight: int
+    levels: Sequence[Band],
+    priority: int,
+    headroom: DemandHeadroom,
+    in_flight: int,
+    reclaimable: int = 0,
 ) -> tuple[float | None, int]:
     """(estimated seconds until a new request at `priority` is dispatched, its position
     in the queue: everything waiting at its priority or above, plus one).
 
-    The wait is None while the drain rate is unknown.
+    The wait is None while the drain rate is unknown. In the top band, the first
+    `reclaimable` positions wait for no completion: each takes a slot that preemptible
+    work gives back at once (the gateway pauses it), so only the positions beyond them
+    drain at the pool's rate. Counting them as completions made every top-band request
+    with a tight SLO look late by one completion time (~40 ms in part 6): refused,
+    then served at once in the shadow run.
     """
     position = 1
     for level in levels:
@@ -128,7 +137,12 @@ def estimate_wait(
             break
         position += level.queued_requests
     rate = headroom.drain_rate(in_flight)
-    return (None if rate is None else position / rate), position
+    if rate is None:
+        return None, position
+    ahead = position
+    if reclaimable and levels and priority >= levels[0].priority:
+        ahead = max(0, position - reclaimable)
+    return ahead / rate, position
 
 
 def deadline_budget(expires_at: float | None, slo_at: float | None, now: float) -> float | None:

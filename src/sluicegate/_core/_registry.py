@@ -106,6 +106,7 @@ class Band:
         "priority",
         "queued_bytes",
         "queued_requests",
+        "reclaimable",
         "retiring",
         "service_log",
         "static",
@@ -121,6 +122,8 @@ class Band:
         #: Queued requests of tenants at their in-flight ceiling (see `_tenants`).
         self.held_requests = 0
         self.in_flight = 0
+        #: Its preemptible tickets holding a slot: the top band takes them back at once.
+        self.reclaimable = 0
         self.fallback_requests = 0
         #: Moving average of actual outputs in the band: the prior for a new flow.
         self.output_average: float | None = None

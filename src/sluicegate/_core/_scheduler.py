@@ -259,7 +259,10 @@ class Scheduler:
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:
         """(estimated queue wait of a new request at `priority`, its queue position)."""
-        return estimate_wait(self.registry.levels, priority, self.headroom, self.in_flight)
+        levels = self.registry.levels
+        # Slots the top band takes back at once: preemptible work of the bands below it.
+        below = self.preemptible_in_flight - (levels[0].reclaimable if levels else 0)
+        return estimate_wait(levels, priority, self.headroom, self.in_flight, below)
 
     def _make_room(self, size: int, priority: int, now: float) -> QueueFullError | None:
         """Global limits: fit, displace lower-priority work to fit, or the error."""
@@ -503,6 +506,7 @@ class Scheduler:
         if ticket._preemptible:
             ticket._reserve_held = True
             self.preemptible_in_flight += 1
+            ticket._flow.band.reclaimable += 1
         flow = ticket._flow
         flow.band.in_flight += 1
         flow.in_flight += 1
@@ -593,11 +597,13 @@ class Scheduler:
         elif ticket._preemptible and ticket._state is State.DISPATCHED and not ticket._reserve_held:
             ticket._reserve_held = True
             self.preemptible_in_flight += 1
+            ticket._flow.band.reclaimable += 1
 
     def _unhold(self, ticket: Ticket) -> None:
         if ticket._reserve_held:
             ticket._reserve_held = False
             self.preemptible_in_flight -= 1
+            ticket._flow.band.reclaimable -= 1
 
     def revoke(self, ticket: Ticket, now: float, gate: SaturationDetector) -> bool:
         """Undo a dispatch that its caller never received (cancelled in between).
