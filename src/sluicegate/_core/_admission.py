@@ -124,12 +124,13 @@ def estimate_wait(
     """(estimated seconds until a new request at `priority` is dispatched, its position
     in the queue: everything waiting at its priority or above, plus one).
 
-    The wait is None while the drain rate is unknown. In the top band, the first
+    The wait is None while the drain rate is unknown. The top band's first
     `reclaimable` positions wait for no completion: each takes a slot that preemptible
-    work gives back at once (the gateway pauses it), so only the positions beyond them
-    drain at the pool's rate. Counting them as completions made every top-band request
-    with a tight SLO look late by one completion time (~40 ms in part 6): refused,
-    then served at once in the shadow run.
+    work of a lower band gives back at once (the gateway pauses it), so only the
+    positions beyond them drain at the pool's rate, for the top band and for the bands
+    below it alike. Counting them as completions made every top-band request with a
+    tight SLO look late by one completion time (~40 ms in part 6): refused, then served
+    at once in the shadow run.
     """
     position = 1
     for level in levels:
@@ -140,8 +141,9 @@ def estimate_wait(
     if rate is None:
         return None, position
     ahead = position
-    if reclaimable and levels and priority >= levels[0].priority:
-        ahead = max(0, position - reclaimable)
+    if reclaimable and levels:
+        top = levels[0].queued_requests + (priority >= levels[0].priority)
+        ahead -= min(reclaimable, top)
     return ahead / rate, position
 
 
