@@ -44,6 +44,7 @@ from ._admission import (
     limit_refusal,
     shortfall,
 )
+from ._gate import SlotGate
 from ._headroom import DemandHeadroom
 from ._registry import Registry
 from ._reservations import Reservations
@@ -100,6 +101,8 @@ class Scheduler:
         self.requeued = 0
         #: Free slots kept for higher bands, sized to their demand (`_headroom.py`).
         self.headroom = DemandHeadroom()
+        #: The gate's answers with the bands' ceilings and headroom on top (`_gate.py`).
+        self.slot_gate = SlotGate(self.registry, self.headroom, self._fault)
         #: Dispatched preemptible tickets: slots the top band gets back at once.
         self.preemptible_in_flight = 0
         #: Queued preemptible tickets (they may fill the top band's remembered reserve).
@@ -218,7 +221,7 @@ class Scheduler:
                     return False
                 if level is band:
                     break
-        return self.can_dispatch(gate, band) and not self._probe_for_lower(gate, band)
+        return self.can_dispatch(gate, band) and not self.slot_gate.probe_for_lower(gate, band)
 
     def _check_admission(
         self,
@@ -236,7 +239,7 @@ class Scheduler:
         config = self.registry.config
         error: Exception | None = None
         eta: float | None = None
-        if config.no_endpoint_ttl == 0 and not self._has_endpoints(gate):
+        if config.no_endpoint_ttl == 0 and not self.slot_gate.has_endpoints(gate):
             error = NoEndpointsError(f"no backend is available for {key}")
         else:
             tenant = self.tenants.get(key.id) if self.tenants else None
@@ -331,11 +334,11 @@ class Scheduler:
         tenants = self.tenants
         for band in self.registry.levels:
             while band.queued_requests > band.held_requests:
-                if not self._gate_allows(gate, band):
+                if not self.slot_gate.allows(gate, band):
                     self.blocked = True
-                    self.saturated = not self._gate_allows(gate)
+                    self.saturated = not self.slot_gate.allows(gate)
                     return out
-                if self._probe_for_lower(gate, band):
+                if self.slot_gate.probe_for_lower(gate, band):
                     break  # only untested slots are free: a lower band tests them
                 try:
                     flow = band.fairness.select()
@@ -374,128 +377,23 @@ class Scheduler:
         """True when the gate has endpoints, is not saturated, and (for `band`) is below
         the band's `max_utilization` and leaves the bands above it their headroom (for
         a request that is not preemptible). A failing gate counts as saturated."""
-        return self._gate_allows(gate, band) and (
+        return self.slot_gate.allows(gate, band) and (
             band is None or self._headroom_allows(gate, band, None)
         )
 
-    def _gate_allows(self, gate: SaturationDetector, band: Band | None = None) -> bool:
-        """`can_dispatch` without demand headroom."""
-        try:
-            if not gate.has_endpoints() or gate.is_saturated():
-                return False
-            ceiling = 1.0 if band is None else band.config.max_utilization
-            return ceiling >= 1.0 or gate.utilization() < ceiling
-        except Exception as error:
-            self._fault("saturation detector failed; treating the pool as saturated", error)
-            return False
-
-    def _probe_for_lower(self, gate: SaturationDetector, band: Band) -> bool:
-        """Whether every free slot is a probe (it may put its request in an engine's own
-        queue, see the adaptive detector) and a lower band has work to test it with."""
-        levels = self.registry.levels
-        below = levels[levels.index(band) + 1 :]
-        if not any(b.queued_requests > b.held_requests for b in below):
-            return False  # checked first: the detector's answer walks its backends
-        probe_only = getattr(gate, "probe_only", None)
-        if probe_only is None:
-            return False
-        try:
-            return bool(probe_only())
-        except Exception as error:  # isolated like the detector's other answers
-            self._fault("saturation detector failed in probe_only; ignoring it", error)
-            return False
-
     def _headroom_allows(self, gate: SaturationDetector, band: Band, head: Ticket | None) -> bool:
         """Whether `band` (its request `head`, None if not known) leaves the bands above
-        it the free slots their demand needs.
-
-        The top band's reserve need not be idle: a slot held by preemptible work is
-        one the top band gets back at once (a pause), so it counts as free for the top
-        band, and preemptible work of a lower band may fill that reserve down to the
-        few slots kept idle for arrivals that would otherwise each cost a pause.
-        """
-        slots = getattr(gate, "slots", None)
-        levels = self.registry.levels
-        if slots is None or not self.registry.config.demand_headroom or band is levels[0]:
-            return True
-        try:
-            probe_for = getattr(gate, "probe_for", None)
-            if probe_for is not None and probe_for(band.priority):
-                return True  # it takes an untested slot, which higher bands leave alone
-            counted: tuple[float, float] | None = slots()
-        except Exception as error:
-            self._fault("saturation detector failed; treating the pool as saturated", error)
-            return False
-        if counted is None:
-            return True
-        free, capacity = counted
-        top = levels[0].priority
-        if head is not None and head._preemptible:
-            return self._preemptible_allowed(band.priority, free, capacity)
-        return self.headroom.allows(
-            band.priority,
-            free,
-            capacity,
-            reclaimable=self.preemptible_in_flight,
-            top=top,
-            preemptible_waiting=self.preemptible_queued > 0 and self._preemptible_next(band),
+        it the free slots their demand needs (`SlotGate.headroom_allows`)."""
+        return self.slot_gate.headroom_allows(
+            gate, band, head, self.preemptible_in_flight, self.preemptible_queued
         )
-
-    def _preemptible_next(self, band: Band) -> bool:
-        """Whether a band below `band` would dispatch a preemptible ticket next (only
-        then is the top band's remembered reserve left to such work: a head that is
-        not preemptible would leave it idle)."""
-        levels = self.registry.levels
-        for lower in levels[levels.index(band) + 1 :]:
-            if lower.queued_requests <= lower.held_requests:
-                continue
-            try:
-                flow = lower.fairness.select()
-            except Exception:
-                continue
-            head = None if flow is None else flow.queue.peek()
-            if head is not None and head._preemptible:
-                return True
-        return False
 
     def leaves_headroom(
         self, gate: SaturationDetector, priority: int, preemptible: bool = False
     ) -> bool:
-        """Whether one more request in flight at `priority` (any level, a band or not)
-        leaves the bands above it the free slots their demand needs; a `preemptible`
-        one may use the top band's reserve down to its idle part, as at dispatch."""
-        slots = getattr(gate, "slots", None)
-        if slots is None or not self.registry.config.demand_headroom:
-            return True
-        counted: tuple[float, float] | None = slots()
-        if counted is None:
-            return True
-        levels = self.registry.levels
-        if not preemptible or not levels or priority >= levels[0].priority:
-            return self.headroom.allows(priority, *counted)
-        return self._preemptible_allowed(priority, *counted)
-
-    def _preemptible_allowed(self, priority: int, free: float, capacity: float) -> bool:
-        """Whether preemptible work at `priority` (below the top band) may take a slot.
-        Bands between it and the top cannot take their slots back: their reserve stays
-        idle, unless each is backlogged (its arrivals queue behind its own work, not for
-        a free slot)."""
-        top = self.registry.levels[0].priority
-        middle = not all(
-            b.queued_requests > b.held_requests
-            for b in self.registry.levels
-            if priority < b.priority < top
-        )
-        return self.headroom.allows_preemptible(priority, top, free, capacity, middle)
-
-    def _has_endpoints(self, gate: SaturationDetector) -> bool:
-        """The gate's answer; a failing gate counts as having endpoints (nothing is
-        evicted for the detector's own failure)."""
-        try:
-            return gate.has_endpoints()
-        except Exception as error:
-            self._fault("saturation detector failed in has_endpoints", error)
-            return True
+        """`SlotGate.leaves_headroom`: one more request in flight at `priority` leaves
+        the bands above it their headroom."""
+        return self.slot_gate.leaves_headroom(gate, priority, preemptible)
 
     def _start(self, ticket: Ticket, now: float, gate: SaturationDetector) -> None:
         ticket._state = State.DISPATCHED
@@ -705,7 +603,7 @@ class Scheduler:
                 out.append(ticket)
                 continue
             if no_endpoints is None:
-                no_endpoints = not self._has_endpoints(gate)
+                no_endpoints = not self.slot_gate.has_endpoints(gate)
             if no_endpoints:
                 self.evict(ticket, Outcome.EVICTED_NO_ENDPOINTS, now)
                 out.append(ticket)
