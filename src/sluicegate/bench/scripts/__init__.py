@@ -27,6 +27,7 @@ SCRIPTS: Final = (
     "gateway_hardening",
     "gateway_hostile",
     "gateway_overhead",
+    "lookahead_calibration",
     "resume_splice",
     "sim_engine_tokens",
     "sim_streams",
