@@ -47,10 +47,12 @@ def test_dispatch_part_runs_the_matrix_script() -> None:
 
 
 @pytest.mark.e2e
-def test_overhead_part_measures_direct_and_gateway() -> None:
+@pytest.mark.parametrize("upstream", ["raw", "aiohttp"])
+def test_overhead_part_measures_direct_and_gateway(upstream: str) -> None:
     """Latency, throughput, CPU per request and open-loop series for both paths, and the
-    five headline figures."""
-    result = run_overhead(TINY, command="test")
+    five headline figures; with either upstream server (``--upstream``)."""
+    result = run_overhead(dataclasses.replace(TINY, upstream=upstream), command="test")
+    assert {"raw": "raw-protocol", "aiohttp": "aiohttp.web"}[upstream] in result.method
     results = result.raw["results"]
     assert {
         "direct p50 ms",
@@ -65,10 +67,12 @@ def test_overhead_part_measures_direct_and_gateway() -> None:
 
 
 @pytest.mark.e2e
-def test_streaming_part_counts_every_relayed_event() -> None:
+@pytest.mark.parametrize("upstream", ["raw", "aiohttp"])
+def test_streaming_part_counts_every_relayed_event(upstream: str) -> None:
     """N streams of 5 events each: 4 x 5 events relayed, gateway CPU per event measured,
-    and (with a second batch of 1-event streams) its marginal and fixed CPU."""
-    result = run_streaming(TINY, command="test")
+    and (with a second batch of 1-event streams) its marginal and fixed CPU; the aiohttp
+    upstream streams the same events as the raw one."""
+    result = run_streaming(dataclasses.replace(TINY, upstream=upstream), command="test")
     results = result.raw["results"]
     assert results["events N=4"] == [20.0]
     assert {"gateway marginal us/chunk N=4", "upstream fixed us/stream N=4"} <= set(results)

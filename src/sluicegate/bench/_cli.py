@@ -34,6 +34,7 @@ from ._protection import (
     run_protection,
 )
 from ._report import Suite, render_report, write_json
+from ._upstream import SERVERS
 
 if TYPE_CHECKING:
     from ._figures import PartResult
@@ -59,6 +60,7 @@ class Settings:
     modes: tuple[str, ...] = PROTECTION_MODES
     target_pid: int | None = None
     target_key: str | None = None
+    upstream: str = "raw"
 
 
 def overhead_options(settings: Settings) -> OverheadOptions:
@@ -71,6 +73,7 @@ def overhead_options(settings: Settings) -> OverheadOptions:
         backend_port=settings.backend_port if target else 0,
         gateway_core=settings.cores[0],
         load_core=settings.cores[1],
+        upstream=settings.upstream,
     )
     if settings.quick:
         return dataclasses.replace(
@@ -117,6 +120,8 @@ def _part_command(part: str, settings: Settings) -> str:
             args += ["--target-pid", str(settings.target_pid)]
         if settings.target_key is not None and part != "overload":
             args += ["--target-key", "<key>"]
+    if part in {"overhead", "streaming"} and settings.upstream != "raw":
+        args += ["--upstream", settings.upstream]
     if part == "overload" and settings.arrivals != "poisson":
         args += ["--arrivals", settings.arrivals]
     if part == "protection" and tuple(settings.modes) != PROTECTION_MODES:
@@ -224,6 +229,13 @@ def _sample_load(suite: Suite, when: str) -> None:
     help="Part 5's gateway modes, comma-separated (off is the baseline of the others; "
     "evict, adaptive with evict_streams, runs only when listed).",
 )
+@click.option(
+    "--upstream",
+    type=click.Choice(SERVERS),
+    default="raw",
+    show_default=True,
+    help="Parts 2 and 3's upstream: the raw protocol (the floor) or a minimal aiohttp.web app.",
+)
 @click.option("--note", default="", help="Conditions of the run, quoted in the report.")
 def bench(
     part: str,
@@ -238,6 +250,7 @@ def bench(
     results: Path,
     report: Path | None,
     modes: str,
+    upstream: str,
     note: str,
 ) -> None:
     """Run the benchmark suite and write JSON results and a markdown report."""
@@ -265,6 +278,7 @@ def bench(
         tuple(m.strip() for m in modes.split(",") if m.strip()),
         target_pid,
         target_key,
+        upstream,
     )
     began = time.monotonic()
     _sample_load(suite, "start")

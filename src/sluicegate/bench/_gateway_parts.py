@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ._figures import Figure, PartResult, Target
 from ._overhead import measure_overhead, measure_streaming, running
@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from ._overhead import OverheadOptions
 
 __all__ = ["overhead_figures", "rounds_table", "run_overhead", "run_streaming"]
+
+#: How the reports name each upstream server (`_upstream.SERVERS`).
+_UPSTREAM: Final = {"raw": "raw-protocol", "aiohttp": "aiohttp.web"}
 
 
 def _median(results: dict[str, list[float]], key: str) -> float:
@@ -116,7 +119,8 @@ def run_overhead(options: OverheadOptions, *, command: str) -> PartResult:
         title="2. Gateway overhead (added latency, throughput)",
         command=command,
         method=(
-            "A minimal raw-protocol upstream on loopback; the same requests direct and through "
+            f"A minimal {_UPSTREAM[options.upstream]} upstream on loopback; the same requests "
+            "direct and through "
             f"`sluicegate serve` (flow control on, limit never reached), interleaved, "
             f"{options.rounds} rounds of {options.latency_requests} sequential requests "
             f"(concurrency 1) and {options.throughput_s:g} s closed-loop at concurrency 64 per "
@@ -129,7 +133,9 @@ def run_overhead(options: OverheadOptions, *, command: str) -> PartResult:
     )
 
 
-def streaming_figures(results: dict[str, list[float]], streams: tuple[int, ...]) -> list[Figure]:
+def streaming_figures(
+    results: dict[str, list[float]], streams: tuple[int, ...], upstream: str = "raw"
+) -> list[Figure]:
     """Part 3's headline figures: gateway CPU per chunk, baseline the upstream's; its
     marginal CPU per chunk and fixed CPU per stream; the target's, when measured."""
     figures = []
@@ -140,7 +146,7 @@ def streaming_figures(results: dict[str, list[float]], streams: tuple[int, ...])
                 _median(results, f"gateway us/event N={n}"),
                 "us",
                 _median(results, f"upstream us/event N={n}"),
-                "raw-protocol upstream's CPU per chunk written",
+                f"{_UPSTREAM[upstream]} upstream's CPU per chunk written",
                 Target("<=", 50, "<= 50 us"),
             )
         )
@@ -193,9 +199,10 @@ def run_streaming(options: OverheadOptions, *, command: str) -> PartResult:
             "/proc schedstat) over the batch divided by the chunks the client received. "
             f"A second batch of {options.short_events}-chunk streams gives the marginal CPU "
             "per chunk (the difference per stream over the difference in chunks) and the "
-            f"fixed CPU per stream. {options.rounds} rounds, N in {list(options.streams)}."
+            f"fixed CPU per stream. {options.rounds} rounds, N in {list(options.streams)}; "
+            f"a minimal {_UPSTREAM[options.upstream]} upstream."
         ),
-        figures=streaming_figures(results, options.streams),
+        figures=streaming_figures(results, options.streams, options.upstream),
         notes=[
             "With few streams each chunk arrives alone and pays a whole event-loop wakeup "
             "(read from the upstream, write to the client); with more streams chunks share "

@@ -71,6 +71,8 @@ class OverheadOptions:
             this many chunks gives the marginal cost of a chunk and the fixed cost of a
             stream.
         open_loop_s: seconds per path of part 2's open loop (80 % of the gateway's rate).
+        upstream: what serves the upstream (`_upstream.SERVERS`): ``raw``, the floor, or
+            ``aiohttp``, the minimal aiohttp upstream issue 17's targets are stated against.
     """
 
     rounds: int = 3
@@ -87,6 +89,7 @@ class OverheadOptions:
     target_key: str | None = None
     short_events: int = 4
     open_loop_s: float = 4.0
+    upstream: str = "raw"
 
 
 @final
@@ -188,6 +191,7 @@ def running(options: OverheadOptions) -> Iterator[Endpoints]:
         sys.executable, "-c", "from sluicegate.bench._upstream import main; main()",
         "--port", str(up_port),
         "--events", str(options.events), "--gap-ms", str(options.gap_ms),
+        "--server", options.upstream,
     ]  # fmt: skip
     gateway = [
         sys.executable, "-m", "sluicegate", "serve", "--backend", f"http://127.0.0.1:{up_port}",

@@ -1,11 +1,14 @@
 """The minimal fast upstream of parts 2 and 3: an HTTP/1.1 keep-alive server on a raw
 asyncio protocol, so that what the gateway adds is not hidden behind a slow backend.
+`--server aiohttp` serves the same answers from a minimal `aiohttp.web` application
+instead: the baseline issue 17 states its targets against (a typical Python upstream,
+several times the raw protocol's CPU per request).
 
 It answers every request with a fixed chat completion, or, when the body asks for a
 stream, with `events` SSE chunks `gap` seconds apart (or as many as the body's
 ``"events": N`` asks for). Run it as its own process:
 
-    python -c 'from sluicegate.bench._upstream import main; main()' --port 8000
+    python -c 'from sluicegate.bench._upstream import main; main()' --port 8000 [--server aiohttp]
 
 It prints ``ready`` once listening.
 """
@@ -15,9 +18,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-from typing import Final, cast
+from typing import Any, Final, cast
 
-__all__ = ["ANSWER", "BODY", "EVENT", "STREAM_BODY", "Upstream", "run_upstream"]
+__all__ = [
+    "ANSWER",
+    "BODY",
+    "EVENT",
+    "SERVERS",
+    "STREAM_BODY",
+    "Upstream",
+    "run_upstream",
+]
 
 #: The non-streamed request the load sends, and the upstream's answer to it.
 BODY: Final = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'
@@ -31,6 +42,8 @@ EVENT: Final = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"content":"t"}}]}\n\n'
 )
 
+#: The upstream's server: the raw protocol below, or a minimal aiohttp.web application.
+SERVERS: Final = ("raw", "aiohttp")
 
 #: Any JSON spacing: a gateway may re-serialise the body (LiteLLM writes ``"stream":true``).
 _STREAM: Final = re.compile(rb'"stream":\s*true')
@@ -90,17 +103,51 @@ class Upstream(asyncio.Protocol):
         transport.write(b"0\r\n\r\n")
 
 
-def run_upstream(port: int, events: int, gap: float) -> None:
-    """Serve on 127.0.0.1:`port` (on uvloop) until killed; prints ``ready`` when listening."""
+def run_upstream(port: int, events: int, gap: float, server: str = "raw") -> None:
+    """Serve on 127.0.0.1:`port` (on uvloop) until killed; prints ``ready`` when listening.
+
+    `server` is ``raw`` (the protocol above) or ``aiohttp`` (`_aiohttp_app`).
+    """
     import uvloop
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: Upstream(events, gap), "127.0.0.1", port)
-        print("ready", flush=True)  # noqa: T201 - the parent process waits for this line
-        await server.serve_forever()
+        if server == "aiohttp":
+            from aiohttp import web
+
+            runner = web.AppRunner(_aiohttp_app(events, gap), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            print("ready", flush=True)  # noqa: T201 - the parent process waits for this line
+            await loop.create_future()  # until killed
+        raw = await loop.create_server(lambda: Upstream(events, gap), "127.0.0.1", port)
+        print("ready", flush=True)  # noqa: T201
+        await raw.serve_forever()
 
     uvloop.run(main())
+
+
+def _aiohttp_app(events: int, gap: float) -> Any:
+    """The same answers as `Upstream`, from a minimal aiohttp.web application."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if not _STREAM.search(body):
+            return web.Response(body=ANSWER, content_type="application/json")
+        asked = _EVENTS.search(body)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(int(asked.group(1)) if asked else events):
+            await asyncio.sleep(gap)
+            await response.write(EVENT)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", chat)
+    return app
 
 
 def main() -> None:
@@ -109,8 +156,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--events", type=int, default=200, help="SSE events per stream")
     parser.add_argument("--gap-ms", type=float, default=2.0, help="ms between SSE events")
+    parser.add_argument("--server", choices=SERVERS, default="raw", help="what serves")
     args = parser.parse_args()
-    run_upstream(args.port, args.events, args.gap_ms / 1000)
+    run_upstream(args.port, args.events, args.gap_ms / 1000, args.server)
 
 
 if __name__ == "__main__":
