@@ -53,12 +53,19 @@ from ._load import equal_tenants, plan_equal_tenants
 from ._overload import DEFAULT_SLOS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
     from sluicegate.sim import SimConfig
     from sluicegate.testbed import PlannedRequest
 
-__all__ = ["LookaheadOptions", "run_lookahead"]
+__all__ = [
+    "LookaheadOptions",
+    "LookaheadRun",
+    "calibration",
+    "false_rejects",
+    "run_lookahead",
+    "shadow_run",
+]
 
 _HOST: Final = "127.0.0.1"
 #: The gateway's default `early_reject_margin`.
@@ -285,10 +292,24 @@ async def _closed_loop(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
+def open_loop_plan(options: LookaheadOptions) -> tuple[list[PlannedRequest], float]:
+    """The seeded open-loop plan at `options.load` x the estimated capacity, and its rate."""
     workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
     rate = options.load * estimate_capacity(workload, options.sim, options.backends)
     plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
+    return list(plan), rate
+
+
+async def shadow_run(options: LookaheadOptions) -> LookaheadRun:
+    """The open loop with early rejection off: predictions made, nothing refused early."""
+    run = LookaheadRun("open loop, early rejection off", False, retrying=False)
+    await _measure(run, open_loop_plan(options)[0], options)
+    return run
+
+
+async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
+    workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
+    plan, rate = open_loop_plan(options)
     runs = [
         LookaheadRun("open loop, early rejection off", False, retrying=False),
         LookaheadRun("open loop", True),
@@ -309,23 +330,38 @@ async def _runs(options: LookaheadOptions) -> list[LookaheadRun]:
     return runs
 
 
+def _predicted(run: LookaheadRun) -> Iterator[tuple[Sent, float, float]]:
+    """(request, predicted wait, actual wait) of each dispatched first attempt."""
+    for sent in run.sent:
+        first = sent.first
+        if first is None or first.eta_ms is None or first.queue_ms is None:
+            continue
+        if first.outcome == "Dispatched":
+            yield sent, first.eta_ms, first.queue_ms
+
+
+def false_rejects(run: LookaheadRun) -> list[tuple[Sent, float, float]]:
+    """(request, predicted wait, actual wait) of each false reject: the rule would have
+    refused it (predicted wait > SLO x (1 + margin)), yet it started within its SLO."""
+    return [
+        (sent, eta_ms, queue_ms)
+        for sent, eta_ms, queue_ms in _predicted(run)
+        if eta_ms > sent.slo_ms * (1.0 + _MARGIN) and queue_ms <= sent.slo_ms
+    ]
+
+
 def calibration(run: LookaheadRun) -> dict[str, Any]:
     """Predicted vs actual queue wait of the dispatched first attempts, and the false
     rejects: would-be early rejects (by the rule) that started within their SLO."""
     errors: list[float] = []
     actual: list[float] = []
     would_reject = false_rejects = 0
-    for sent in run.sent:
-        first = sent.first
-        if first is None or first.eta_ms is None or first.queue_ms is None:
-            continue
-        if first.outcome != "Dispatched":
-            continue
-        errors.append(first.eta_ms - first.queue_ms)
-        actual.append(first.queue_ms)
-        if first.eta_ms > sent.slo_ms * (1.0 + _MARGIN):
+    for sent, eta_ms, queue_ms in _predicted(run):
+        errors.append(eta_ms - queue_ms)
+        actual.append(queue_ms)
+        if eta_ms > sent.slo_ms * (1.0 + _MARGIN):
             would_reject += 1
-            false_rejects += first.queue_ms <= sent.slo_ms
+            false_rejects += queue_ms <= sent.slo_ms
     absolute = [abs(e) for e in errors]
     return {
         "predicted": len(errors),

@@ -118,11 +118,10 @@ def run_upstream(port: int, events: int, gap: float, server: str = "raw") -> Non
             runner = web.AppRunner(_aiohttp_app(events, gap), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
-            print("ready", flush=True)  # noqa: T201 - the parent process waits for this line
-            await loop.create_future()  # until killed
-        raw = await loop.create_server(lambda: Upstream(events, gap), "127.0.0.1", port)
-        print("ready", flush=True)  # noqa: T201
-        await raw.serve_forever()
+        else:
+            await loop.create_server(lambda: Upstream(events, gap), "127.0.0.1", port)
+        print("ready", flush=True)  # noqa: T201 - the parent process waits for this line
+        await loop.create_future()  # serve until killed
 
     uvloop.run(main())
 

@@ -25,15 +25,14 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
-from sluicegate.testbed import DEMO_OBJECTIVES, estimate_capacity, percentile
+from sluicegate.testbed import percentile
 
-from .._load import equal_tenants, plan_equal_tenants
 from .._lookahead import (
-    _MARGIN,
     LookaheadOptions,
     LookaheadRun,
-    _measure,
     calibration,
+    false_rejects,
+    shadow_run,
 )
 
 if TYPE_CHECKING:
@@ -42,31 +41,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-async def _shadow(options: LookaheadOptions) -> LookaheadRun:
-    """Part 6's shadow run for one seed."""
-    workload = equal_tenants(DEMO_OBJECTIVES, options.tenants)
-    rate = options.load * estimate_capacity(workload, options.sim, options.backends)
-    plan = plan_equal_tenants(workload, rate=rate, duration=options.duration, seed=options.seed)
-    run = LookaheadRun("open loop, early rejection off", False, retrying=False)
-    await _measure(run, plan, options)
-    return run
-
-
 def _misses(run: LookaheadRun) -> list[str]:
     """One line per false reject: objective, SLO, predicted and actual wait."""
-    lines = []
-    for sent in run.sent:
-        first = sent.first
-        if first is None or first.outcome != "Dispatched":
-            continue
-        if first.eta_ms is None or first.queue_ms is None:
-            continue
-        if first.eta_ms > sent.slo_ms * (1.0 + _MARGIN) and first.queue_ms <= sent.slo_ms:
-            lines.append(
-                f"    {sent.planned.objective:<12} slo {sent.slo_ms:7.0f} ms  "
-                f"predicted {first.eta_ms:7.0f} ms  actual {first.queue_ms:7.0f} ms"
-            )
-    return lines
+    return [
+        f"    {sent.planned.objective:<12} slo {sent.slo_ms:7.0f} ms  "
+        f"predicted {eta_ms:7.0f} ms  actual {queue_ms:7.0f} ms"
+        for sent, eta_ms, queue_ms in false_rejects(run)
+    ]
 
 
 def _row(label: str, cal: dict[str, float]) -> str:
@@ -100,14 +81,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = LookaheadOptions(
             seed=seed, duration=args.duration, load=args.load, closed_loop=False
         )
-        run = asyncio.run(_shadow(options))
+        run = asyncio.run(shadow_run(options))
         runs.append(run)
         print(_row(str(seed), calibration(run)), flush=True)
         for line in _misses(run):
             print(line, flush=True)
     pooled = _pooled(runs)
     print(_row("pooled", pooled))
-    waits = [s.first.queue_ms for r in runs for s in r.sent if s.first and s.first.queue_ms]
+    waits = [
+        s.first.queue_ms for r in runs for s in r.sent if s.first and s.first.queue_ms is not None
+    ]
     print(
         f"requests sent {sum(len(r.sent) for r in runs)}; queue wait p90 "
         f"{percentile(waits, 90) if waits else 0.0:.0f} ms; "
