@@ -1,6 +1,8 @@
 """Hostile and slow clients: header size limit, header/body timeouts, connection cap.
 
-Each test speaks raw HTTP/1.1 on a loopback socket to a gateway served by uvicorn.
+Each test speaks raw HTTP/1.1 on a loopback socket to a gateway, once on each of the
+client-facing servers (`server.http`: the built-in one and uvicorn with the guarded
+protocol): the limits are the same on both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
 
     from sluicegate.gateway import Gateway
 
+HTTP_SERVERS = ("builtin", "uvicorn")
+_http = {"server": HTTP_SERVERS[0]}
+
+
+@pytest.fixture(autouse=True, params=HTTP_SERVERS)
+def http_server(request: pytest.FixtureRequest) -> str:
+    """Which server `stack` starts: every test runs on both."""
+    _http["server"] = request.param
+    return str(request.param)
+
+
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 WAIT = 10.0
 
@@ -29,7 +42,8 @@ WAIT = 10.0
 async def stack(**server: Any) -> AsyncIterator[tuple[Gateway, FakeUpstream, tuple[str, int]]]:
     fake = FakeUpstream()
     async with serve_app(fake) as url:
-        cfg = make_config([url], server={"host": "127.0.0.1", "port": 0, **server})
+        settings = {"host": "127.0.0.1", "port": 0, "http": _http["server"], **server}
+        cfg = make_config([url], server=settings)
         async with serve_in_background(cfg) as gw:
             host, port = str(gw.url).removeprefix("http://").rsplit(":", 1)
             yield gw, fake, (host, int(port))

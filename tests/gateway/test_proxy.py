@@ -204,11 +204,17 @@ async def test_upstream_abort_mid_stream_ends_the_stream_with_an_error_event() -
         await eventually(lambda: stats(gw).in_flight == 0)
 
 
+#: Both client-facing servers: the built-in one reports a disconnect by a callback
+#: (its ``sluicegate.disconnect`` extension), uvicorn through a pending ``receive()``.
+SERVERS = [{"http": h, "host": "127.0.0.1", "port": 0} for h in ("builtin", "uvicorn")]
+
+
 @pytest.mark.asyncio
-async def test_disconnect_while_queued_never_reaches_a_backend() -> None:
+@pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
+async def test_disconnect_while_queued_never_reaches_a_backend(server: dict[str, Any]) -> None:
     """A client leaving while queued is evicted (EvictedCancelled); nothing is sent upstream."""
     sat = {"type": "concurrency", "max_in_flight": 1}
-    async with stack(saturation=sat) as (gw, fake, client):
+    async with stack(saturation=sat, server=server) as (gw, fake, client):
         fake.hold = asyncio.Event()
         first = asyncio.ensure_future(client.post(CHAT, data=chat()))
         await eventually(lambda: len(fake.requests) == 1)
@@ -226,9 +232,12 @@ async def test_disconnect_while_queued_never_reaches_a_backend() -> None:
 
 
 @pytest.mark.asyncio
-async def test_disconnect_while_streaming_closes_the_upstream_request() -> None:
+@pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
+async def test_disconnect_while_streaming_closes_the_upstream_request(
+    server: dict[str, Any],
+) -> None:
     """A client leaving mid-stream makes the gateway drop the upstream connection."""
-    async with stack() as (gw, fake, client):
+    async with stack(server=server) as (gw, fake, client):
         fake.chunks = 100_000
         fake.chunk_delay = 0.02
         r = await client.post(CHAT, data=chat(stream=True))

@@ -4,12 +4,14 @@ One small module, as Starlette's ``types.py`` is: the ASGI type aliases, reading
 request body (with a size limit and a hook to count the bytes held), the lifespan
 handshake, and serving an app under uvicorn on a socket bound beforehand (port 0 works,
 the URL is known before the first request) with the settings both servers use.
-Hostile-client limits (header size, slow headers and bodies, connection cap) stay in
-the gateway's own HTTP protocol (`sluicegate.gateway._protocol`), passed in as `http`.
+`HttpServer` is the lean HTTP/1.1 server the gateway faces its clients with, hostile
+client limits (header size, slow headers and bodies, connection cap) built in; under
+uvicorn the same limits come from the gateway's protocol class, passed in as `http`.
 """
 
 from __future__ import annotations
 
+from ._server import HttpServer, Limits
 from ._toolkit import (
     App,
     BodyTooLarge,
@@ -18,6 +20,7 @@ from ._toolkit import (
     Receive,
     Scope,
     Send,
+    Served,
     lifespan,
     listen,
     read_body,
@@ -31,10 +34,13 @@ __all__ = [
     "App",
     "BodyTooLarge",
     "ClientGone",
+    "HttpServer",
+    "Limits",
     "Message",
     "Receive",
     "Scope",
     "Send",
+    "Served",
     "lifespan",
     "listen",
     "read_body",

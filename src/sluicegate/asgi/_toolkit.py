@@ -14,7 +14,7 @@ import contextlib
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -29,6 +29,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "Served",
     "lifespan",
     "listen",
     "read_body",
@@ -202,8 +203,16 @@ def uvicorn_server(
     return server
 
 
+class Served(Protocol):
+    """A server `serving` drives: uvicorn's `Server`, or our `HttpServer`."""
+
+    async def startup(self, sockets: list[socket.socket]) -> None: ...
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None: ...
+
+
 @contextlib.asynccontextmanager
-async def serving(server: uvicorn.Server, sock: socket.socket) -> AsyncIterator[None]:
+async def serving(server: Served, sock: socket.socket) -> AsyncIterator[None]:
     """Serve on `sock` for the duration of the block; then stop accepting, close idle
     connections, wait for open responses (up to the graceful-shutdown timeout) and close
     `sock`. Code that must end open responses first (drain, close) runs at the end of

@@ -43,6 +43,12 @@ GC_YOUNG_THRESHOLD: Final = 10_000
     help="With --backend: a fixed in-flight limit per backend instead of the learned one.",
 )
 @click.option(
+    "--http",
+    type=click.Choice(["builtin", "uvicorn"]),
+    default=None,
+    help="The HTTP server facing clients (overrides server.http; default builtin).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -54,6 +60,7 @@ def serve(
     host: str | None,
     port: int | None,
     max_in_flight: int | None,
+    http: str | None,
     log_level: str,
 ) -> None:
     """Run the OpenAI-compatible flow-control gateway."""
@@ -67,10 +74,11 @@ def serve(
             config = GatewayConfig.simple(list(backends), max_in_flight=max_in_flight)
         else:
             raise click.UsageError("give --config FILE or at least one --backend URL")
-        if host is not None or port is not None:
-            server = config.server.model_copy(
-                update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
-            )
+        overrides = {k: v for k, v in (("host", host), ("port", port), ("http", http)) if v}
+        if port == 0:
+            overrides["port"] = 0
+        if overrides:
+            server = config.server.model_copy(update=overrides)
             config = config.model_copy(update={"server": server})
     except GatewayConfigError as exc:
         raise click.ClickException(str(exc)) from None

@@ -302,6 +302,9 @@ class ServerSettings(_Model):
     #: with none, the new one is refused at once (503). None: half the process's
     #: file-descriptor limit (the other half serves upstream connections).
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    #: The HTTP/1.1 server facing clients: ``builtin`` (`sluicegate.asgi.HttpServer`,
+    #: the lighter) or ``uvicorn`` (with the same limits), to fall back on.
+    http: Literal["builtin", "uvicorn"] = "builtin"
     #: Cap on the per-request TTL a client may ask for with `x-sluicegate-ttl-ms`.
     max_ttl: _Seconds = 600.0
     #: Seconds in-flight requests may take to finish after SIGTERM.

@@ -33,13 +33,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from ._errors import GatewayError
 from ._upstream import sse_error_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     import sluicegate as sg
 
@@ -89,6 +89,32 @@ class _InFlight:
         if r is not None:
             return r.splicer.pauses == 0 and r.splicer.tokens == 0 and not self.ex.started
         return not self.ex.started
+
+
+@final
+class _Tracked:
+    """`Preemption.track`'s block for a request that may be chosen: listed while it runs."""
+
+    __slots__ = ("_entry", "_live", "_task")
+
+    def __init__(
+        self,
+        live: dict[asyncio.Task[object], _InFlight],
+        task: asyncio.Task[object],
+        entry: _InFlight,
+    ) -> None:
+        self._live, self._task, self._entry = live, task, entry
+
+    def __enter__(self) -> object:
+        self._live[self._task] = self._entry
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.pop(self._task, None)
+
+
+#: `Preemption.track`'s block for a request that cannot be chosen (shared: no state).
+_UNTRACKED: Final = contextlib.nullcontext()
 
 
 @final
@@ -148,7 +174,6 @@ class Preemption:
         #: The highest priority tracked so far: only it pauses others (see `make_room`).
         self.top_priority: int | None = None
 
-    @contextlib.contextmanager
     def track(
         self,
         ticket: sg.Ticket,
@@ -156,26 +181,24 @@ class Preemption:
         *,
         stream: bool,
         resumable: Resumable | None = None,
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[object]:
         """While the block runs, the request may be chosen as a victim (streams, and
-        any request that may be paused)."""
+        any request that may be paused). A plain context manager, not a generator's:
+        it is entered once per request."""
         if self.top_priority is None or ticket.priority > self.top_priority:
             self.top_priority = ticket.priority
-        task = asyncio.current_task()
         evictable = stream and self.evict_below is not None and ticket.priority < self.evict_below
-        if task is None or (
+        if (
             resumable is None
             and not evictable
             and (not stream or ticket.requeues >= self.max_requeues)
         ):
-            yield
-            return
+            return _UNTRACKED
+        task = asyncio.current_task()
+        if task is None:
+            return _UNTRACKED
         self._order += 1
-        self._live[task] = _InFlight(ticket, ex, task, self._order, resumable)
-        try:
-            yield
-        finally:
-            self._live.pop(task, None)
+        return _Tracked(self._live, task, _InFlight(ticket, ex, task, self._order, resumable))
 
     def make_room(self, priority: int) -> bool:
         """Take back one lower-priority request whose answer has not started, else

@@ -189,16 +189,27 @@ class Exchange:
         self._held += n
 
     def watch_disconnect(self) -> None:
-        """Arm the disconnect watch (call once the body is fully read)."""
+        """Arm the disconnect watch (call once the body is fully read). With the
+        built-in server's ``sluicegate.disconnect`` extension it is a callback (no
+        task per request); under another server, a pending ``receive()``."""
         self._task = asyncio.current_task()
         self._armed = True
+        extensions = self.scope.get("extensions")
+        watch = extensions.get("sluicegate.disconnect") if extensions else None
+        if watch is not None:
+            watch["watch"](self._on_disconnect)
+            return
         self._rx = rx = asyncio.ensure_future(self.receive())
         rx.add_done_callback(self._on_receive)
 
     def _on_receive(self, rx: asyncio.Future[Message]) -> None:
         if rx.cancelled() or rx.exception() is not None:
             return
-        if self._armed and rx.result()["type"] == "http.disconnect" and self._task is not None:
+        if rx.result()["type"] == "http.disconnect":
+            self._on_disconnect()
+
+    def _on_disconnect(self) -> None:
+        if self._armed and self._task is not None:
             self.disconnected = True
             self._armed = False
             self._task.cancel()

@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sluicegate.gateway")
+#: `around`'s block when no events are asked for (shared: a null context has no state).
+_NOTHING: Final = contextlib.nullcontext()
 
 QUEUE_EVENTS_HEADER: Final = b"x-sluicegate-queue-events"
 #: Seconds between two comments to one request.
@@ -152,7 +154,7 @@ class QueueEvents:
         """`waiting` for a streamed request that asked for queue events, else nothing."""
         if stream and wants_queue_events(ex.scope["headers"]):
             return self.waiting(ex, controller, priority)
-        return contextlib.nullcontext()
+        return _NOTHING
 
     @contextlib.asynccontextmanager
     async def waiting(

@@ -62,9 +62,24 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _uvicorn(gateway: Gateway) -> uvicorn.Server:
+def _http_server(gateway: Gateway) -> asgi.Served:
+    """The client-facing server `server.http` names, with the configured limits."""
     settings = gateway.config.server
     cap = settings.max_connections or default_max_connections()
+    if settings.http == "builtin":
+        limits = asgi.Limits(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            keep_alive_timeout=settings.keep_alive_timeout,
+            max_connections=cap,
+        )
+        return asgi.HttpServer(gateway, limits, graceful_timeout=settings.drain_grace)
+    return _uvicorn(gateway, cap)
+
+
+def _uvicorn(gateway: Gateway, cap: int) -> uvicorn.Server:
+    settings = gateway.config.server
     return asgi.uvicorn_server(
         gateway,
         http=guarded_protocol(settings, cap),
@@ -89,7 +104,7 @@ async def serve_in_background(
     sock = asgi.listen(host, config.server.port if port is None else port)
     async with Gateway(config) as gateway:
         gateway.url = asgi.url_of(sock)
-        async with asgi.serving(_uvicorn(gateway), sock):
+        async with asgi.serving(_http_server(gateway), sock):
             try:
                 yield gateway
             finally:
@@ -174,7 +189,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, gateway.reload_from_file)
         watchers: list[asyncio.Task[None]] = []
         try:
-            async with asgi.serving(_uvicorn(gateway), sock):
+            async with asgi.serving(_http_server(gateway), sock):
                 watchers = _watch(gateway, config, config_path if watch else None)
                 gateway.url = asgi.url_of(sock)
                 print(f"sluicegate gateway listening on {gateway.url}", flush=True)  # noqa: T201

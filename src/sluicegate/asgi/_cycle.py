@@ -1,0 +1,270 @@
+"""One request and its response on an HTTP/1.1 connection, as an ASGI app sees them:
+the ``receive`` and ``send`` callables of `HttpServer` (`_server`).
+
+The request body is kept as the parser delivered it and handed over whole on the next
+``receive()`` (one part when it came in one read: the usual case, with no Future).
+After the last part, ``receive()`` waits until the client leaves or the response is
+complete, and then says ``http.disconnect`` (as uvicorn does; the gateway's disconnect
+watch relies on it).
+
+A response with a content-length is written with its first body part (one write, one
+syscall, for the usual whole answer); one without is written at once and framed
+chunked (HTTP/1.1) or delimited by the close (HTTP/1.0). Sends after the client left
+return quietly, as uvicorn's do: the app learns of it from ``receive()``, or, cheaper,
+from the ``sluicegate.disconnect`` scope extension (``{"watch": callable}``: called
+with a callback, run once if the client leaves before the response is complete).
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final, final
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
+
+    from ._server import Connection
+    from ._toolkit import Message, Scope
+
+__all__ = ["Cycle"]
+
+_log = logging.getLogger("sluicegate.http")
+
+_STATUS_LINES: Final = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
+_DISCONNECT: Final[Message] = {"type": "http.disconnect"}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Above this much body received and not yet read by the app, the socket is not read.
+HIGH_WATER: Final = 64 * 1024
+#: A deferred head is joined to a body part up to this size (one write); past it,
+#: two writes cost less than the copy.
+_JOIN_BELOW: Final = 64 * 1024
+_ERROR_503: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 24\r\nconnection: close\r\n\r\nthe server is stopping\r\n"
+)
+_ERROR_500: Final = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
+)
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+@final
+class Cycle:
+    """The state of one request/response on `conn` (see the module)."""
+
+    __slots__ = (
+        "body",
+        "body_done",
+        "buffered",
+        "chunked",
+        "complete",
+        "conn",
+        "delivered",
+        "disconnected",
+        "expect_continue",
+        "head_request",
+        "http11",
+        "keep_alive",
+        "no_body",
+        "pending",
+        "remaining",
+        "scope",
+        "started",
+        "task",
+        "waiter",
+        "watcher",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        scope: Scope,
+        *,
+        keep_alive: bool,
+        http11: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.expect_continue = expect_continue
+        self.head_request = scope["method"] == "HEAD"
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.body_done = False
+        self.delivered = False
+        self.disconnected = False
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.no_body = False
+        self.pending: bytes | None = None  # the head, held for the first body part
+        self.remaining: int | None = None  # content-length still to send
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.watcher: Callable[[], object] | None = None
+
+    def watch(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once if the client leaves before the response is complete
+        (the ``sluicegate.disconnect`` extension: no pending ``receive()``, no task)."""
+        if self.disconnected:
+            self.conn.loop.call_soon(callback)
+        else:
+            self.watcher = callback
+
+    def lost(self) -> None:
+        """The client left."""
+        self.disconnected = True
+        self.wake()
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None and not self.complete:
+            watcher()
+
+    def wake(self) -> None:
+        """Something `receive()` waits for happened (body, disconnect, completion)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- receive ------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.started and not self.disconnected:
+                self.conn.write(_CONTINUE)
+        while not (self.disconnected or self.complete):
+            body = self.body
+            if body or (self.body_done and not self.delivered):
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self.buffered = 0
+                more = not self.body_done
+                if more:
+                    self.conn.resume_reading()
+                else:
+                    self.delivered = True
+                return {"type": "http.request", "body": data, "more_body": more}
+            if not self.body_done:
+                self.conn.resume_reading()
+            waiter = self.waiter = self.conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        return _DISCONNECT
+
+    # -- send ---------------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError("http.response.body outside of a started, open response")
+            if not self.disconnected:
+                await self._body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            if not self.disconnected:
+                self._head(message["status"], message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _head(self, status: int, headers: Any) -> None:
+        parts = [_status_line(status)]
+        length: int | None = None
+        chunked = close = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = True  # the app asks for chunks; the framing is ours
+            elif lname == b"connection" and value.lower() == b"close":
+                close = True
+            parts += (name, b": ", value, b"\r\n")
+        self.no_body = no_body = self.head_request or status in (204, 304) or status < 200
+        if no_body:
+            chunked = False
+        elif length is None and not chunked:
+            if self.http11:
+                chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # the close ends the body
+        if not self.keep_alive and not close:
+            parts.append(b"connection: close\r\n")
+        self.keep_alive = self.keep_alive and not close
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        self.chunked = chunked
+        if length is not None and not no_body:
+            self.remaining = length
+            self.pending = head
+        else:
+            self.conn.write(head)
+
+    async def _body(self, body: bytes, more: bool) -> None:
+        if self.no_body:
+            body = b""
+        elif self.remaining is not None:
+            self.remaining -= len(body)
+            if self.remaining < 0:
+                raise RuntimeError("response body longer than its content-length")
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data = body
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if len(data) < _JOIN_BELOW:
+                data = pending + data
+            else:
+                self.conn.write(pending)
+        conn = self.conn
+        if data:
+            conn.write(data)
+        if not more:
+            if self.remaining:  # shorter than announced: only the close can end it
+                self.keep_alive = False
+            self.complete = True
+            self.wake()
+            conn.response_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+    # -- the app's end ------------------------------------------------------------------
+
+    def app_done(self, task: asyncio.Task[None]) -> None:
+        """The app returned, raised or was cancelled: end the response if it did not."""
+        self.task = None
+        failed = task.cancelled()
+        if not failed and (exc := task.exception()) is not None:
+            failed = True
+            _log.error("exception in the ASGI application", exc_info=exc)
+        if self.complete:
+            return
+        self.complete = True
+        self.keep_alive = False  # the close ends whatever part of a response went out
+        self.wake()
+        if not self.disconnected:
+            if not self.started:  # cancelled: by the server, at the end of a shutdown
+                self.conn.write(_ERROR_503 if task.cancelled() else _ERROR_500)
+            elif not failed:
+                _log.error("the ASGI application returned before completing its response")
+        self.conn.response_done(self)
