@@ -228,15 +228,8 @@ class Connection(asyncio.Protocol):
             self._phase = _DISCARD
             self.transport.write(self.server.replies.too_large)
             self.loop.call_later(_LINGER_S, self.transport.close)
-        elif phase in (_HEAD, _BODY):
-            timer = self._timer
-            # A timer due later than the deadline (the body's can be the sooner) is
-            # replaced; one due sooner re-arms itself when it fires.
-            if timer is None or timer.when() > self._deadline:
-                if timer is not None:
-                    timer.cancel()
-                if not self.transport.is_closing():
-                    self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        elif phase in (_HEAD, _BODY) and not self.transport.is_closing():
+            self._arm()
 
     def _start_head(self) -> None:
         self._phase = _HEAD
@@ -350,9 +343,9 @@ class Connection(asyncio.Protocol):
         if cycle is not None:
             cycle.body_done = True
             cycle.wake()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # The timer stays: due at the header or body deadline, it finds the connection
+        # busy and lapses, or idle and re-arms for the keep-alive deadline (a busy
+        # keep-alive connection creates no timer per request).
         if self._phase == _DISCARD:
             return
         if self.cycle is None and not self._pipeline:
@@ -392,7 +385,16 @@ class Connection(asyncio.Protocol):
         self._phase = _IDLE
         self.server.waiting[self] = None
         self._deadline = self.loop.time() + self.server.limits.keep_alive_timeout
-        if self._timer is None:
+        self._arm()
+
+    def _arm(self) -> None:
+        """Make the timer due by the deadline: one due later is replaced; one due sooner
+        re-arms itself when it fires (on a busy connection, the usual case: no new
+        timer per request)."""
+        timer = self._timer
+        if timer is None or timer.when() > self._deadline:
+            if timer is not None:
+                timer.cancel()
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def write(self, data: bytes) -> None:
@@ -432,7 +434,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         phase = self._phase
         if phase not in (_IDLE, _HEAD, _BODY) or self.transport.is_closing():
-            return
+            return  # busy: `_idle` arms the next one
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return

@@ -77,6 +77,10 @@ def _millis(name: bytes, value: bytes, *, positive: bool) -> float:
     return ms / 1000.0
 
 
+#: A request with none of the headers (frozen: one instance serves them all).
+_UNCLASSIFIED: Final = Classification(DEFAULT_FAIRNESS_ID, 0, None, None, None)
+
+
 def classify(
     headers: list[tuple[bytes, bytes]], objectives: Mapping[str, int], max_ttl: float
 ) -> Classification:
@@ -95,7 +99,7 @@ def classify(
         if name in _INTERESTING and name not in found:
             found[name] = value.strip()
     if not found:
-        return Classification(DEFAULT_FAIRNESS_ID, 0, None, None, None)
+        return _UNCLASSIFIED
     fairness_id = DEFAULT_FAIRNESS_ID
     objective: str | None = None
     for header in FAIRNESS_HEADERS:

@@ -345,7 +345,10 @@ class _PoolDetector:
         return best is None
 
     def has_endpoints(self) -> bool:
-        return any(b.usable for b in self.backends.values())
+        for backend in self.backends.values():  # noqa: SIM110 - any() costs a generator a call
+            if backend.reachable and backend.healthy:
+                return True
+        return False
 
     def utilization(self) -> float:
         """The best backend's score: the load the next dispatch would meet."""
