@@ -171,8 +171,11 @@ class Cycle:
         if kind == "http.response.body":
             if not self.started or self.complete:
                 raise RuntimeError("http.response.body outside of a started, open response")
-            if not self.disconnected:
-                await self._body(message.get("body", b""), message.get("more_body", False))
+            # A plain call, not a coroutine: this runs once per relayed chunk.
+            if not self.disconnected and self._body(
+                message.get("body", b""), message.get("more_body", False)
+            ):
+                await self.conn.drain()
         elif kind == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
@@ -216,7 +219,8 @@ class Cycle:
         else:
             self.conn.write(head)
 
-    async def _body(self, body: bytes, more: bool) -> None:
+    def _body(self, body: bytes, more: bool) -> bool:
+        """Write a body part; True if the sender should wait for the socket to drain."""
         if self.no_body:
             body = b""
         elif self.remaining is not None:
@@ -245,8 +249,8 @@ class Cycle:
             self.complete = True
             self.wake()
             conn.response_done(self)
-        elif conn.write_paused:
-            await conn.drain()
+            return False
+        return conn.write_paused
 
     # -- the app's end ------------------------------------------------------------------
 
