@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sluicegate import ConcurrencyLimit, FlowControlConfig, FlowKey
-from sluicegate._core._headroom import DemandHeadroom
+from sluicegate._core._headroom import MIN_DRAIN_SAMPLES, DemandHeadroom
 from sluicegate._core._scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -310,3 +313,40 @@ def test_a_preemptible_taker_may_use_the_reserve_down_to_its_idle_part() -> None
     assert not core.leaves_headroom(gate, -1)  # plain work stops at the reserve
     assert core.leaves_headroom(gate, -1, preemptible=True)
     assert core.leaves_headroom(gate, 10, preemptible=True)  # the top band itself
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from([-1, 0, 10]),
+            st.floats(min_value=0.0, max_value=2.0),
+        ),
+        max_size=60,
+    )
+)
+def test_rates_are_what_the_window_holds_after_every_event(
+    events: list[tuple[bool, int, float]],
+) -> None:
+    """The incremental bookkeeping (a refresh walks the bands only when something may
+    have left the window) agrees with counting the window afresh."""
+    headroom = DemandHeadroom()
+    now = 0.0
+    arrivals: list[tuple[float, int]] = []
+    completions: list[float] = []
+    for is_arrival, priority, gap in events:
+        now += gap
+        if is_arrival:
+            headroom.arrived(priority, now)
+            arrivals.append((now, priority))
+        else:
+            headroom.completed(priority, 1.0, now)
+            completions.append(now)
+        horizon = now - headroom.window
+        for band in (-1, 0, 10):
+            held = sum(1 for t, p in arrivals if p == band and t >= horizon)
+            assert headroom.rate(band) == held / headroom.window
+        held = sum(1 for t in completions if t >= horizon)
+        drain = held / headroom.window if held >= MIN_DRAIN_SAMPLES else None
+        assert headroom.drain_rate(0.0) == drain

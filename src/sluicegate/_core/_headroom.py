@@ -59,11 +59,13 @@ class DemandHeadroom:
     __slots__ = (
         "_arrivals",
         "_completions",
+        "_expiry",
         "_mean_service",
         "_mu",
         "_peaks",
         "_rates",
         "_service",
+        "_top",
         "idle_miss",
         "miss",
         "reserves",
@@ -93,6 +95,12 @@ class DemandHeadroom:
         #: (time, arrival rate) of the top band: a falling sequence whose head is the
         #: peak of the last `DEFAULT_MEMORY` seconds.
         self._peaks: deque[tuple[float, float]] = deque()
+        #: The oldest time in any window (inf: none): before the window passes it,
+        #: nothing leaves, and a refresh need not walk the bands (the usual case: it
+        #: runs on every arrival and completion).
+        self._expiry = math.inf
+        #: The highest band that ever completed a request (the peak's band).
+        self._top: int | None = None
 
     def arrived(self, priority: int, now: float) -> None:
         """A request of band `priority` was submitted."""
@@ -100,15 +108,21 @@ class DemandHeadroom:
         if times is None:
             times = self._arrivals[priority] = deque()
         times.append(now)
-        self.refresh(now)
+        if now < self._expiry:
+            self._expiry = now
+        self.refresh(now, priority)
 
     def completed(self, priority: int, held_s: float, now: float) -> None:
         """A request of band `priority` gave its slot back after holding it `held_s`."""
         self._completions.append(now)
+        if now < self._expiry:
+            self._expiry = now
         mean = self._mean_service
         self._mean_service = held_s if mean <= 0.0 else mean + _SERVICE_WEIGHT * (held_s - mean)
         old = self._service.get(priority)
         self._service[priority] = held_s if old is None else old + _SERVICE_WEIGHT * (held_s - old)
+        if self._top is None or priority > self._top:
+            self._top = priority
         self.refresh(now)
 
     def allows(
@@ -208,30 +222,42 @@ class DemandHeadroom:
         """Arrivals per second of band `priority` over the window (as last refreshed)."""
         return self._rates.get(priority, 0.0)
 
-    def refresh(self, now: float) -> None:
-        """Forget what left the window; reserves are recomputed when next asked."""
-        horizon = now - self.window
+    def refresh(self, now: float, arrived: int | None = None) -> None:
+        """Forget what left the window; reserves are recomputed when next asked.
+        `arrived`: the band an arrival was just added to (its rate changed)."""
+        if self._expiry < now - self.window:
+            self._expire(now - self.window)
+        elif arrived is not None:
+            self._rates[arrived] = len(self._arrivals[arrived]) / self.window
+        self._mu = len(self._completions) / self.window
+        self.reserves.clear()
+        self._remember_peak(now)
+
+    def _expire(self, horizon: float) -> None:
+        """Drop the times before `horizon`; recompute every band's rate."""
         rates: dict[int, float] = {}
+        expiry = math.inf
         for priority in list(self._arrivals):
             times = self._arrivals[priority]
             while times and times[0] < horizon:
                 times.popleft()
             if times:
                 rates[priority] = len(times) / self.window
+                expiry = min(expiry, times[0])
             else:
                 del self._arrivals[priority]
         completions = self._completions
         while completions and completions[0] < horizon:
             completions.popleft()
-        self._mu = len(completions) / self.window
+        if completions:
+            expiry = min(expiry, completions[0])
         self._rates = rates
-        self.reserves.clear()
-        self._remember_peak(now)
+        self._expiry = expiry
 
     def _remember_peak(self, now: float) -> None:
         """Keep the top band's arrival rate of the last `DEFAULT_MEMORY` seconds."""
         peaks = self._peaks
-        top = max(self._service, default=None)  # every band that ever completed one
+        top = self._top  # every band that ever completed one
         rate = self._rates.get(top, 0.0) if top is not None else 0.0
         while peaks and peaks[-1][1] <= rate:
             peaks.pop()
