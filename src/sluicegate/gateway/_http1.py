@@ -318,9 +318,6 @@ class _Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The caller is done with the answer: keep the connection if it may serve
         another request, else close it."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.busy = False
         if (
             self.done
@@ -329,9 +326,15 @@ class _Connection(asyncio.Protocol):
             and not self._buf
             and self.keep_alive
         ):
+            # The read timer stays: due later, it finds the connection not waiting
+            # and lapses, or waiting on a later request and re-arms for that wait's
+            # deadline (no timer per request on a busy connection).
             self._reset()
             self._pool.park(self)
         else:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.close()
 
 
