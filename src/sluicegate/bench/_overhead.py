@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 
+from sluicegate.gateway._http1 import Client, HTTPClientError, Target
 from sluicegate.testbed import percentile
 
 from ._upstream import BODY, STREAM_BODY
@@ -219,17 +220,51 @@ def running(options: OverheadOptions) -> Iterator[Endpoints]:
             os.sched_setaffinity(0, saved)
 
 
-async def _latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
+@final
+class _Load:
+    """Part 2's load generator: the gateway's own HTTP/1.1 client (`gateway._http1`).
+
+    It shares the load core with the upstream, and aiohttp's client (~3x its CPU per
+    request) made it the bottleneck there: the open loop at 80 % of the gateway's rate
+    fell behind on the direct path itself (its p99 reached seconds), and the closed
+    loop's req/s measured the generator. Every path gets the same client.
+    """
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._client = Client(read_timeout=30.0)
+        self._headers = [(b"content-type", b"application/json")] + [
+            (k.lower().encode(), v.encode()) for k, v in headers.items()
+        ]
+        self._targets: dict[str, Target] = {}
+
+    async def post(self, url: str) -> None:
+        """POST the chat body to `url` and read the whole answer."""
+        target = self._targets.get(url)
+        if target is None:
+            base, _, path = url.partition("/v1/")
+            target = self._targets[url] = Target(base, b"/v1/" + path.encode())
+        resp = await self._client.request("POST", target, data=BODY, headers=self._headers)
+        try:
+            await resp.read()
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+async def _latencies(session: _Load, url: str, n: int) -> list[float]:
     out = []
     for _ in range(n):
         began = time.perf_counter()
-        async with session.post(url, data=BODY) as r:
-            await r.read()
+        await session.post(url)
         out.append(time.perf_counter() - began)
     return out
 
 
-async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) -> int:
+async def _throughput(session: _Load, url: str, seconds: float) -> int:
     """Closed loop: 64 workers, each sending its next request when the last one answered.
     Returns the requests answered."""
     done = 0
@@ -238,17 +273,14 @@ async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) 
     async def worker() -> None:
         nonlocal done
         while time.perf_counter() < stop_at:
-            async with session.post(url, data=BODY) as r:
-                await r.read()
+            await session.post(url)
             done += 1
 
     await asyncio.gather(*(worker() for _ in range(64)))
     return done
 
 
-async def _open_loop(
-    session: aiohttp.ClientSession, url: str, rate: float, seconds: float
-) -> list[float]:
+async def _open_loop(session: _Load, url: str, rate: float, seconds: float) -> list[float]:
     """Open loop: requests sent at a fixed `rate` whatever the answers do. Each latency
     counts from when its request was due, so a lagging sender is not hidden (no
     coordinated omission)."""
@@ -257,11 +289,9 @@ async def _open_loop(
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
-        try:
-            async with session.post(url, data=BODY) as r:
-                await r.read()
-        except (aiohttp.ClientError, TimeoutError):
-            pass  # an overloaded target: its failure counts with the time it took
+        # An overloaded target's failure counts with the time it took.
+        with contextlib.suppress(HTTPClientError, TimeoutError):
+            await session.post(url)
         out.append(time.perf_counter() - due)
 
     began = time.perf_counter()
@@ -284,7 +314,7 @@ def _cpu_pids(ep: Endpoints) -> dict[str, int | None]:
 
 
 async def _closed_round(
-    session: aiohttp.ClientSession, ep: Endpoints, seconds: float, results: dict[str, list[float]]
+    session: _Load, ep: Endpoints, seconds: float, results: dict[str, list[float]]
 ) -> None:
     """Closed loop at 64 on every path: req/s and CPU us per request of its server."""
     pids = _cpu_pids(ep)
@@ -301,7 +331,7 @@ async def _closed_round(
 
 
 async def _open_round(
-    session: aiohttp.ClientSession, ep: Endpoints, seconds: float, results: dict[str, list[float]]
+    session: _Load, ep: Endpoints, seconds: float, results: dict[str, list[float]]
 ) -> None:
     """Open loop at 80 % of the gateway's own closed-loop rate, every path in turn."""
     rate = 0.8 * statistics.median(results["sluicegate req/s @64"])
@@ -334,10 +364,8 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
         ``<path> open-loop p99 ms`` and ``<path> open-loop added p99 ms``.
     """
     results: dict[str, list[float]] = {}
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0), timeout=timeout, headers=_auth(options)
-    ) as session:
+    session = _Load(_auth(options))
+    try:
         for _, base in _paths(ep):  # warm every path up: connections, caches
             await _latencies(session, base + _CHAT, max(options.latency_requests // 5, 20))
         for _ in range(options.rounds):
@@ -355,6 +383,8 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
         if options.open_loop_s > 0:
             for _ in range(options.rounds):
                 await _open_round(session, ep, options.open_loop_s, results)
+    finally:
+        await session.close()
     return results
 
 
