@@ -422,20 +422,28 @@ class Gateway:
         if not pool.has_free_slot():
             # It would wait: take a slot back from lower work, or pause some (_preempt.py).
             pool.preemption.make_room(priority)
+        enqueue = ctl.enqueue_and_wait(
+            sg.FlowKey(classification.fairness_id, priority),
+            size=len(body),
+            ttl=classification.ttl,
+            slo=classification.slo,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            claim=functools.partial(body_claim, body),  # Retry-After promises
+            # A pausable request gives its slot back at once for the top band, so
+            # it may run in the headroom kept for that band (_core/_headroom.py).
+            preemptible=res is not None,
+        )
         # Dispatched at once if nothing waits; else queue events, if asked for, as it waits.
-        async with self.queue_events.around(ex, ctl, priority, stream=stream):
-            ticket = await ctl.enqueue_and_wait(
-                sg.FlowKey(classification.fairness_id, priority),
-                size=len(body),
-                ttl=classification.ttl,
-                slo=classification.slo,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                claim=functools.partial(body_claim, body),  # Retry-After promises
-                # A pausable request gives its slot back at once for the top band, so
-                # it may run in the headroom kept for that band (_core/_headroom.py).
-                preemptible=res is not None,
-            )
+        waiting = self.queue_events.around(ex, ctl, priority, stream=stream)
+        if waiting is None:  # the usual case: no context manager to enter and leave
+            ticket = await enqueue
+        else:
+            try:
+                async with waiting:
+                    ticket = await enqueue
+            finally:
+                enqueue.close()  # never started if entering failed; else a no-op
         record.left_queue()
         record.eta_s = ticket.eta
         record.outcome = _DISPATCHED

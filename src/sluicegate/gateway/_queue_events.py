@@ -63,8 +63,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sluicegate.gateway")
-#: `around`'s block when no events are asked for (shared: a null context has no state).
-_NOTHING: Final = contextlib.nullcontext()
 
 QUEUE_EVENTS_HEADER: Final = b"x-sluicegate-queue-events"
 #: Seconds between two comments to one request.
@@ -150,11 +148,11 @@ class QueueEvents:
 
     def around(
         self, ex: Exchange, controller: sg.FlowController, priority: int, *, stream: bool
-    ) -> contextlib.AbstractAsyncContextManager[None]:
-        """`waiting` for a streamed request that asked for queue events, else nothing."""
+    ) -> contextlib.AbstractAsyncContextManager[None] | None:
+        """`waiting` for a streamed request that asked for queue events, else None."""
         if stream and wants_queue_events(ex.scope["headers"]):
             return self.waiting(ex, controller, priority)
-        return _NOTHING
+        return None
 
     @contextlib.asynccontextmanager
     async def waiting(
