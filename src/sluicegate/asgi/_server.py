@@ -217,6 +217,9 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade()
+        except httptools.HttpParserCallbackError as exc:  # a bug of ours, not the client's
+            _log.error("HTTP parser callback failed", exc_info=exc.__context__ or exc)
+            self._bad_request(exc)
         except httptools.HttpParserError as exc:
             self._bad_request(exc)
         self._after_read()
