@@ -390,6 +390,60 @@ async def test_the_connection_bound_makes_requests_wait_then_times_them_out() ->
 
 
 @pytest.mark.asyncio
+async def test_a_waiter_cancelled_as_a_connection_frees_up_raises_its_cancellation() -> None:
+    """A waiter cancelled (its connect timeout, say) just before a connection comes free
+    is skipped by the hand-over; its own cleanup then finds it gone from the queue. It
+    must still see its cancellation (it raised ValueError), and the next waiter the
+    connection."""
+    async with serving(reply(OK)) as server:
+        client = Client(max_connections=1)
+        first = await client.request("POST", Target(server.url, b"/"), data=b"{}")
+        body = await first.read()
+        target = Target(server.url, b"/")
+        cancelled = asyncio.ensure_future(client.request("POST", target, data=b"{}"))
+        served = asyncio.ensure_future(client.request("POST", target, data=b"{}"))
+        await asyncio.sleep(0)  # both wait for the one connection
+        cancelled.cancel()  # its waiter is cancelled now; the task resumes later
+        first.release()  # the hand-over skips the cancelled waiter
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        second = await asyncio.wait_for(served, WAIT)
+        assert (body, await second.read()) == (b"{}", b"{}")
+        second.release()
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_crowd_of_waiters_timing_out_leaves_the_queue_compact() -> None:
+    """Waiters that give up are dropped from the queue in bulk, not one by one."""
+    release = asyncio.Event()
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+
+    async with serving(handler) as server:
+        client = Client(max_connections=1, connect_timeout=0.05)
+        first = asyncio.ensure_future(client.request("POST", Target(server.url, b"/")))
+        await eventually(lambda: server.connections == 1)
+        crowd = [
+            asyncio.ensure_future(client.request("POST", Target(server.url, b"/")))
+            for _ in range(200)
+        ]
+        results = await asyncio.gather(*crowd, return_exceptions=True)
+        assert all(isinstance(r, ConnectTimeout) for r in results)
+        assert len(client._pool(server.url)._waiters) <= 100
+        release.set()
+        resp = await asyncio.wait_for(first, WAIT)
+        assert await resp.read() == b"{}"
+        resp.release()
+        _, body = await fetch(client, server.url)  # the pool still hands connections out
+        assert body == b"{}"
+        await client.close()
+
+
+@pytest.mark.asyncio
 async def test_a_cancelled_read_closes_the_connection() -> None:
     """Cancelling the reader (client gone, pause, eviction) closes the connection: the
     backend sees the close at once."""

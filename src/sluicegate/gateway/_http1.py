@@ -402,6 +402,7 @@ class _Pool:
 
     __slots__ = (
         "_expiry",
+        "_given_up",
         "_waiters",
         "closing",
         "connect_timeout",
@@ -441,6 +442,8 @@ class _Pool:
         self.conns: set[_Connection] = set()
         self.closing = False
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Waiters that gave up and may still be in `_waiters` (see `_abandoned`).
+        self._given_up = 0
         self._expiry: asyncio.TimerHandle | None = None
 
     async def acquire(self) -> _Connection:
@@ -478,8 +481,20 @@ class _Pool:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # pass the turn on
                 else:
-                    self._waiters.remove(waiter)
+                    self._abandoned(waiter)
                 raise
+
+    def _abandoned(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter gave up (timeout, cancel). It stays in the queue, where `_wake_one`
+        skips it, and may have been dropped from it already (a free connection came
+        between its cancellation and its task resuming): removing it by value would
+        raise then, and cost O(waiters) each time, O(n^2) when a stuck backend times
+        out a crowd. The queue is compacted once half of it is given up."""
+        del waiter
+        self._given_up += 1
+        if self._given_up * 2 > len(self._waiters):
+            self._waiters = collections.deque(w for w in self._waiters if not w.done())
+            self._given_up = 0
 
     async def _connect(self) -> _Connection:
         conn = _Connection(self)
