@@ -403,8 +403,7 @@ class Gateway:
     async def _inference(self, ex: Exchange, state: _State) -> None:
         auth = state.auth  # credentials are checked before the body is read
         record = ex.record
-        now = asyncio.get_running_loop().time()
-        classification = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl, now)
+        classification = auth.classify(ex.scope, state.objectives, state.config.server.max_ttl)
         body = await ex.read_body(state.config.server.max_body_bytes, self._bodies)
         doc = parse_body(body)
         record.pool = pool = state.router.route(doc.get("model"))
@@ -472,7 +471,7 @@ class Gateway:
         assert classification is not None
         auth, flow = state.auth, classification.fairness_id
         charged = ticket.input_tokens + ticket.output_tokens
-        auth.spend(flow, charged, asyncio.get_running_loop().time())
+        auth.spend(flow, charged)
         meter = UsageMeter(ticket, pool.observe(ticket))
         try:
             session = self._require_client()
@@ -509,7 +508,7 @@ class Gateway:
             # Usage first, so the release teaches the flow's output average the truth.
             meter.close()
             correction = ticket.input_tokens + ticket.output_tokens - charged
-            auth.spend(flow, correction, asyncio.get_running_loop().time())
+            auth.spend(flow, correction)
             began = time.perf_counter()
             ticket.release()
             self.metrics.dispatch_cycle.observe(time.perf_counter() - began)

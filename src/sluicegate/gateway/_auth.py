@@ -24,6 +24,7 @@ dispatch, corrected to actual usage when the request ends).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -358,9 +359,14 @@ class Auth:
     # -- per request ----------------------------------------------------------------------
 
     def classify(
-        self, scope: dict[str, Any], objectives: Mapping[str, int], max_ttl: float, now: float
+        self,
+        scope: dict[str, Any],
+        objectives: Mapping[str, int],
+        max_ttl: float,
+        now: float | None = None,
     ) -> Classification:
-        """Classify a request as its credentials allow.
+        """Classify a request as its credentials allow. `now` (the loop clock, read
+        when None) is needed only by a tenant with a token budget.
 
         Raises:
             GatewayError: 401 (key missing or unknown), 403 (objective not allowed), 429
@@ -386,7 +392,7 @@ class Auth:
                 param="x-gateway-inference-objective",
             )
         budget = self._budgets.get(who.tenant)
-        if budget is not None and (wait := budget.retry_after(now)) is not None:
+        if budget is not None and (wait := budget.retry_after(_clock(now))) is not None:
             raise GatewayError(
                 429,
                 f"tenant {who.tenant} has used its tokens_per_minute={budget.per_minute}",
@@ -464,11 +470,18 @@ class Auth:
             out.append(pool_auth)
         return out
 
-    def spend(self, tenant: str, tokens: int, now: float) -> None:
-        """Charge `tokens` (negative refunds) to `tenant`'s budget, if it has one."""
+    def spend(self, tenant: str, tokens: int, now: float | None = None) -> None:
+        """Charge `tokens` (negative refunds) to `tenant`'s budget, if it has one (`now`:
+        the loop clock, read only then when None)."""
         budget = self._budgets.get(tenant)
         if budget is not None and tokens:
-            budget.spend(tokens, now)
+            budget.spend(tokens, _clock(now))
+
+
+def _clock(now: float | None) -> float:
+    """`now`, or the loop clock: read only where a budget needs it (three reads per
+    request were 2-3 % of the gateway's CPU in a profile, budgets or not)."""
+    return asyncio.get_running_loop().time() if now is None else now
 
 
 def check_exposure(host: str, auth_token: str | None) -> None:
