@@ -11,7 +11,7 @@ uvicorn the same limits come from the gateway's protocol class, passed in as `ht
 
 from __future__ import annotations
 
-from ._server import HttpServer, Limits
+from ._server import HttpServer, Limits, Replies, shed_oldest
 from ._toolkit import (
     App,
     BodyTooLarge,
@@ -38,6 +38,7 @@ __all__ = [
     "Limits",
     "Message",
     "Receive",
+    "Replies",
     "Scope",
     "Send",
     "Served",
@@ -46,6 +47,7 @@ __all__ = [
     "read_body",
     "run",
     "serving",
+    "shed_oldest",
     "url_of",
     "uvicorn_server",
 ]

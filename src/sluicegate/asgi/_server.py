@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from ._toolkit import App
 
-__all__ = ["Connection", "HttpServer", "Limits"]
+__all__ = ["Connection", "HttpServer", "Limits", "Replies", "shed_oldest"]
 
 _log = logging.getLogger("sluicegate.http")
 
@@ -89,8 +89,9 @@ def _reply(status: int, reason: str, code: str, message: str, kind: str) -> byte
 
 
 @final
-class _Replies:
-    """The server's own answers, built once from its limits."""
+class Replies:
+    """The server's own answers to a client past a limit, built once from the limits
+    (also uvicorn's guarded protocol's, `gateway/_protocol.py`)."""
 
     def __init__(self, limits: Limits) -> None:
         bad = "invalid_request_error"
@@ -465,6 +466,17 @@ class Connection(asyncio.Protocol):
             cycle.keep_alive = False
 
 
+def shed_oldest(waiting: dict[Any, None]) -> bool:
+    """Close the first connection of `waiting` (connections without a request in
+    progress, oldest first) to make room for a new one; False if there is none."""
+    victim = next(iter(waiting), None)
+    if victim is None:
+        return False
+    del waiting[victim]
+    victim.transport.close()
+    return True
+
+
 @final
 class HttpServer:
     """Serve an ASGI `app` on listening sockets (see the module).
@@ -484,7 +496,7 @@ class HttpServer:
     ) -> None:
         self.app = app
         self.limits = limits or Limits()
-        self.replies = _Replies(self.limits)
+        self.replies = Replies(self.limits)
         self.graceful_timeout = graceful_timeout
         self.connections: set[Connection] = set()
         #: Connections without a request in progress, oldest first (dicts keep order).
@@ -496,12 +508,7 @@ class HttpServer:
 
     def make_room(self) -> bool:
         """Close the connection that has waited longest without a request in progress."""
-        victim = next(iter(self.waiting), None)
-        if victim is None:
-            return False
-        del self.waiting[victim]
-        victim.transport.close()
-        return True
+        return shed_oldest(self.waiting)
 
     def lost(self) -> None:
         if not self.connections and self._all_gone is not None and not self._all_gone.done():

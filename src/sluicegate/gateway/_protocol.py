@@ -1,4 +1,5 @@
-"""The client connection: uvicorn's httptools protocol with limits against hostile clients.
+"""uvicorn's httptools protocol with limits against hostile clients, for ``server.http:
+uvicorn`` (the built-in server, `sluicegate.asgi.HttpServer`, has the same ones).
 
 uvicorn (0.30-0.54) has none of these for httptools: no bound on header bytes (the
 parser concatenates a header's pieces, so one 128 MB header froze the loop for seconds),
@@ -28,13 +29,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..asgi import Limits, Replies, shed_oldest
 
 if TYPE_CHECKING:
     import asyncio
-
-    from ._config import ServerSettings
 
 __all__ = ["guarded_protocol"]
 
@@ -51,17 +51,6 @@ _LINGER_S: Final = 2.0
 _LINGER_BYTES: Final = 256 * 1024 * 1024
 
 
-def _reply(
-    status: int, reason: str, code: str, message: str, type: str = "invalid_request_error"
-) -> bytes:
-    """A whole HTTP/1.1 error response with an OpenAI-shaped body, closing the connection."""
-    body = orjson.dumps({"error": {"message": message, "type": type, "code": code, "param": None}})
-    return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode() + body
-
-
 class _GuardedProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` with header, time and connection limits (see the module)."""
 
@@ -72,10 +61,7 @@ class _GuardedProtocol(HttpToolsProtocol):
     max_connections: ClassVar[int]
     #: Connections without a request in progress, oldest first (dicts keep order).
     waiting: ClassVar[dict[_GuardedProtocol, None]]
-    too_large: ClassVar[bytes]
-    head_timeout_reply: ClassVar[bytes]
-    body_timeout_reply: ClassVar[bytes]
-    refused_reply: ClassVar[bytes]
+    replies: ClassVar[Replies]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,23 +72,15 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if len(self.connections) >= self.max_connections and not self._make_room():
+        if len(self.connections) >= self.max_connections and not shed_oldest(self.waiting):
             self._refused = True
-            transport.write(self.refused_reply)  # type: ignore[attr-defined]
+            transport.write(self.replies.refused)  # type: ignore[attr-defined]
             transport.close()
             return
         super().connection_made(transport)  # type: ignore[arg-type]
         self.waiting[self] = None
         self._deadline = self.loop.time() + self.header_timeout
         self._timer = self.loop.call_at(self._deadline, self._on_timer)
-
-    def _make_room(self) -> bool:
-        victim = next(iter(self.waiting), None)
-        if victim is None:
-            return False
-        del self.waiting[victim]
-        victim.transport.close()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
@@ -128,7 +106,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if phase == _HEAD and self._head_bytes > self.max_header_bytes:
             self.waiting.pop(self, None)
             self._phase = _DISCARD
-            self.transport.write(self.too_large)
+            self.transport.write(self.replies.too_large)
             self.loop.call_later(_LINGER_S, self.transport.close)
         elif phase in (_HEAD, _BODY):
             timer = self._timer
@@ -186,9 +164,9 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
             return
         if self._phase == _HEAD:
-            self._close_with(self.head_timeout_reply)
+            self._close_with(self.replies.head_timeout)
         elif self.cycle is not None and not self.cycle.response_started:
-            self._close_with(self.body_timeout_reply)
+            self._close_with(self.replies.body_timeout)
         else:
             self.transport.close()
 
@@ -198,44 +176,18 @@ class _GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(settings: ServerSettings, max_connections: int) -> type[HttpToolsProtocol]:
-    """A protocol class for one server, with `settings`' limits and its own registry."""
-    limit = settings.max_header_bytes
+def guarded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
+    """A protocol class for one server, with `limits` and its own registry (the
+    answers past a limit are the built-in server's, `sluicegate.asgi.Replies`)."""
     return type(
         "GuardedHttpToolsProtocol",
         (_GuardedProtocol,),
         {
-            "max_header_bytes": limit,
-            "header_timeout": settings.header_timeout,
-            "body_timeout": settings.body_timeout,
-            "max_connections": max_connections,
+            "max_header_bytes": limits.max_header_bytes,
+            "header_timeout": limits.header_timeout,
+            "body_timeout": limits.body_timeout,
+            "max_connections": limits.max_connections,
             "waiting": {},
-            "too_large": _reply(
-                431,
-                "Request Header Fields Too Large",
-                "request_header_fields_too_large",
-                f"the request line and headers exceed server.max_header_bytes={limit}",
-            ),
-            "head_timeout_reply": _reply(
-                408,
-                "Request Timeout",
-                "request_timeout",
-                f"the request headers took longer than server.header_timeout="
-                f"{settings.header_timeout:g} s",
-            ),
-            "body_timeout_reply": _reply(
-                408,
-                "Request Timeout",
-                "request_timeout",
-                f"the request body took longer than server.body_timeout="
-                f"{settings.body_timeout:g} s",
-            ),
-            "refused_reply": _reply(
-                503,
-                "Service Unavailable",
-                "too_many_connections",
-                f"the gateway has its maximum of {max_connections} connections open",
-                "service_unavailable",
-            ),
+            "replies": Replies(limits),
         },
     )

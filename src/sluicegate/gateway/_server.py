@@ -1,11 +1,12 @@
-"""Running the gateway under uvicorn: in the background (tests, embedding) or as a
-process with signal handling (SIGTERM/SIGINT drain, SIGHUP and file-change reload).
+"""Running the gateway: in the background (tests, embedding) or as a process with signal
+handling (SIGTERM/SIGINT drain, SIGHUP and file-change reload).
 
-Listening and the uvicorn setup are the shared `sluicegate.asgi` toolkit's; the
-gateway adds its guarded HTTP protocol (limits against hostile clients, `_protocol`).
+Listening and the servers are the shared `sluicegate.asgi` toolkit's: the built-in
+`HttpServer` by default, or uvicorn with the gateway's guarded protocol (`_protocol`,
+``server.http: uvicorn``), both with the same limits against hostile clients.
 
 Shutdown order on SIGTERM: readiness turns 503 and every queued request gets 503 (the
-controllers close), then uvicorn stops accepting and waits up to `drain_grace` for
+controllers close), then the server stops accepting and waits up to `drain_grace` for
 in-flight responses, then the gateway stops its scrapes and session. The process exits 0.
 """
 
@@ -28,8 +29,6 @@ from ._protocol import guarded_protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
-
-    import uvicorn
 
     from ._config import GatewayConfig
 
@@ -65,24 +64,18 @@ def _raise_fd_limit() -> None:
 def _http_server(gateway: Gateway) -> asgi.Served:
     """The client-facing server `server.http` names, with the configured limits."""
     settings = gateway.config.server
-    cap = settings.max_connections or default_max_connections()
+    limits = asgi.Limits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
+        max_connections=settings.max_connections or default_max_connections(),
+    )
     if settings.http == "builtin":
-        limits = asgi.Limits(
-            max_header_bytes=settings.max_header_bytes,
-            header_timeout=settings.header_timeout,
-            body_timeout=settings.body_timeout,
-            keep_alive_timeout=settings.keep_alive_timeout,
-            max_connections=cap,
-        )
         return asgi.HttpServer(gateway, limits, graceful_timeout=settings.drain_grace)
-    return _uvicorn(gateway, cap)
-
-
-def _uvicorn(gateway: Gateway, cap: int) -> uvicorn.Server:
-    settings = gateway.config.server
     return asgi.uvicorn_server(
         gateway,
-        http=guarded_protocol(settings, cap),
+        http=guarded_protocol(limits),
         timeout_graceful_shutdown=max(round(settings.drain_grace), 0) or None,
         timeout_keep_alive=max(math.ceil(settings.keep_alive_timeout), 1),
     )
