@@ -17,16 +17,16 @@ with a callback, run once if the client leaves before the response is complete).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, final
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
     from ._server import Connection
-    from ._toolkit import Message, Scope
+    from ._toolkit import App, Message, Scope
 
 __all__ = ["Cycle"]
 
@@ -254,21 +254,33 @@ class Cycle:
 
     # -- the app's end ------------------------------------------------------------------
 
-    def app_done(self, task: asyncio.Task[None]) -> None:
-        """The app returned, raised or was cancelled: end the response if it did not."""
-        self.task = None
-        failed = task.cancelled()
-        if not failed and (exc := task.exception()) is not None:
-            failed = True
-            _log.error("exception in the ASGI application", exc_info=exc)
+    async def run(self, app: App) -> None:
+        """Run `app` on this request (the body of its task), then end the response if
+        the app did not. A wrapper, not a done callback: the end runs in the same task
+        step, with no callback scheduled per request."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            self._ended(_ERROR_503)  # by the server, at the end of a shutdown's grace
+            raise
+        except Exception:
+            _log.exception("exception in the ASGI application")
+            self._ended(_ERROR_500)
+        else:
+            if not self.complete and self.started and not self.disconnected:
+                _log.error("the ASGI application returned before completing its response")
+            self._ended(_ERROR_500)
+        finally:
+            self.task = None
+
+    def _ended(self, reply: bytes) -> None:
+        """The app is done: an unstarted response gets `reply`; one started but not
+        complete is cut by the close (the client sees a truncated answer)."""
         if self.complete:
             return
         self.complete = True
-        self.keep_alive = False  # the close ends whatever part of a response went out
+        self.keep_alive = False
         self.wake()
-        if not self.disconnected:
-            if not self.started:  # cancelled: by the server, at the end of a shutdown
-                self.conn.write(_ERROR_503 if task.cancelled() else _ERROR_500)
-            elif not failed:
-                _log.error("the ASGI application returned before completing its response")
+        if not self.disconnected and not self.started:
+            self.conn.write(reply)
         self.conn.response_done(self)

@@ -47,7 +47,6 @@ from ._cycle import HIGH_WATER, Cycle
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Coroutine
 
     from ._toolkit import App
 
@@ -361,10 +360,7 @@ class Connection(asyncio.Protocol):
 
     def _run(self, cycle: Cycle) -> None:
         self.cycle = cycle
-        app = self.server.app(cycle.scope, cycle.receive, cycle.send)
-        task = self.loop.create_task(cast("Coroutine[Any, Any, None]", app))
-        cycle.task = task
-        task.add_done_callback(cycle.app_done)
+        cycle.task = self.loop.create_task(cycle.run(self.server.app))
 
     def response_done(self, cycle: Cycle) -> None:
         """`cycle`'s response is complete: close, or go on with the next request."""
