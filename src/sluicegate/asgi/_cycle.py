@@ -12,7 +12,8 @@ syscall, for the usual whole answer); one without is written at once and framed
 chunked (HTTP/1.1) or delimited by the close (HTTP/1.0). Sends after the client left
 return quietly, as uvicorn's do: the app learns of it from ``receive()``, or, cheaper,
 from the ``sluicegate.disconnect`` scope extension (``{"watch": callable}``: called
-with a callback, run once if the client leaves before the response is complete).
+with a callback, run once if the client leaves before the response is complete; it
+returns the task running the app).
 """
 
 from __future__ import annotations
@@ -114,13 +115,16 @@ class Cycle:
         self.task: asyncio.Task[None] | None = None
         self.watcher: Callable[[], object] | None = None
 
-    def watch(self, callback: Callable[[], object]) -> None:
+    def watch(self, callback: Callable[[], object]) -> asyncio.Task[None] | None:
         """Call `callback` once if the client leaves before the response is complete
-        (the ``sluicegate.disconnect`` extension: no pending ``receive()``, no task)."""
+        (the ``sluicegate.disconnect`` extension: no pending ``receive()``, no task).
+        Returns the task running the app, the one a watcher cancels (so the app need
+        not look it up: ``asyncio.current_task`` is a Python call in 3.11)."""
         if self.disconnected:
             self.conn.loop.call_soon(callback)
         else:
             self.watcher = callback
+        return self.task
 
     def lost(self) -> None:
         """The client left."""

@@ -192,13 +192,13 @@ class Exchange:
         """Arm the disconnect watch (call once the body is fully read). With the
         built-in server's ``sluicegate.disconnect`` extension it is a callback (no
         task per request); under another server, a pending ``receive()``."""
-        self._task = asyncio.current_task()
         self._armed = True
         extensions = self.scope.get("extensions")
         watch = extensions.get("sluicegate.disconnect") if extensions else None
         if watch is not None:
-            watch["watch"](self._on_disconnect)
+            self._task = watch["watch"](self._on_disconnect)  # the task running us
             return
+        self._task = asyncio.current_task()
         self._rx = rx = asyncio.ensure_future(self.receive())
         rx.add_done_callback(self._on_receive)
 
