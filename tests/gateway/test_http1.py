@@ -88,6 +88,17 @@ def reply(data: bytes) -> Handler:
     return handler
 
 
+def reply_when(release: asyncio.Event) -> Handler:
+    """Answer OK once `release` is set (the connection stays busy until then)."""
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(OK)
+        await writer.drain()
+
+    return handler
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -364,13 +375,7 @@ async def test_a_body_that_falls_silent_is_a_read_timeout() -> None:
 @pytest.mark.asyncio
 async def test_the_connection_bound_makes_requests_wait_then_times_them_out() -> None:
     release = asyncio.Event()
-
-    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-
-    async with serving(handler) as server:
+    async with serving(reply_when(release)) as server:
         client = Client(max_connections=1, connect_timeout=0.1)
         first = asyncio.ensure_future(client.request("POST", Target(server.url, b"/")))
         await eventually(lambda: server.connections == 1)
@@ -417,13 +422,7 @@ async def test_a_waiter_cancelled_as_a_connection_frees_up_raises_its_cancellati
 async def test_a_crowd_of_waiters_timing_out_leaves_the_queue_compact() -> None:
     """Waiters that give up are dropped from the queue in bulk, not one by one."""
     release = asyncio.Event()
-
-    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(OK)
-        await writer.drain()
-
-    async with serving(handler) as server:
+    async with serving(reply_when(release)) as server:
         client = Client(max_connections=1, connect_timeout=0.05)
         first = asyncio.ensure_future(client.request("POST", Target(server.url, b"/")))
         await eventually(lambda: server.connections == 1)
