@@ -146,7 +146,7 @@ class Cycle:
         if self.expect_continue:
             self.expect_continue = False
             if not self.started and not self.disconnected:
-                self.conn.write(_CONTINUE)
+                self.conn.transport.write(_CONTINUE)
         while not (self.disconnected or self.complete):
             body = self.body
             if body or (self.body_done and not self.delivered):
@@ -221,7 +221,7 @@ class Cycle:
             self.remaining = length
             self.pending = head
         else:
-            self.conn.write(head)
+            self.conn.transport.write(head)
 
     def _body(self, body: bytes, more: bool) -> bool:
         """Write a body part; True if the sender should wait for the socket to drain."""
@@ -243,10 +243,10 @@ class Cycle:
             if len(data) < _JOIN_BELOW:
                 data = pending + data
             else:
-                self.conn.write(pending)
+                self.conn.transport.write(pending)
         conn = self.conn
         if data:
-            conn.write(data)
+            conn.transport.write(data)
         if not more:
             if self.remaining:  # shorter than announced: only the close can end it
                 self.keep_alive = False
@@ -286,5 +286,5 @@ class Cycle:
         self.keep_alive = False
         self.wake()
         if not self.disconnected and not self.started:
-            self.conn.write(reply)
+            self.conn.transport.write(reply)
         self.conn.response_done(self)

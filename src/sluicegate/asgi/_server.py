@@ -397,9 +397,6 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
-
     def _pause_reading(self) -> None:
         if not self._read_paused:
             self._read_paused = True

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 
-from sluicegate.gateway._http1 import Client, HTTPClientError, Target
+from sluicegate.gateway._http1 import Client, HTTPClientError
 from sluicegate.testbed import percentile
 
+from ._stacks import _lean_request
 from ._upstream import BODY, STREAM_BODY
 
 if TYPE_CHECKING:
@@ -235,21 +236,12 @@ class _Load:
         self._headers = [(b"content-type", b"application/json")] + [
             (k.lower().encode(), v.encode()) for k, v in headers.items()
         ]
-        self._targets: dict[str, Target] = {}
 
     async def post(self, url: str) -> None:
-        """POST the chat body to `url` and read the whole answer."""
-        target = self._targets.get(url)
-        if target is None:
-            base, _, path = url.partition("/v1/")
-            target = self._targets[url] = Target(base, b"/v1/" + path.encode())
-        resp = await self._client.request("POST", target, data=BODY, headers=self._headers)
-        try:
-            await resp.read()
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
+        """POST the chat body to `url` (``base/v1/...``) and read the whole answer."""
+        base, _, path = url.partition("/v1/")
+        path_bytes = b"/v1/" + path.encode()
+        await _lean_request(self._client, base, b"POST", path_bytes, self._headers, BODY)
 
     async def close(self) -> None:
         await self._client.close()

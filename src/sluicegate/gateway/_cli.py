@@ -74,9 +74,8 @@ def serve(
             config = GatewayConfig.simple(list(backends), max_in_flight=max_in_flight)
         else:
             raise click.UsageError("give --config FILE or at least one --backend URL")
-        overrides = {k: v for k, v in (("host", host), ("port", port), ("http", http)) if v}
-        if port == 0:
-            overrides["port"] = 0
+        given = (("host", host), ("port", port), ("http", http))
+        overrides = {k: v for k, v in given if v is not None}
         if overrides:
             server = config.server.model_copy(update=overrides)
             config = config.model_copy(update={"server": server})

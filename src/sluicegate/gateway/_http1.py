@@ -481,16 +481,15 @@ class _Pool:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # pass the turn on
                 else:
-                    self._abandoned(waiter)
+                    self._abandoned()
                 raise
 
-    def _abandoned(self, waiter: asyncio.Future[None]) -> None:
+    def _abandoned(self) -> None:
         """A waiter gave up (timeout, cancel). It stays in the queue, where `_wake_one`
         skips it, and may have been dropped from it already (a free connection came
         between its cancellation and its task resuming): removing it by value would
         raise then, and cost O(waiters) each time, O(n^2) when a stuck backend times
         out a crowd. The queue is compacted once half of it is given up."""
-        del waiter
         self._given_up += 1
         if self._given_up * 2 > len(self._waiters):
             self._waiters = collections.deque(w for w in self._waiters if not w.done())
