@@ -546,3 +546,159 @@ def test_failures_map_to_their_kind_and_health(
     answered = failure(kind, None)
     answered.__context__ = info.value  # raised while handling it, as the relay does
     assert failure_kind(answered) == health
+
+
+class Sink:
+    """A `Response.pump` target: keeps the parts; full (asks for a drain) while
+    `full` is set, and its drain waits for `drained`."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.counted: list[bytes] = []
+        self.full = False
+        self.drains = 0
+        self.drained = asyncio.Event()
+
+    def write(self, data: bytes) -> bool:
+        self.parts.append(data)
+        return self.full
+
+    async def drain(self) -> None:
+        self.drains += 1
+        await self.drained.wait()
+        self.full = False
+
+
+@pytest.mark.asyncio
+async def test_pump_hands_out_each_part_as_it_arrives_and_returns_the_last() -> None:
+    release = asyncio.Event()
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await release.wait()
+        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(handler) as server:
+        client = Client()
+        resp = await client.request("POST", Target(server.url, b"/"), data=b"{}")
+        sink = Sink()
+        pump = asyncio.ensure_future(resp.pump(sink.write, sink.drain, sink.counted.append))
+        await eventually(lambda: sink.parts == [b"data: 1\n\n"])
+        assert not pump.done()
+        release.set()
+        # The last part (it came with the end of the body) is returned, not written.
+        assert await asyncio.wait_for(pump, WAIT) == b"data: 2\n\n"
+        assert sink.parts == [b"data: 1\n\n"]
+        assert sink.counted == [b"data: 1\n\n", b"data: 2\n\n"]
+        resp.release()
+        await fetch(client, server.url)  # the connection went back to the pool
+        await client.close()
+    assert server.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_pump_stops_reading_while_its_sink_is_full() -> None:
+    """A full sink (a slow client) stops the reading until its drain returns; nothing
+    is lost nor reordered, and the bytes held stay bounded."""
+    parts = [b"%05d" % i * 1000 for i in range(400)]  # 2 MB in 5 kB parts
+
+    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED)
+        for part in parts:
+            writer.write(chunk(part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with serving(handler) as server:
+        client = Client()
+        resp = await client.request("POST", Target(server.url, b"/"), data=b"{}")
+        conn = resp._conn
+        sink = Sink()
+        sink.full = True
+        pump = asyncio.ensure_future(resp.pump(sink.write, sink.drain))
+        await eventually(lambda: sink.drains == 1)
+        await asyncio.sleep(0.05)  # the backend would send it all now, if read
+        assert conn._paused
+        # What unread bytes may ever be held: the high-water mark, plus one read.
+        assert conn._buffered <= _http1.HIGH_WATER + 256 * 1024
+        sink.drained.set()
+        last = await asyncio.wait_for(pump, WAIT)
+        assert b"".join(sink.parts) + last == b"".join(parts)
+        resp.release()
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_pump_times_out_only_after_read_timeout_of_silence() -> None:
+    """Parts that keep coming keep the stream alive past read_timeout; silence ends
+    it with a `ReadTimeout`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED)
+        for _ in range(8):  # 0.4 s of parts, every 0.05 s
+            writer.write(chunk(b"data: x\n\n"))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await reader.read()  # then silence
+
+    async with serving(handler) as server:
+        client = Client(read_timeout=0.2)
+        resp = await client.request("POST", Target(server.url, b"/"))
+        sink = Sink()
+        with pytest.raises(ReadTimeout):
+            await asyncio.wait_for(resp.pump(sink.write, sink.drain), WAIT)
+        assert len(sink.parts) == 8
+        resp.close()
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_the_sink_is_raised_by_the_pump() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await reader.read()
+
+    def count(_: bytes) -> None:
+        raise ValueError("the meter broke")
+
+    async with serving(handler) as server:
+        client = Client()
+        resp = await client.request("POST", Target(server.url, b"/"))
+        sink = Sink()
+        with pytest.raises(ValueError, match="the meter broke"):
+            await asyncio.wait_for(resp.pump(sink.write, sink.drain, count), WAIT)
+        resp.close()
+        await eventually(lambda: server.closed == 1)
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_pump_closes_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    async with serving(handler) as server:
+        client = Client()
+        resp = await client.request("POST", Target(server.url, b"/"))
+        sink = Sink()
+
+        async def relay() -> None:
+            try:
+                await resp.pump(sink.write, sink.drain)
+            finally:
+                resp.close()
+
+        task = asyncio.ensure_future(relay())
+        await eventually(lambda: sink.parts == [b"data: 1\n\n"])
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: server.closed == 1)
+        assert resp._conn._write is None
+        await client.close()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -270,3 +272,66 @@ async def test_stream_cut_at_drain_grace_logs_one_line_and_no_traceback(
     assert not [rec for rec in caplog.records if rec.exc_info]
     cut = [rec for rec in caplog.records if "drain_grace" in rec.getMessage()]
     assert len(cut) == 1
+
+
+def _dechunk(data: bytes) -> bytes:
+    """A chunked body's content (the gateway frames parts as they come)."""
+    out, at = bytearray(), 0
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end], 16)
+        if size == 0:
+            return bytes(out)
+        out += data[end + 2 : end + 2 + size]
+        at = end + 4 + size
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_stops_reading_holds_the_backend_back_and_loses_nothing() -> None:
+    """Backpressure through the relay: while the client reads nothing, the backend
+    cannot send the whole stream (the gateway stops reading it: no unbounded buffer);
+    once the client reads, every byte arrives, in order."""
+    part = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
+    total = 1024  # 64 MiB: more than every socket buffer on the way can hold
+    sent = 0
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        writer.write(SSE_HEAD)
+        for _i in range(total):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+            sent += 1
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_upstream(script) as url, gateway(url) as (gw, _):
+        assert gw.url is not None
+        address = urlsplit(gw.url)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no autotuning
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (address.hostname, address.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        body = chat(stream=True)
+        writer.write(
+            b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (CHAT.encode(), len(body), body)
+        )
+        await eventually(lambda: sent > 0)
+        await asyncio.sleep(0.5)  # the client reads nothing
+        held_back = sent
+
+        async def read_all() -> bytes:
+            data = bytearray()
+            while not data.endswith(b"\r\n0\r\n\r\n"):
+                data += await reader.read(1 << 20)
+            return bytes(data)
+
+        received = await asyncio.wait_for(read_all(), WAIT * 3)
+        writer.close()
+        assert held_back < total // 2
+        assert sent == total
+        assert _dechunk(received.partition(b"\r\n\r\n")[2]) == part * total
+        await eventually(lambda: in_flight(gw) == 0)

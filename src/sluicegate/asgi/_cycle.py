@@ -8,12 +8,15 @@ complete, and then says ``http.disconnect`` (as uvicorn does; the gateway's disc
 watch relies on it).
 
 A response with a content-length is written with its first body part (one write, one
-syscall, for the usual whole answer); one without is written at once and framed
-chunked (HTTP/1.1) or delimited by the close (HTTP/1.0). Sends after the client left
+syscall, for the usual whole answer); one without is framed chunked (HTTP/1.1) or
+delimited by the close (HTTP/1.0), and its head goes with the first body part sent in
+the same loop iteration, or alone at the end of that iteration. Sends after the client left
 return quietly, as uvicorn's do: the app learns of it from ``receive()``, or, cheaper,
 from the ``sluicegate.disconnect`` scope extension (``{"watch": callable}``: called
 with a callback, run once if the client leaves before the response is complete; it
-returns the task running the app).
+returns the task running the app). The ``sluicegate.body`` extension (``{"write":
+callable, "drain": async callable}``) sends body parts from a plain call (`Cycle.write`),
+so a relay can write from its upstream connection's read callback.
 """
 
 from __future__ import annotations
@@ -189,6 +192,14 @@ class Cycle:
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
+    def write(self, body: bytes) -> bool:
+        """Send a body part, more to follow, from a plain call: the ``sluicegate.body``
+        extension, for a relay that writes from a protocol callback. True: wait for the
+        extension's ``drain()`` before the next part. After the client left, nothing."""
+        if not self.started or self.complete:
+            raise RuntimeError("http.response.body outside of a started, open response")
+        return not self.disconnected and self._body(body, True)
+
     def _head(self, status: int, headers: Any) -> None:
         parts = [_status_line(status)]
         length: int | None = None
@@ -220,8 +231,21 @@ class Cycle:
         if length is not None and not no_body:
             self.remaining = length
             self.pending = head
-        else:
+        elif no_body:
             self.conn.transport.write(head)
+        else:
+            # A streamed answer's first part most often follows in this same task
+            # step (a relay sends the head with the first chunk): it takes the head
+            # along, one write, and the flush at the end of the step finds nothing.
+            self.pending = head
+            self.conn.loop.call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            if not self.disconnected and not self.conn.transport.is_closing():
+                self.conn.transport.write(pending)
 
     def _body(self, body: bytes, more: bool) -> bool:
         """Write a body part; True if the sender should wait for the socket to drain."""
@@ -285,6 +309,9 @@ class Cycle:
         self.complete = True
         self.keep_alive = False
         self.wake()
-        if not self.disconnected and not self.started:
-            self.conn.transport.write(reply)
+        if not self.disconnected:
+            if not self.started:
+                self.conn.transport.write(reply)
+            else:
+                self._flush_head()  # the client sees a truncated answer, not none
         self.conn.response_done(self)

@@ -298,7 +298,10 @@ class Connection(asyncio.Protocol):
             http11=version == "1.1",
             expect_continue=self._expect,
         )
-        scope["extensions"] = {"sluicegate.disconnect": {"watch": cycle.watch}}
+        scope["extensions"] = {
+            "sluicegate.disconnect": {"watch": cycle.watch},
+            "sluicegate.body": {"write": cycle.write, "drain": self.drain},
+        }
         self._body_cycle = cycle
         if self.cycle is None:
             self._run(cycle)

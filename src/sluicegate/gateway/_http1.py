@@ -115,6 +115,7 @@ class _Connection(asyncio.Protocol):
         "_began",
         "_buf",
         "_buffered",
+        "_count",
         "_head_size",
         "_loop",
         "_parser",
@@ -123,6 +124,7 @@ class _Connection(asyncio.Protocol):
         "_since",
         "_timer",
         "_waiter",
+        "_write",
         "busy",
         "closed",
         "done",
@@ -148,6 +150,9 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._since = 0.0
+        #: While `pump` runs: the body's sink, and what sees each part first.
+        self._write: Callable[[bytes], bool] | None = None
+        self._count: Callable[[bytes], object] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -179,6 +184,29 @@ class _Connection(asyncio.Protocol):
             return
         if not self.head_done and self._head_size > MAX_HEAD:
             self.fail(ProtocolError(f"the answer's head passed {MAX_HEAD} bytes"))
+        elif self._write is not None and self._buf and not self.done and not self._paused:
+            self._hand_out(self._write)
+
+    def _hand_out(self, write: Callable[[bytes], bool]) -> None:
+        """`pump`: one write for what one read brought (the parts are joined), from
+        this callback: no task step per part. The end of the body is left to the pump,
+        which returns it (the caller sends it with the response's end: one write)."""
+        buf = self._buf
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        self._buf = []
+        self._since = self._loop.time()  # the read timer's "last byte"
+        try:
+            if self._count is not None:
+                self._count(data)
+            if write(data):  # the client's socket is full: stop reading
+                self._paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                self._wake()
+        except Exception as exc:  # the pump raises it (not an HTTP error)
+            self._write = None
+            self.error = exc
+            self._wake()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -239,6 +267,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._buf.append(body)
+        if self._write is not None:
+            return  # `pump`: `data_received` hands the read's parts out at its end
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
@@ -310,6 +340,43 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self.wait()
 
+    async def pump(
+        self,
+        write: Callable[[bytes], bool],
+        drain: Callable[[], Awaitable[None]],
+        count: Callable[[bytes], object] | None,
+    ) -> bytes:
+        """Hand the body to `write` as it arrives, from the protocol's own callback
+        (`_hand_out`); returns its last part, unwritten (see `Response.pump`)."""
+        self._count = count
+        try:
+            while True:
+                buf = self._buf
+                if buf:  # arrived before the pump, or the end of the body
+                    data = buf[0] if len(buf) == 1 else b"".join(buf)
+                    self._buf = []
+                    self._buffered = 0
+                    if count is not None:
+                        count(data)
+                    if self.done:
+                        return data
+                    if write(data):
+                        await drain()
+                    continue
+                if self.error is not None:
+                    raise self.error
+                if self.done:
+                    return b""
+                self._write = write
+                if self._paused and not self.closed and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                await self.wait()
+                if self._paused and self.error is None:
+                    await drain()  # `write` asked for it (`_hand_out` paused the reading)
+        finally:
+            self._write = self._count = None
+
     def unread(self, data: bytes) -> None:
         """Put bytes back at the front of the body (`Response.read` of a few bytes)."""
         self._buf.insert(0, data)
@@ -369,6 +436,30 @@ class Response:
         if not self._type:
             return "application/octet-stream"
         return self._type.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+    async def pump(
+        self,
+        write: Callable[[bytes], bool],
+        drain: Callable[[], Awaitable[None]],
+        count: Callable[[bytes], object] | None = None,
+    ) -> bytes:
+        """Relay the body to `write` as it arrives; return its last part, not written,
+        for the caller to send with the end of its own response (one write, not two).
+
+        Parts go out from the connection's own read callback, one write per read (the
+        parts one read brought are joined), so a relayed part costs no Future and no
+        task step. `count`, if given, sees every part first, the last one included.
+        `write` returns True when its side cannot take more now: reading stops until
+        `drain()` returns. The read timeout applies as to `readany`; an exception from
+        `write` or `count` is raised here, as are the read's failures.
+        """
+        return await self._conn.pump(write, drain, count)
+
+    @property
+    def complete(self) -> bool:
+        """The whole body arrived and was read."""
+        conn = self._conn
+        return conn.done and not conn._buf
 
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` body bytes (fewer at the end), or with n < 0 the rest of the body."""

@@ -3,7 +3,10 @@
 Invariants:
 
 * Bodies are forwarded unchanged both ways (no re-encoding, no decompression).
-* A streamed response is relayed chunk by chunk as it arrives, never buffered.
+* A streamed response is relayed chunk by chunk as it arrives, never buffered. Under
+  the built-in server, after the first chunk, each part is written from the upstream
+  connection's read callback (`Response.pump`), with no task step per chunk; a full
+  client socket stops the reading until it drains.
 * Once a byte was sent to the client, an upstream failure ends the response: an SSE
   stream with an error event, anything else by closing the connection. Nothing is
   retried and no error status can follow.
@@ -251,6 +254,13 @@ class Exchange:
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
     @property
+    def body_extension(self) -> Any:
+        """The built-in server's ``sluicegate.body`` extension (``write``, ``drain``),
+        or None under another server."""
+        extensions = self.scope.get("extensions")
+        return extensions.get("sluicegate.body") if extensions else None
+
+    @property
     def send_raw(self) -> Send:
         """The server's `send`, for a loop that sends body parts itself (`_pipe`)."""
         return self._send
@@ -451,15 +461,19 @@ async def _pipe(
     if start is not None and not ex.started:
         chunk = await read()
         await _start(ex, *start)
-        if not chunk:
-            await ex.finish()
-            return
-        if meter is not None:
+        if meter is not None and chunk:
             meter.chunk(chunk)
+        if not chunk or resp.complete:  # a short stream can come in one read
+            await ex.finish(chunk)
+            return
         await ex.chunk(chunk)
-    # The per-chunk loop, kept lean: one ASGI message a chunk.
-    send = ex.send_raw
     count = None if meter is None else meter.chunk
+    body = ex.body_extension
+    if body is not None:  # the built-in server: parts go out from the read callback
+        await ex.finish(await resp.pump(body["write"], body["drain"], count))
+        return
+    # Another server: one ASGI message a chunk.
+    send = ex.send_raw
     while True:
         chunk = await read()
         if not chunk:
