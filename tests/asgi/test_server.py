@@ -1,7 +1,8 @@
 """The built-in HTTP/1.1 server (`HttpServer`), spoken to in raw bytes on loopback.
 
 Hostile-client limits are tested through the gateway (tests/gateway/test_clients.py);
-here: framing, keep-alive, pipelining, 100-continue, back-pressure, disconnects,
+here: framing (a streamed head sent when ready), keep-alive, pipelining, 100-continue,
+back-pressure, disconnects, the `sluicegate.body` extension,
 failures of the app, and shutdown.
 """
 
@@ -132,6 +133,65 @@ async def test_a_response_without_length_is_chunked_on_http11_and_closed_on_http
         assert (status, body) == (200, b"one,two,three")
         assert headers[b"connection"] == b"close"
         assert await reader.read() == b""
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_streamed_head_is_sent_when_ready_even_with_no_part_or_a_failure() -> None:
+    """A head without a content-length waits for a first part sent in the same loop
+    iteration, never longer: an app that starts and then waits, or starts and then
+    fails, still shows its head."""
+    release = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        if scope["path"] == "/fail":
+            raise ValueError("boom")
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"late"})
+
+    async with running(app) as (_, address):
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(post(b"/wait", b""))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+        release.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), WAIT) == (
+            b"4\r\nlate\r\n0\r\n\r\n"
+        )
+        writer.write(post(b"/fail", b""))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, no final chunk
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_the_body_extension_writes_parts_from_a_plain_call() -> None:
+    """``sluicegate.body``: parts written from a callback, outside the app's task,
+    arrive in order and framed, and the app's own end follows them."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(receive)
+        body = scope["extensions"]["sluicegate.body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        done = asyncio.get_running_loop().create_future()
+
+        def from_a_callback() -> None:
+            for part in (b"one,", b"two,"):
+                assert body["write"](part) is False  # the socket takes it: no drain asked
+            done.set_result(None)
+
+        asyncio.get_running_loop().call_soon(from_a_callback)
+        await done
+        await body["drain"]()
+        await send({"type": "http.response.body", "body": b"three"})
+
+    async with running(app) as (_, address):
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(post(b"/", b""))
+        status, headers, body = await response(reader)
+        assert (status, headers[b"transfer-encoding"], body) == (200, b"chunked", b"one,two,three")
         writer.close()
 
 
