@@ -45,6 +45,13 @@ def stats(gw: Gateway) -> Any:
     return gw.pools["default"].controller.statistics()
 
 
+#: Both client-facing servers: the built-in one reports a disconnect by a callback
+#: (its ``sluicegate.disconnect`` extension) and takes a stream's parts from the
+#: upstream's read callback (``sluicegate.body``); uvicorn gets a pending ``receive()``
+#: and one ASGI message a chunk.
+SERVERS = [{"http": h, "host": "127.0.0.1", "port": 0} for h in ("builtin", "uvicorn")]
+
+
 @pytest.mark.asyncio
 async def test_non_streamed_body_is_forwarded_unchanged_and_answer_relayed() -> None:
     """The upstream sees the exact client bytes; the client sees upstream's answer."""
@@ -62,12 +69,14 @@ async def test_non_streamed_body_is_forwarded_unchanged_and_answer_relayed() -> 
 
 
 @pytest.mark.asyncio
-async def test_stream_is_relayed_chunk_by_chunk() -> None:
+@pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
+async def test_stream_is_relayed_chunk_by_chunk(server: dict[str, Any]) -> None:
     """Each SSE event reaches the client before the upstream sends the next one."""
     fake = FakeUpstream()
     fake.hold = None
-    async with stack(fake=fake) as (gw, fake, client):
+    async with stack(fake=fake, server=server) as (gw, fake, client):
         fake.chunks = 3
+        fake.chunk_delay = 0.01  # one read a chunk: the relay's per-chunk path, not one read
         async with client.post(CHAT, data=chat(stream=True)) as r:
             assert r.status == 200
             assert r.headers["content-type"] == "text/event-stream"
@@ -187,10 +196,13 @@ async def test_upstream_5xx_before_any_byte_is_502(stream: bool) -> None:
 
 
 @pytest.mark.asyncio
-async def test_upstream_abort_mid_stream_ends_the_stream_with_an_error_event() -> None:
+@pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
+async def test_upstream_abort_mid_stream_ends_the_stream_with_an_error_event(
+    server: dict[str, Any],
+) -> None:
     """After bytes were relayed, an upstream failure ends the SSE stream with an
     OpenAI-shaped error event; the backend's address is not in it."""
-    async with stack() as (gw, fake, client):
+    async with stack(server=server) as (gw, fake, client):
         fake.mode = "abort"
         fake.chunks = 5
         async with client.post(CHAT, data=chat(stream=True)) as r:
@@ -202,11 +214,6 @@ async def test_upstream_abort_mid_stream_ends_the_stream_with_an_error_event() -
         assert "127.0.0.1" not in error["message"]
         assert len(fake.requests) == 1
         await eventually(lambda: stats(gw).in_flight == 0)
-
-
-#: Both client-facing servers: the built-in one reports a disconnect by a callback
-#: (its ``sluicegate.disconnect`` extension), uvicorn through a pending ``receive()``.
-SERVERS = [{"http": h, "host": "127.0.0.1", "port": 0} for h in ("builtin", "uvicorn")]
 
 
 @pytest.mark.asyncio
