@@ -134,9 +134,15 @@ async def test_a_base_url_path_prefixes_the_target() -> None:
     assert server.heads[0].startswith(b"POST /prefix/v1/x HTTP/1.1\r\n")
 
 
-@pytest.mark.asyncio
-async def test_a_chunked_body_is_handed_out_as_it_arrives() -> None:
-    release = asyncio.Event()
+async def one_part_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A chunked SSE answer that sends one event and nothing more until the client leaves."""
+    writer.write(CHUNKED + chunk(b"data: 1\n\n"))
+    await writer.drain()
+    await reader.read()
+
+
+def two_parts(release: asyncio.Event) -> Handler:
+    """A chunked SSE answer: one event, then, once `release` is set, one more and the end."""
 
     async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(CHUNKED + chunk(b"data: 1\n\n"))
@@ -145,7 +151,14 @@ async def test_a_chunked_body_is_handed_out_as_it_arrives() -> None:
         writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
         await writer.drain()
 
-    async with serving(handler) as server:
+    return handler
+
+
+@pytest.mark.asyncio
+async def test_a_chunked_body_is_handed_out_as_it_arrives() -> None:
+    release = asyncio.Event()
+
+    async with serving(two_parts(release)) as server:
         client = Client()
         resp = await client.request("POST", Target(server.url, b"/"), data=b"{}")
         assert resp.content_type == "text/event-stream" and resp.content_length is None
@@ -357,12 +370,7 @@ async def test_no_head_within_read_timeout_is_a_read_timeout() -> None:
 
 @pytest.mark.asyncio
 async def test_a_body_that_falls_silent_is_a_read_timeout() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        await reader.read()
-
-    async with serving(handler) as server:
+    async with serving(one_part_then_silence) as server:
         client = Client(read_timeout=0.1)
         resp = await client.request("POST", Target(server.url, b"/"))
         assert await resp.readany() == b"data: 1\n\n"
@@ -573,14 +581,7 @@ class Sink:
 async def test_pump_hands_out_each_part_as_it_arrives_and_returns_the_last() -> None:
     release = asyncio.Event()
 
-    async def handler(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        await release.wait()
-        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
-        await writer.drain()
-
-    async with serving(handler) as server:
+    async with serving(two_parts(release)) as server:
         client = Client()
         resp = await client.request("POST", Target(server.url, b"/"), data=b"{}")
         sink = Sink()
@@ -657,15 +658,10 @@ async def test_pump_times_out_only_after_read_timeout_of_silence() -> None:
 
 @pytest.mark.asyncio
 async def test_an_exception_in_the_sink_is_raised_by_the_pump() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
-        await writer.drain()
-        await reader.read()
-
     def count(_: bytes) -> None:
         raise ValueError("the meter broke")
 
-    async with serving(handler) as server:
+    async with serving(one_part_then_silence) as server:
         client = Client()
         resp = await client.request("POST", Target(server.url, b"/"))
         sink = Sink()
