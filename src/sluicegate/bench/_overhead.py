@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 
-from sluicegate.gateway._http1 import Client, HTTPClientError
+from sluicegate.gateway._http1 import Client
 from sluicegate.testbed import percentile
 
+from ._open_loop import open_loop
 from ._stacks import _lean_request
 from ._upstream import BODY, STREAM_BODY
 
@@ -223,12 +224,12 @@ def running(options: OverheadOptions) -> Iterator[Endpoints]:
 
 @final
 class _Load:
-    """Part 2's load generator: the gateway's own HTTP/1.1 client (`gateway._http1`).
+    """Part 2's load generator at concurrency 1 and 64: the gateway's own HTTP/1.1
+    client (`gateway._http1`). The open loop has its own, leaner sender (`_open_loop`).
 
     It shares the load core with the upstream, and aiohttp's client (~3x its CPU per
-    request) made it the bottleneck there: the open loop at 80 % of the gateway's rate
-    fell behind on the direct path itself (its p99 reached seconds), and the closed
-    loop's req/s measured the generator. Every path gets the same client.
+    request) made it the bottleneck there: the closed loop's req/s measured the
+    generator. Every path gets the same client.
     """
 
     def __init__(self, headers: dict[str, str]) -> None:
@@ -272,34 +273,6 @@ async def _throughput(session: _Load, url: str, seconds: float) -> int:
     return done
 
 
-async def _open_loop(session: _Load, url: str, rate: float, seconds: float) -> list[float]:
-    """Open loop: requests sent at a fixed `rate` whatever the answers do. Each latency
-    counts from when its request was due, so a lagging sender is not hidden (no
-    coordinated omission)."""
-    out: list[float] = []
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(due: float) -> None:
-        # An overloaded target's failure counts with the time it took.
-        with contextlib.suppress(HTTPClientError, TimeoutError):
-            await session.post(url)
-        out.append(time.perf_counter() - due)
-
-    began = time.perf_counter()
-    n = int(rate * seconds)
-    for i in range(n):
-        due = began + i / rate
-        if (delay := due - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        task = loop.create_task(one(due))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    while tasks:
-        await asyncio.gather(*tasks)
-    return out
-
-
 def _cpu_pids(ep: Endpoints) -> dict[str, int | None]:
     """Whose CPU time is a path's cost: the upstream's for direct, else the gateway's."""
     return {"direct": ep.upstream_pid, "sluicegate": ep.gateway_pid, "target": ep.target_pid}
@@ -323,15 +296,17 @@ async def _closed_round(
 
 
 async def _open_round(
-    session: _Load, ep: Endpoints, seconds: float, results: dict[str, list[float]]
+    ep: Endpoints, seconds: float, headers: dict[str, str], results: dict[str, list[float]]
 ) -> None:
-    """Open loop at 80 % of the gateway's own closed-loop rate, every path in turn."""
+    """Open loop at 80 % of the gateway's own closed-loop rate, every path in turn, from
+    the lean open-loop sender (`_open_loop.py`)."""
     rate = 0.8 * statistics.median(results["sluicegate req/s @64"])
     results.setdefault("open-loop rate req/s", []).append(rate)
     p99: dict[str, float] = {}
     for name, base in _paths(ep):
-        lat = await _open_loop(session, base + _CHAT, rate, seconds)
-        p99[name] = percentile(lat, 99) * 1e3
+        sent = await open_loop(base + _CHAT, BODY, rate, seconds, headers)
+        results.setdefault(f"{name} open-loop failed", []).append(sent.failed)
+        p99[name] = percentile(sent.latencies, 99) * 1e3
         results.setdefault(f"{name} open-loop p99 ms", []).append(p99[name])
     for name, value in p99.items():
         if name != "direct":
@@ -374,7 +349,7 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
             await _closed_round(session, ep, options.throughput_s, results)
         if options.open_loop_s > 0:
             for _ in range(options.rounds):
-                await _open_round(session, ep, options.open_loop_s, results)
+                await _open_round(ep, options.open_loop_s, _auth(options), results)
     finally:
         await session.close()
     return results
