@@ -1,6 +1,6 @@
 """The upstream client leg alone (issue 17): CPU per non-streamed request of this process
 with aiohttp's client (tuned as the gateway's was) and with the gateway's own
-`_http1.Client`, 20,000 requests at concurrency 64, 3 interleaved rounds after a warm-up.
+`_client.Client`, 20,000 requests at concurrency 64, 3 interleaved rounds after a warm-up.
 
     taskset -c 1 python -c 'from sluicegate.bench._upstream import main; main()' --port 18203 &
     taskset -c 0 python docs/profiles/client_leg.py 18203
@@ -14,7 +14,8 @@ import aiohttp
 import uvloop
 from yarl import URL
 
-from sluicegate.gateway._http1 import Client, Target
+from sluicegate.gateway._client import Client
+from sluicegate.gateway._http1 import Target
 
 PORT = int(sys.argv[1])
 N = 20000

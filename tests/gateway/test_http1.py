@@ -1,6 +1,7 @@
-"""The data path's HTTP/1.1 client (`gateway/_http1.py`) against raw asyncio servers on
-127.0.0.1: framing, limits against hostile backends, pooling, timeouts, cancellation,
-and the failure kinds the gateway's passive health reads."""
+"""The data path's HTTP/1.1 client (`gateway/_http1.py`, `gateway/_client.py`) against
+raw asyncio servers on 127.0.0.1: framing, limits against hostile backends, pooling,
+timeouts, cancellation, the stream pump, and the failure kinds the gateway's passive
+health reads."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sluicegate.gateway import _http1
+from sluicegate.gateway import _client, _http1
+from sluicegate.gateway._client import Client
 from sluicegate.gateway._health import failure_kind
 from sluicegate.gateway._http1 import (
-    Client,
     ConnectError,
     ConnectionBroken,
     ConnectTimeout,
@@ -523,7 +524,7 @@ async def test_an_unread_body_stops_the_reading_until_it_is_read() -> None:
 async def test_idle_connections_are_closed_after_the_keep_alive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_http1, "KEEPALIVE", 0.05)
+    monkeypatch.setattr(_client, "KEEPALIVE", 0.05)
     async with serving(reply(OK)) as server:
         client = Client()
         await fetch(client, server.url)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import aiohttp
 
-from sluicegate.gateway._http1 import Client
+from sluicegate.gateway._client import Client
 from sluicegate.testbed import percentile
 
 from ._open_loop import open_loop

@@ -25,7 +25,8 @@ from typing import Any, Final, cast, final
 
 import httptools
 
-from ..gateway._http1 import Client, Target
+from ..gateway._client import Client
+from ..gateway._http1 import Target
 
 __all__ = ["asgi_aiohttp", "main"]
 
@@ -39,7 +40,7 @@ Headers = list[tuple[bytes, bytes]]
 async def _lean_request(
     client: Client, base: str, method: bytes, path: bytes, headers: Headers, body: bytes
 ) -> tuple[int, Headers, bytes]:
-    """One request on the gateway's own client (`gateway/_http1.py`): the whole answer."""
+    """One request on the gateway's own client (`gateway/_client.py`): the whole answer."""
     forwarded = [(n, v) for n, v in headers if n not in _SKIP]
     resp = await client.request(method.decode(), Target(base, path), data=body, headers=forwarded)
     try:

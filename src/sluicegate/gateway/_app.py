@@ -25,10 +25,10 @@ import sluicegate as sg
 
 from ..asgi import ClientGone, Receive, Scope, Send, lifespan
 from ._auth import Auth
+from ._client import Client
 from ._config import GatewayConfigError, UtilizationSettings, load_config
 from ._errors import GatewayError
 from ._health import relay_with_retry
-from ._http1 import Client
 from ._introspect import debug_document, merged_models, readiness, require_token
 from ._metrics import GatewayMetrics
 from ._pause import Resumable

@@ -38,7 +38,8 @@ from ._resume import Kind, PausePolicy, StreamSplicer, pause_blocker, upstream_b
 from ._upstream import KIND_STATUS, UPSTREAM_ERRORS, UpstreamFailure
 
 if TYPE_CHECKING:
-    from ._http1 import Client, Response
+    from ._client import Client
+    from ._http1 import Response
     from ._proxy import Exchange
     from ._tokens import UsageMeter
 

@@ -1,4 +1,4 @@
-"""The client side (one raw ASGI exchange) and the upstream relay (`_http1.Client`).
+"""The client side (one raw ASGI exchange) and the upstream relay (`_client.Client`).
 
 Invariants:
 
@@ -27,7 +27,7 @@ import sluicegate as sg
 
 from ..asgi import BodyTooLarge, Message, Receive, Scope, Send, read_body
 from ._errors import GatewayError, GatewayOutcome, error_reply
-from ._http1 import Client, HTTPClientError, Response, Target
+from ._http1 import HTTPClientError, Response, Target
 from ._queue_events import preamble_continues, sse_failure
 from ._record import RequestRecord, now
 from ._upstream import (
@@ -39,6 +39,7 @@ from ._upstream import (
 )
 
 if TYPE_CHECKING:
+    from ._client import Client
     from ._config import ServerSettings
     from ._tokens import UsageMeter
 
