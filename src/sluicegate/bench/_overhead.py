@@ -225,7 +225,7 @@ def running(options: OverheadOptions) -> Iterator[Endpoints]:
 @final
 class _Load:
     """Part 2's load generator at concurrency 1 and 64: the gateway's own HTTP/1.1
-    client (`gateway._http1`). The open loop has its own, leaner sender (`_open_loop`).
+    client (`gateway._client`). The open loop has its own, leaner sender (`_open_loop`).
 
     It shares the load core with the upstream, and aiohttp's client (~3x its CPU per
     request) made it the bottleneck there: the closed loop's req/s measured the
