@@ -181,13 +181,24 @@ class _Connection(asyncio.Protocol):
         elif self._write is not None and self._buf and not self.done and not self._paused:
             self._hand_out(self._write)
 
+    def _take(self) -> bytes:
+        """The body bytes arrived and not yet read, in one piece; the buffer is empty."""
+        buf = self._buf
+        self._buf = []
+        self._buffered = 0
+        return buf[0] if len(buf) == 1 else b"".join(buf)
+
+    def _resume(self) -> None:
+        """Read again, if reading was paused (backpressure) and the connection is open."""
+        if self._paused and not self.closed and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
     def _hand_out(self, write: Callable[[bytes], bool]) -> None:
         """`pump`: one write for what one read brought (the parts are joined), from
         this callback: no task step per part. The end of the body is left to the pump,
         which returns it (the caller sends it with the response's end: one write)."""
-        buf = self._buf
-        data = buf[0] if len(buf) == 1 else b"".join(buf)
-        self._buf = []
+        data = self._take()
         self._since = self._loop.time()  # the read timer's "last byte"
         try:
             if self._count is not None:
@@ -319,14 +330,9 @@ class _Connection(asyncio.Protocol):
         """The body bytes that arrived since the last call (waiting for some when there
         are none); b"" at the end of the body."""
         while True:
-            buf = self._buf
-            if buf:
-                data = buf[0] if len(buf) == 1 else b"".join(buf)
-                self._buf = []
-                self._buffered = 0
-                if self._paused and not self.closed and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
+            if self._buf:
+                data = self._take()
+                self._resume()
                 return data
             if self.done:
                 return b""
@@ -345,11 +351,8 @@ class _Connection(asyncio.Protocol):
         self._count = count
         try:
             while True:
-                buf = self._buf
-                if buf:  # arrived before the pump, or the end of the body
-                    data = buf[0] if len(buf) == 1 else b"".join(buf)
-                    self._buf = []
-                    self._buffered = 0
+                if self._buf:  # arrived before the pump, or the end of the body
+                    data = self._take()
                     if count is not None:
                         count(data)
                     if self.done:
@@ -362,9 +365,7 @@ class _Connection(asyncio.Protocol):
                 if self.done:
                     return b""
                 self._write = write
-                if self._paused and not self.closed and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
+                self._resume()
                 await self.wait()
                 if self._paused and self.error is None:
                     await drain()  # `write` asked for it (`_hand_out` paused the reading)
