@@ -197,8 +197,7 @@ class Exchange:
         built-in server's ``sluicegate.disconnect`` extension it is a callback (no
         task per request); under another server, a pending ``receive()``."""
         self._armed = True
-        extensions = self.scope.get("extensions")
-        watch = extensions.get("sluicegate.disconnect") if extensions else None
+        watch = self.extension("sluicegate.disconnect")
         if watch is not None:
             self._task = watch["watch"](self._on_disconnect)  # the task running us
             return
@@ -254,12 +253,11 @@ class Exchange:
         self.preamble = self.sse = True
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
 
-    @property
-    def body_extension(self) -> Any:
-        """The built-in server's ``sluicegate.body`` extension (``write``, ``drain``),
-        or None under another server."""
+    def extension(self, name: str) -> Any:
+        """The server's ASGI scope extension `name` (the built-in server's
+        ``sluicegate.disconnect`` and ``sluicegate.body``), or None."""
         extensions = self.scope.get("extensions")
-        return extensions.get("sluicegate.body") if extensions else None
+        return extensions.get(name) if extensions else None
 
     @property
     def send_raw(self) -> Send:
@@ -469,7 +467,7 @@ async def _pipe(
             return
         await ex.chunk(chunk)
     count = None if meter is None else meter.chunk
-    body = ex.body_extension
+    body = ex.extension("sluicegate.body")
     if body is not None:  # the built-in server: parts go out from the read callback
         await ex.finish(await resp.pump(body["write"], body["drain"], count))
         return
