@@ -203,6 +203,12 @@ class FlowController:
                 self._dispatch()
                 self._arm_collection()
             raise
+        finally:
+            # A failed future holds its exception, whose traceback holds this frame:
+            # unlinked, a rejected or expired wait is freed by reference counting, not
+            # left to the cyclic collector. The ticket needs no waiter once it is over.
+            ticket._waiter = None
+            del waiter
         ticket._handed_over = True
         return ticket
 

@@ -257,7 +257,13 @@ class Scheduler:
             assert isinstance(error, QueueFullError | NoEndpointsError | DeadlineUnreachableError)
             self.outcomes[error.outcome] += 1
             self.registry.forget_if_unused(band)
-            raise error
+            try:
+                raise error
+            finally:
+                # This frame is in the error's traceback: without the local, the two
+                # form no reference cycle (as asyncio does), and a refusal is freed by
+                # reference counting instead of waiting for the cyclic collector.
+                error = None
         return eta
 
     def estimate_wait(self, priority: int) -> tuple[float | None, int]:

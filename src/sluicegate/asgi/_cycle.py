@@ -98,7 +98,7 @@ class Cycle:
         expect_continue: bool,
     ) -> None:
         self.conn = conn
-        self.scope = scope
+        self.scope: Scope | None = scope  # the app's once it runs (`run`)
         self.keep_alive = keep_alive
         self.http11 = http11
         self.expect_continue = expect_continue
@@ -285,9 +285,19 @@ class Cycle:
     async def run(self, app: App) -> None:
         """Run `app` on this request (the body of its task), then end the response if
         the app did not. A wrapper, not a done callback: the end runs in the same task
-        step, with no callback scheduled per request."""
+        step, with no callback scheduled per request.
+
+        The scope holds this cycle (its extensions are bound methods), and a watcher
+        holds the app's state, which holds the scope: both links are dropped here, so a
+        request's objects are freed by reference counting when it ends. A cycle would
+        leave them to the cyclic collector, whose passes under load stopped the loop for
+        1-30 ms (docs/design.md, "No garbage cycles per request").
+        """
+        scope, self.scope = self.scope, None
+        if scope is None:
+            raise RuntimeError("a request cycle runs once")
         try:
-            await app(self.scope, self.receive, self.send)
+            await app(scope, self.receive, self.send)
         except asyncio.CancelledError:
             self._ended(_ERROR_503)  # by the server, at the end of a shutdown's grace
             raise
@@ -300,6 +310,7 @@ class Cycle:
             self._ended(_ERROR_500)
         finally:
             self.task = None
+            self.watcher = None
 
     def _ended(self, reply: bytes) -> None:
         """The app is done: an unstarted response gets `reply`; one started but not

@@ -186,6 +186,11 @@ class Connection(asyncio.Protocol):
         self._timer = self.loop.call_at(self._deadline, self._on_timer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The parser holds this protocol's callbacks, so the two form a reference cycle:
+        # broken here, a closed connection is freed by reference counting, not left to
+        # the cyclic collector (a client that opens a connection per request would
+        # otherwise leave one such cycle per request). Nothing parses after the close.
+        del self._parser
         server = self.server
         if self not in server.connections:
             return  # refused at the cap

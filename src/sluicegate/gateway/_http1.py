@@ -217,6 +217,9 @@ class _Connection(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The parser holds this protocol's callbacks: dropped, a closed connection is
+        # freed by reference counting, not left to the cyclic collector.
+        del self._parser
         self.closed = True
         self._pool.forget(self)
         if self._timer is not None:
@@ -397,6 +400,9 @@ class _Connection(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            # Raised already, the error's traceback holds frames that hold this
+            # connection: dropped, neither is left to the cyclic collector.
+            self.error = None
             self.close()
 
 

@@ -357,9 +357,11 @@ async def relay(
             await _relay_response(ex, resp, began, stream=stream, meter=meter)
         clean = True
     except UpstreamFailure as failed:
-        err = upstream_failed(ex, base, failed)
         if not ex.started:
-            raise err from None
+            # Not bound to a local first: this frame, held by the error's traceback,
+            # would hold the error (a reference cycle, left to the cyclic collector).
+            raise upstream_failed(ex, base, failed) from None
+        err = upstream_failed(ex, base, failed)
         if ex.sse:
             # SSE clients (the OpenAI SDKs) raise on an error event; a bare cut could
             # read as a complete answer to some.
