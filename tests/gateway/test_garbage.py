@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .conftest import eventually
-from .test_proxy import CHAT, chat, stack, stats
+from .test_proxy import CHAT, SERVERS, chat, stack, stats
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -75,10 +75,11 @@ def _post(body: bytes, *, close: bool) -> bytes:
 
 
 @pytest.mark.asyncio
-async def test_requests_leave_no_reference_cycles() -> None:
+@pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
+async def test_requests_leave_no_reference_cycles(server: dict[str, Any]) -> None:
     """A plain answer, a stream and a 400, each on its own connection (a client that
     does not keep connections alive)."""
-    async with stack() as (gw, _fake, _client):
+    async with stack(server=server) as (gw, _fake, _client):
         port = _port(gw)
         await _exchange(port, _post(chat(), close=True))  # warm up: the pool's connection
         with collected() as cycles:
