@@ -312,6 +312,11 @@ class _Connection(asyncio.Protocol):
         except Exception:
             _log.exception("a gRPC handler failed")
             status, message = Status.UNKNOWN, "the handler failed"
+        finally:
+            # A cancelled task keeps its CancelledError, whose traceback holds this
+            # frame: unlinked, an ended stream is freed by reference counting, not left
+            # to the cyclic collector.
+            stream.task = None
         if self.streams.get(stream.id) is stream:
             self._finish(stream.id, status, message)
 
