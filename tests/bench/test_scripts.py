@@ -95,3 +95,15 @@ def test_a_script_takes_its_arguments_in_process(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "| splicer, never paused |" in out
     assert "us/event" in out
+
+
+@pytest.mark.e2e
+def test_open_loop_sweep_prints_one_row_per_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    """The sweep starts the upstream and the gateway, measures both paths at each rate
+    and prints the markdown table (the closed loop's row first)."""
+    run_script("open_loop_sweep", ["--rounds", "1", "--seconds", "0.3", "--rates", "100,200"])
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| rate (req/s) | direct p99 ms | sluicegate p99 ms |")
+    assert [row.split(" | ")[0] for row in table[1:]] == ["| closed loop, c=64", "| 100", "| 200"]
+    assert "Failed requests: 0." in out

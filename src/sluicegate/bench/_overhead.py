@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Endpoints",
     "OverheadOptions",
+    "closed_loop",
     "cpu_seconds",
     "measure_overhead",
     "measure_streaming",
@@ -271,6 +272,16 @@ async def _throughput(session: _Load, url: str, seconds: float) -> int:
 
     await asyncio.gather(*(worker() for _ in range(64)))
     return done
+
+
+async def closed_loop(url: str, seconds: float) -> int:
+    """Part 2's closed loop on `url` (a base URL) for `seconds`: 64 workers, each sending
+    the chat request when its last one answered. Returns the requests answered."""
+    load = _Load({})
+    try:
+        return await _throughput(load, url + _CHAT, seconds)
+    finally:
+        await load.close()
 
 
 def _cpu_pids(ep: Endpoints) -> dict[str, int | None]:

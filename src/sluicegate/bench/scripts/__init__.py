@@ -28,6 +28,7 @@ SCRIPTS: Final = (
     "gateway_hostile",
     "gateway_overhead",
     "lookahead_calibration",
+    "open_loop_sweep",
     "resume_splice",
     "sim_engine_tokens",
     "sim_streams",
