@@ -197,13 +197,19 @@ TWO_BANDS: list[dict[str, Any]] = [
 
 
 def slot_config(
-    url: str, *, slots: int = 1, objectives: list[dict[str, Any]] | None = None, **pool: Any
+    url: str,
+    *,
+    slots: int = 1,
+    objectives: list[dict[str, Any]] | None = None,
+    http: str = "builtin",
+    **pool: Any,
 ) -> GatewayConfig:
     """One pool "p" of `slots` concurrent requests on `url`, with `objectives` (default
-    `TWO_BANDS`) and demand headroom off, so a test decides when room must be made."""
+    `TWO_BANDS`) and demand headroom off, so a test decides when room must be made.
+    `http`: the client-facing server (``builtin`` or ``uvicorn``)."""
     return parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0},
+            "server": {"host": "127.0.0.1", "port": 0, "http": http},
             "pools": [
                 {
                     "name": "p",

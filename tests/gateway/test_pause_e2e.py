@@ -42,11 +42,11 @@ def config(url: str, **pool: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running(**pool: Any) -> AsyncIterator[tuple[Gateway, Any]]:
+async def running(http: str = "builtin", **pool: Any) -> AsyncIterator[tuple[Gateway, Any]]:
     app = create_app(SIM)
     async with (
         serve_many([app], "127.0.0.1", [0]) as urls,
-        serve_in_background(config(urls[0], **pool)) as gw,
+        serve_in_background(config(urls[0], http=http, **pool)) as gw,
     ):
         yield gw, app
 
@@ -72,8 +72,13 @@ def pausable(gw: Gateway) -> Any:
 
 
 @pytest.mark.parametrize("pauses", [1, 2])
-async def test_a_paused_stream_reads_as_one_answer_through_the_gateway(pauses: int) -> None:
-    async with running() as (gw, app):
+@pytest.mark.parametrize("http", ["builtin", "uvicorn"])
+async def test_a_paused_stream_reads_as_one_answer_through_the_gateway(
+    pauses: int, http: str
+) -> None:
+    """Under the built-in server a started stream's segments go through the pump
+    (`Resumable._pump`); under uvicorn, chunk by chunk."""
+    async with running(http) as (gw, app):
         pool = gw.pools["p"]
         chunks: list[Any] = []
         async with sdk(gw) as client:

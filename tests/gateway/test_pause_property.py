@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import looptime
 import orjson
@@ -23,6 +23,9 @@ from sluicegate.gateway._pause import Resumable
 from sluicegate.gateway._preempt import Preemption
 from sluicegate.gateway._proxy import Exchange
 from sluicegate.gateway._resume import PausePolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 TOKENS = 40
 ANSWER = [f"t{i:02d} " for i in range(TOKENS)]  # 4 characters a token
@@ -39,6 +42,23 @@ class Content:
     async def readany(self) -> bytes:
         await asyncio.sleep(self.gap)
         return self.parts.pop(0) if self.parts else b""
+
+    async def pump(
+        self,
+        write: Callable[[bytes], bool],
+        drain: Callable[[], Awaitable[None]],
+        count: Callable[[bytes], object] | None,
+    ) -> bytes:
+        """`Response.pump`: every part to `write` as it comes, the last one returned
+        unwritten; a cancel falls between two reads, or in a drain after a write."""
+        while True:
+            part = await self.readany()
+            if count is not None:
+                count(part)
+            if not self.parts:
+                return part
+            if write(part):
+                await drain()
 
 
 class Upstream:
@@ -75,20 +95,41 @@ class Upstream:
                 parts.append(data[at : at + cut])
                 at += cut
         parts.append(data[at:])
+        content = Content(parts, self.gap)
         return types.SimpleNamespace(
             status=200,
             content_type="text/event-stream",
             headers=[],
-            readany=Content(parts, self.gap).readany,
+            readany=content.readany,
+            pump=content.pump,
             release=lambda: None,
             close=lambda: None,
         )
 
 
 async def scenario(
-    pause_at: list[float], cuts: list[int], gap: float, cap: int, margin: int, stream: bool
+    pause_at: list[float],
+    cuts: list[int],
+    gap: float,
+    cap: int,
+    margin: int,
+    stream: bool,
+    pumped: bool = False,
 ) -> None:
+    """`pumped`: the server offers the ``sluicegate.body`` extension (the built-in
+    server's), so a started stream goes through the pump; its writer asks for a drain
+    every third part."""
     sent: list[dict[str, Any]] = []
+    writes = 0
+
+    def write(data: bytes) -> bool:
+        nonlocal writes
+        writes += 1
+        sent.append({"type": "http.response.body", "body": data, "more_body": True})
+        return writes % 3 == 0
+
+    async def drain() -> None:
+        await asyncio.sleep(gap / 2)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -97,7 +138,9 @@ async def scenario(
         await asyncio.get_running_loop().create_future()  # the client never leaves
         raise AssertionError
 
-    scope = {"method": "POST", "path": "/v1/chat/completions", "headers": []}
+    scope: dict[str, Any] = {"method": "POST", "path": "/v1/chat/completions", "headers": []}
+    if pumped:
+        scope["extensions"] = {"sluicegate.body": {"write": write, "drain": drain}}
     ex = Exchange(scope, receive, send)
     policy = PausePolicy(max_pauses=cap, min_remaining_tokens=margin)
     preemption = Preemption(None, enabled=False, pause_policy=policy)  # type: ignore[arg-type]
@@ -165,12 +208,19 @@ async def scenario(
     cap=st.integers(1, 3),
     margin=st.integers(1, 20),
     stream=st.booleans(),
+    pumped=st.booleans(),
 )
 def test_pausing_never_loses_repeats_or_reorders_and_keeps_the_cap(
-    pause_at: list[float], cuts: list[int], gap: float, cap: int, margin: int, stream: bool
+    pause_at: list[float],
+    cuts: list[int],
+    gap: float,
+    cap: int,
+    margin: int,
+    stream: bool,
+    pumped: bool,
 ) -> None:
     loop = looptime.new_event_loop()
     try:
-        loop.run_until_complete(scenario(pause_at, cuts, gap, cap, margin, stream))
+        loop.run_until_complete(scenario(pause_at, cuts, gap, cap, margin, stream, pumped))
     finally:
         loop.close()

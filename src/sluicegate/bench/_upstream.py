@@ -37,7 +37,9 @@ ANSWER: Final = (
     b'{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}'
 )
 #: The streamed request, and one SSE event of the answer.
-STREAM_BODY: Final = b'{"model": "m", "messages": [], "stream": true}'
+STREAM_BODY: Final = (
+    b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+)
 EVENT: Final = (
     b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"delta":{"content":"t"}}]}\n\n'
 )

@@ -198,10 +198,12 @@ class Resumable:
                         meter.begin(resp.status)
                     clean = await self._segment(ex, resp, began, meter)
         except UpstreamFailure as failed:
-            err = upstream_failed(ex, base, failed)
             if not ex.started:
-                raise err from None
-            await self.end_with_error(ex, err)  # a continuation failed, or mid-stream
+                # Not bound to a local first: this frame, held by the error's traceback,
+                # would hold the error (a reference cycle; see `_proxy.relay`).
+                raise upstream_failed(ex, base, failed) from None
+            # A continuation failed, or mid-stream.
+            await self.end_with_error(ex, upstream_failed(ex, base, failed))
         finally:
             if resp is not None:
                 if clean:
@@ -218,11 +220,14 @@ class Resumable:
             # Names come lower-cased from the client; every read is bounded by its timer.
             self._headers = [(n, v) for n, v in resp.headers if n not in _RESPONSE_SKIP]
         splicer, read, task = self.splicer, resp.readany, asyncio.current_task()
+        body = ex.extension("sluicegate.body")
         while True:
             if self.requested:
                 if splicer.can_pause:
                     return False  # asked while sending to the client: cut here
                 self.requested = False  # it ended (or may not pause) meanwhile
+            if body is not None and ex.started:
+                return await self._pump(ex, resp, began, meter, body)
             self.reading = True
             try:
                 data = await read()
@@ -246,6 +251,34 @@ class Resumable:
         await self._end(ex, began)
         return True
 
+    async def _pump(
+        self, ex: Exchange, resp: Response, began: float, meter: UsageMeter | None, body: Any
+    ) -> bool:
+        """The rest of a segment whose client stream has started, under the built-in
+        server: each upstream read is fed to the splicer and its output written from the
+        upstream connection's read callback (`Response.pump`, as `_proxy._pipe` does),
+        with no task step per chunk. The handler only waits, so it is always `reading`:
+        a pause cancels the wait, and the cut falls between two reads, after whole
+        client writes, as in `_segment`'s loop. True when the answer ended."""
+        splicer, write = self.splicer, body["write"]
+
+        def relay(data: bytes) -> bool:
+            out = splicer.feed(data)
+            return bool(out) and write(out)
+
+        task = asyncio.current_task()
+        self.reading = True
+        try:
+            last = await resp.pump(relay, body["drain"], None if meter is None else meter.chunk)
+        except asyncio.CancelledError:
+            if self.requested and task is not None and task.uncancel() == 0:
+                return False
+            raise
+        finally:
+            self.reading = False
+        await self._end(ex, began, splicer.feed(last))
+        return True
+
     async def _start(self, ex: Exchange, began: float, *, content_length: int | None) -> None:
         ex.record.upstream_s = now() - began
         headers = [
@@ -258,8 +291,9 @@ class Resumable:
             headers.append((b"content-length", str(content_length).encode()))
         await ex.start(200, headers)
 
-    async def _end(self, ex: Exchange, began: float) -> None:
-        """The upstream answer ended: end the client's (a cut one ends with an error)."""
+    async def _end(self, ex: Exchange, began: float, last: bytes = b"") -> None:
+        """The upstream answer ended: end the client's (a cut one ends with an error).
+        `last`: the splicer's output not yet sent (it goes with the end, one write)."""
         splicer = self.splicer
         pool, cls = ex.record.pool, ex.record.classification
         if splicer.pauses and pool is not None and cls is not None:
@@ -276,7 +310,7 @@ class Resumable:
         if not ex.started:
             ex.sse = True
             await self._start(ex, began, content_length=None)
-        await ex.finish(tail)
+        await ex.finish(last + tail if last else tail)
 
     async def _refused(
         self,
