@@ -74,6 +74,17 @@ def _post(body: bytes, *, close: bool) -> bytes:
     )
 
 
+async def _cycles_after(port: int, bodies: list[bytes], *, times: int) -> list[str]:
+    """Each body POSTed `times` times, a connection each: what was left in cycles."""
+    with collected() as cycles:
+        for body in bodies:
+            for _ in range(times):
+                answer = await _exchange(port, _post(body, close=True))
+                assert answer.startswith(b"HTTP/1.1 ")
+        await asyncio.sleep(0.05)  # the closes reach the gateway
+    return cycles.found
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("server", SERVERS, ids=["builtin", "uvicorn"])
 async def test_requests_leave_no_reference_cycles(server: dict[str, Any]) -> None:
@@ -82,13 +93,8 @@ async def test_requests_leave_no_reference_cycles(server: dict[str, Any]) -> Non
     async with stack(server=server) as (gw, _fake, _client):
         port = _port(gw)
         await _exchange(port, _post(chat(), close=True))  # warm up: the pool's connection
-        with collected() as cycles:
-            for body in (chat(), chat(stream=True), b"{not json"):
-                for _ in range(5):
-                    answer = await _exchange(port, _post(body, close=True))
-                    assert answer.startswith(b"HTTP/1.1 ")
-            await asyncio.sleep(0.05)
-        assert cycles.found == [], sorted(set(cycles.found))
+        found = await _cycles_after(port, [chat(), chat(stream=True), b"{not json"], times=5)
+        assert found == [], sorted(set(found))
 
 
 @pytest.mark.asyncio
@@ -100,13 +106,8 @@ async def test_failed_upstream_answers_leave_no_reference_cycles(mode: str) -> N
         port = _port(gw)
         await _exchange(port, _post(chat(), close=True))
         fake.mode = mode
-        with collected() as cycles:
-            for body in (chat(), chat(stream=True)):
-                for _ in range(3):
-                    answer = await _exchange(port, _post(body, close=True))
-                    assert answer.startswith(b"HTTP/1.1 ")
-            await asyncio.sleep(0.05)
-        assert cycles.found == [], sorted(set(cycles.found))
+        found = await _cycles_after(port, [chat(), chat(stream=True)], times=3)
+        assert found == [], sorted(set(found))
 
 
 @pytest.mark.asyncio

@@ -38,6 +38,8 @@ from ._resume import Kind, PausePolicy, StreamSplicer, pause_blocker, upstream_b
 from ._upstream import KIND_STATUS, UPSTREAM_ERRORS, UpstreamFailure
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from ._client import Client
     from ._http1 import Response
     from ._proxy import Exchange
@@ -228,16 +230,9 @@ class Resumable:
                 self.requested = False  # it ended (or may not pause) meanwhile
             if body is not None and ex.started:
                 return await self._pump(ex, resp, began, meter, body)
-            self.reading = True
-            try:
-                data = await read()
-            except asyncio.CancelledError:
-                # Ours (make_room) only if nothing else cancelled the task too.
-                if self.requested and task is not None and task.uncancel() == 0:
-                    return False
-                raise
-            finally:
-                self.reading = False
+            data = await self._upstream(read(), task)
+            if data is None:
+                return False
             if not data:
                 break
             if meter is not None:
@@ -266,18 +261,28 @@ class Resumable:
             out = splicer.feed(data)
             return bool(out) and write(out)
 
-        task = asyncio.current_task()
+        count = None if meter is None else meter.chunk
+        last = await self._upstream(resp.pump(relay, body["drain"], count), asyncio.current_task())
+        if last is None:
+            return False
+        await self._end(ex, began, splicer.feed(last))
+        return True
+
+    async def _upstream(
+        self, pending: Awaitable[bytes], task: asyncio.Task[Any] | None
+    ) -> bytes | None:
+        """Await `pending` (upstream bytes) as `reading`, so a pause may cancel it.
+        None: a pause cut it (the cancellation was ours alone and is absorbed)."""
         self.reading = True
         try:
-            last = await resp.pump(relay, body["drain"], None if meter is None else meter.chunk)
+            return await pending
         except asyncio.CancelledError:
+            # Ours (make_room) only if nothing else cancelled the task too.
             if self.requested and task is not None and task.uncancel() == 0:
-                return False
+                return None
             raise
         finally:
             self.reading = False
-        await self._end(ex, began, splicer.feed(last))
-        return True
 
     async def _start(self, ex: Exchange, began: float, *, content_length: int | None) -> None:
         ex.record.upstream_s = now() - began
