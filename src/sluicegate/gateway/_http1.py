@@ -400,8 +400,8 @@ class _Connection(asyncio.Protocol):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            # Raised already, the error's traceback holds frames that hold this
-            # connection: dropped, neither is left to the cyclic collector.
+            # A raised error's traceback holds frames that hold this connection: the
+            # closed connection needs no error, and neither is left to the collector.
             self.error = None
             self.close()
 
