@@ -291,7 +291,7 @@ class Cycle:
         holds the app's state, which holds the scope: both links are dropped here, so a
         request's objects are freed by reference counting when it ends. A cycle would
         leave them to the cyclic collector, whose passes under load stopped the loop for
-        1-30 ms (docs/design.md, "No garbage cycles per request").
+        1-30 ms (docs/design.md, "No reference cycles per request").
         """
         scope, self.scope = self.scope, None
         if scope is None:

@@ -37,15 +37,16 @@ from ._stacks import _lean_request
 from ._upstream import BODY, STREAM_BODY
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = [
     "Endpoints",
     "OverheadOptions",
-    "closed_loop",
     "cpu_seconds",
+    "measure_open_sweep",
     "measure_overhead",
     "measure_streaming",
+    "paths",
     "stream_body",
 ]
 
@@ -274,16 +275,6 @@ async def _throughput(session: _Load, url: str, seconds: float) -> int:
     return done
 
 
-async def closed_loop(url: str, seconds: float) -> int:
-    """Part 2's closed loop on `url` (a base URL) for `seconds`: 64 workers, each sending
-    the chat request when its last one answered. Returns the requests answered."""
-    load = _Load({})
-    try:
-        return await _throughput(load, url + _CHAT, seconds)
-    finally:
-        await load.close()
-
-
 def _cpu_pids(ep: Endpoints) -> dict[str, int | None]:
     """Whose CPU time is a path's cost: the upstream's for direct, else the gateway's."""
     return {"direct": ep.upstream_pid, "sluicegate": ep.gateway_pid, "target": ep.target_pid}
@@ -294,7 +285,7 @@ async def _closed_round(
 ) -> None:
     """Closed loop at 64 on every path: req/s and CPU us per request of its server."""
     pids = _cpu_pids(ep)
-    for name, base in _paths(ep):
+    for name, base in paths(ep):
         pid = pids[name]
         cpu = cpu_seconds(pid) if pid is not None else 0.0
         began = time.perf_counter()
@@ -313,22 +304,83 @@ async def _open_round(
     the lean open-loop sender (`_open_loop.py`)."""
     rate = 0.8 * statistics.median(results["sluicegate req/s @64"])
     results.setdefault("open-loop rate req/s", []).append(rate)
-    p99: dict[str, float] = {}
-    for name, base in _paths(ep):
-        sent = await open_loop(base + _CHAT, BODY, rate, seconds, headers)
-        results.setdefault(f"{name} open-loop failed", []).append(sent.failed)
-        p99[name] = percentile(sent.latencies, 99) * 1e3
-        results.setdefault(f"{name} open-loop p99 ms", []).append(p99[name])
-    for name, value in p99.items():
+    measured = await _open_paths(ep, rate, seconds, headers)
+    for name, (p99, failed, _) in measured.items():
+        results.setdefault(f"{name} open-loop failed", []).append(failed)
+        results.setdefault(f"{name} open-loop p99 ms", []).append(p99)
+    direct = measured["direct"][0]
+    for name, (p99, _, _) in measured.items():
         if name != "direct":
-            results.setdefault(f"{name} open-loop added p99 ms", []).append(value - p99["direct"])
+            results.setdefault(f"{name} open-loop added p99 ms", []).append(p99 - direct)
 
 
-def _paths(ep: Endpoints) -> list[tuple[str, str]]:
-    paths = [("direct", ep.direct), ("sluicegate", ep.gateway)]
+async def _open_paths(
+    ep: Endpoints, rate: float, seconds: float, headers: dict[str, str]
+) -> dict[str, tuple[float, float, float | None]]:
+    """Open loop at `rate` on every path in turn: per path, its p99 (ms), its failed
+    requests and its server's CPU us per request (None without its pid)."""
+    pids = _cpu_pids(ep)
+    out: dict[str, tuple[float, float, float | None]] = {}
+    for name, base in paths(ep):
+        pid = pids[name]
+        began = cpu_seconds(pid) if pid is not None else 0.0
+        sent = await open_loop(base + _CHAT, BODY, rate, seconds, headers)
+        cpu = None
+        if pid is not None:
+            cpu = (cpu_seconds(pid) - began) / max(len(sent.latencies), 1) * 1e6
+        out[name] = (percentile(sent.latencies, 99) * 1e3, sent.failed, cpu)
+    return out
+
+
+async def measure_open_sweep(
+    ep: Endpoints,
+    rates: list[float],
+    fractions: list[float],
+    rounds: int,
+    seconds: float,
+    on_round: Callable[[int], object] | None = None,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """`benchmarks/open_loop_sweep.py`: per round, part 2's closed loop on every path,
+    then an open loop of `seconds` at each rate on every path. Rates are `rates`, or
+    else `fractions` of the gateway's median closed-loop rate in the first round.
+
+    Returns:
+        The rates, and lists over rounds: the closed loop's keys (as `measure_overhead`'s)
+        and, per rate and path, ``<rate> <path> p99``, ``failed``, ``cpu`` (with its pid)
+        and ``added`` (minus direct, same round); `on_round(n)` after each round.
+    """
+    results: dict[str, list[float]] = {}
+    session = _Load({})
+    try:
+        await _closed_round(session, ep, 1.0, {})  # warm up: connections, caches
+        for n in range(rounds):
+            await _closed_round(session, ep, seconds, results)
+            if not rates:
+                top = statistics.median(results["sluicegate req/s @64"])
+                rates = [round(f * top, -1) for f in fractions]
+            for rate in rates:
+                measured = await _open_paths(ep, rate, seconds, {})
+                for name, (p99, failed, cpu) in measured.items():
+                    key = f"{rate:.0f} {name}"
+                    results.setdefault(f"{key} p99", []).append(p99)
+                    results.setdefault(f"{key} failed", []).append(failed)
+                    if cpu is not None:
+                        results.setdefault(f"{key} cpu", []).append(cpu)
+                    if name != "direct":
+                        results.setdefault(f"{key} added", []).append(p99 - measured["direct"][0])
+            if on_round is not None:
+                on_round(n + 1)
+    finally:
+        await session.close()
+    return rates, results
+
+
+def paths(ep: Endpoints) -> list[tuple[str, str]]:
+    """(name, base URL) of every path measured: direct, sluicegate, and the target."""
+    measured = [("direct", ep.direct), ("sluicegate", ep.gateway)]
     if ep.target is not None:
-        paths.append(("target", ep.target))
-    return paths
+        measured.append(("target", ep.target))
+    return measured
 
 
 async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
@@ -344,11 +396,11 @@ async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str,
     results: dict[str, list[float]] = {}
     session = _Load(_auth(options))
     try:
-        for _, base in _paths(ep):  # warm every path up: connections, caches
+        for _, base in paths(ep):  # warm every path up: connections, caches
             await _latencies(session, base + _CHAT, max(options.latency_requests // 5, 20))
         for _ in range(options.rounds):
             pct: dict[str, dict[int, float]] = {}
-            for name, base in _paths(ep):
+            for name, base in paths(ep):
                 lat = await _latencies(session, base + _CHAT, options.latency_requests)
                 pct[name] = {q: percentile(lat, q) * 1e3 for q in (50, 99)}
             for name, by_q in pct.items():

@@ -23,92 +23,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from typing import TYPE_CHECKING
 
-from sluicegate.bench._open_loop import open_loop
-from sluicegate.bench._overhead import (
-    Endpoints,
-    OverheadOptions,
-    closed_loop,
-    cpu_seconds,
-    running,
-)
-from sluicegate.bench._upstream import BODY
-from sluicegate.testbed import percentile
+from sluicegate.bench._overhead import OverheadOptions, measure_open_sweep, paths, running
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ["main"]
 
-CHAT = "/v1/chat/completions"
-#: (label, base URL, pid whose CPU is the path's cost, or None)
-_Path = tuple[str, str, int | None]
 
-
-def _paths(ep: Endpoints) -> list[_Path]:
-    paths: list[_Path] = [
-        ("direct", ep.direct, ep.upstream_pid),
-        ("sluicegate", ep.gateway, ep.gateway_pid),
-    ]
-    if ep.target is not None:
-        paths.append(("target", ep.target, ep.target_pid))
-    return paths
-
-
-async def _closed(paths: list[_Path], seconds: float, out: dict[str, list[float]]) -> None:
-    for name, base, pid in paths:
-        used = cpu_seconds(pid) if pid is not None else 0.0
-        began = time.perf_counter()
-        done = await closed_loop(base, seconds)
-        out.setdefault(f"{name} closed req/s", []).append(done / (time.perf_counter() - began))
-        if pid is not None and done:
-            cpu = (cpu_seconds(pid) - used) / done * 1e6
-            out.setdefault(f"{name} closed cpu", []).append(cpu)
-
-
-async def _open(
-    paths: list[_Path], rate: float, seconds: float, out: dict[str, list[float]]
-) -> None:
-    p99: dict[str, float] = {}
-    for name, base, pid in paths:
-        used = cpu_seconds(pid) if pid is not None else 0.0
-        sent = await open_loop(base + CHAT, BODY, rate, seconds)
-        p99[name] = percentile(sent.latencies, 99) * 1e3
-        out.setdefault(f"{rate:.0f} {name} p99", []).append(p99[name])
-        out.setdefault(f"{rate:.0f} {name} failed", []).append(sent.failed)
-        if pid is not None:
-            cpu = (cpu_seconds(pid) - used) / max(len(sent.latencies), 1) * 1e6
-            out.setdefault(f"{rate:.0f} {name} cpu", []).append(cpu)
-    for name, value in p99.items():
-        if name != "direct":
-            out.setdefault(f"{rate:.0f} {name} added", []).append(value - p99["direct"])
-
-
-async def sweep(
-    ep: Endpoints, rates: list[float], fractions: list[float], rounds: int, seconds: float
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Measure (see the module); returns the rates used and the lists over rounds."""
-    paths = _paths(ep)
-    out: dict[str, list[float]] = {}
-    await _closed(paths, 1.0, {})  # warm up: connections, caches
-    for n in range(rounds):
-        await _closed(paths, seconds, out)
-        if not rates:
-            top = statistics.median(out["sluicegate closed req/s"])
-            rates = [round(f * top, -1) for f in fractions]
-        for rate in rates:
-            await _open(paths, rate, seconds, out)
-        print(f"round {n + 1} of {rounds} done", flush=True)
-    return rates, out
-
-
-def _cell(values: list[float] | None, unit: str = "") -> str:
+def _cell(values: list[float] | None) -> str:
+    """The median over rounds, the rounds' spread in brackets."""
     if not values:
         return "-"
     spread = f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
-    return f"{statistics.median(values):.1f}{unit}{spread}"
+    return f"{statistics.median(values):.1f}{spread}"
 
 
 def table(rates: list[float], out: dict[str, list[float]], names: list[str]) -> str:
@@ -119,7 +49,7 @@ def table(rates: list[float], out: dict[str, list[float]], names: list[str]) -> 
     head += [f"{name} CPU us/req" for name in names]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     closed = ["closed loop, c=64", "-"] + ["-", "-"] * (len(names) - 1)
-    closed += [_cell(out.get(f"{name} closed cpu")) for name in names]
+    closed += [_cell(out.get(f"{name} cpu us/req @64")) for name in names]
     lines.append("| " + " | ".join(closed) + " |")
     for rate in rates:
         key = f"{rate:.0f}"
@@ -165,5 +95,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_core=args.load_core,
     )
     with running(options) as ep:
-        rates, out = asyncio.run(sweep(ep, args.rates, args.fractions, args.rounds, args.seconds))
-    print(table(rates, out, [name for name, _, _ in _paths(ep)]))
+        names = [name for name, _ in paths(ep)]
+        rates, out = asyncio.run(
+            measure_open_sweep(
+                ep,
+                args.rates,
+                args.fractions,
+                args.rounds,
+                args.seconds,
+                lambda n: print(f"round {n} of {args.rounds} done", flush=True),
+            )
+        )
+    print(table(rates, out, names))
