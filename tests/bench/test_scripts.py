@@ -94,7 +94,7 @@ def test_a_script_takes_its_arguments_in_process(capsys: pytest.CaptureFixture[s
     run_script("resume_splice", ["--events", "400"])
     out = capsys.readouterr().out
     assert "| splicer, never paused |" in out
-    assert "us/event" in out
+    assert "over the split, per event" in out
 
 
 @pytest.mark.e2e

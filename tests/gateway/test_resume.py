@@ -72,6 +72,7 @@ class Upstream:
     kind: Kind
     number: int
     crlf: bool = False
+    null_usage: bool = False  # OpenAI's way: `"usage": null` in every chunk but the last
 
     def event(self, obj: dict[str, Any] | str) -> bytes:
         data = obj if isinstance(obj, str) else orjson.dumps(obj).decode()
@@ -96,7 +97,8 @@ class Upstream:
             choice["delta"] = {"content": text}
         else:
             choice["text"] = text
-        return self.event({**self.head(), "choices": [choice]})
+        extra = {"usage": None} if self.null_usage else {}
+        return self.event({**self.head(), "choices": [choice], **extra})
 
     def tail(self, prompt: int, completion: int) -> list[bytes]:
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -134,8 +136,12 @@ def drive(
     *,
     policy: PausePolicy,
     crlf: bool = False,
+    null_usage: bool = False,
+    probe: bool = False,
 ) -> Run:
-    """Stream `tokens`, trying to pause after each count in `cuts`; resume each time."""
+    """Stream `tokens`, trying to pause after each count in `cuts`; resume each time.
+    `probe`: ask what was generated after every piece (the splicer reads events only
+    when asked, so this must change nothing)."""
     splicer = StreamSplicer(body, kind, policy=policy)
     out: list[bytes] = []
     bodies: list[dict[str, Any]] = []
@@ -143,7 +149,7 @@ def drive(
     start, number = 0, 0
     pending = sorted(set(cuts))
     while True:
-        up = Upstream(kind, number, crlf)
+        up = Upstream(kind, number, crlf, null_usage)
         cut = next((c for c in pending if c >= start), None)
         pending = [c for c in pending if c != cut]
         stop = len(tokens) if cut is None else cut
@@ -162,6 +168,9 @@ def drive(
             emitted = splicer.feed(piece)
             assert emitted == b"" or emitted.endswith(b"\n\n")  # whole events only
             out.append(emitted)
+            if probe:
+                assert splicer.tokens >= 0 and splicer.text is not None
+                assert splicer.can_pause in (True, False)
         if cut is None or cut >= len(tokens):
             return Run(b"".join(out), splicer, bodies, sent)
         continuation = splicer.pause()
@@ -211,6 +220,7 @@ TOKEN = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
     stream=st.booleans(),
     usage=st.booleans(),
     crlf=st.booleans(),
+    null_usage=st.booleans(),
     max_pauses=st.integers(0, 4),
 )
 def test_any_pauses_and_chunking_give_one_valid_stream(
@@ -222,14 +232,20 @@ def test_any_pauses_and_chunking_give_one_valid_stream(
     stream: bool,
     usage: bool,
     crlf: bool,
+    null_usage: bool,
     max_pauses: int,
 ) -> None:
     """Content is the whole text, once; one role chunk, one [DONE] at the very end,
-    the first segment's id/created/model, exact usage; never more pauses than the cap."""
+    the first segment's id/created/model, exact usage; never more pauses than the cap.
+    Asking what was generated at any point changes nothing."""
     body = body_of(kind, stream=stream, usage=usage, max_tokens=len(tokens))
     policy = PausePolicy(max_pauses=max_pauses, min_remaining_tokens=1)
     cuts = [c for c in cuts if c < len(tokens)]
-    run = drive(kind, body, tokens, cuts, sizes, partial, policy=policy, crlf=crlf)
+    args = (kind, body, tokens, cuts, sizes, partial)
+    run = drive(*args, policy=policy, crlf=crlf, null_usage=null_usage)
+    probed = drive(*args, policy=policy, crlf=crlf, null_usage=null_usage, probe=True)
+    assert (probed.out, probed.bodies, probed.sent) == (run.out, run.bodies, run.sent)
+    assert (probed.splicer.usage, probed.splicer.text) == (run.splicer.usage, run.splicer.text)
     text = "".join(tokens)
     # The client's first chunk names the answer: a completion cut before its first token
     # sent nothing, so its continuation's names are the ones the client sees.
@@ -283,6 +299,49 @@ def test_an_unpaused_stream_passes_byte_for_byte(kind: Kind) -> None:
     splicer = StreamSplicer(body, kind)
     assert b"".join(splicer.feed(piece) for piece in chunked(stream, [7])) == stream
     assert splicer.done and splicer.finished and not splicer.can_pause
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_usage_on_the_last_text_chunk_keeps_the_text_in_order(asked: bool) -> None:
+    """Some servers put usage on the last chunk with text: it is read as it comes, after
+    the text before it (which was passed on unread)."""
+    body = body_of("completions", stream=True, usage=asked, max_tokens=40)
+    up = Upstream("completions", 0, null_usage=True)
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    choice = {"index": 0, "text": "c", "logprobs": None, "finish_reason": "stop"}
+    last = up.event({**up.head(), "choices": [choice], "usage": usage})
+    splicer = StreamSplicer(body, "completions", policy=PausePolicy(min_remaining_tokens=1))
+    out = splicer.feed(up.token("a") + up.token("b"))
+    assert splicer.can_pause and splicer.tokens == 2  # asked mid-stream: read then
+    out += splicer.feed(up.token("d") + last + up.event("[DONE]"))
+    assert splicer.text == "abdc" and splicer.usage == (5, 3)
+    assert (b'"prompt_tokens":5' in out) is asked
+    chunks = parse_stream("completions", out)
+    assert content_of("completions", chunks) == "abdc"
+    assert splicer.finished and not splicer.can_pause
+
+
+def test_a_long_stream_passed_on_unread_is_counted_exactly() -> None:
+    """Past the bound on kept events (256 KiB), the count and the text stay exact."""
+    body = body_of("chat", stream=True, usage=False, max_tokens=None)
+    up = Upstream("chat", 0)
+    splicer = StreamSplicer(body, "chat")
+    event = up.token("x" * 1000)
+    out = b"".join(splicer.feed(event) for _ in range(600))
+    assert out == event * 600
+    assert splicer.tokens == 600 and splicer.text == "x" * 600_000
+
+
+def test_a_restarted_first_segment_is_forgotten() -> None:
+    """A first segment cut before any text is sent again; nothing of it remains."""
+    body = body_of("chat", stream=False, usage=False, max_tokens=5)
+    splicer = StreamSplicer(body, "chat")
+    assert splicer.feed(Upstream("chat", 0).role()[0]) == b""
+    splicer.restart()
+    up = Upstream("chat", 1)
+    splicer.feed(b"".join([*up.role(), up.token("hi", "stop"), up.event("[DONE]")]))
+    reply = parse_response("chat", splicer.response_body())
+    assert (reply.id, reply.choices[0].message.content) == ("seg-1", "hi")
 
 
 def test_usage_the_client_did_not_ask_for_is_dropped() -> None:

@@ -12,7 +12,10 @@ upstream segment in turn (the original, then each continuation) and returns the 
 for the client, who sees one OpenAI stream:
 
 * only whole events are passed on, so a pause cut mid-event never reaches the client;
-* until the first pause, events pass byte for byte (no re-encoding on the common path);
+* until the first pause, events pass byte for byte (no re-encoding on the common path),
+  and are not even decoded: they are kept as received and read only when something asks
+  what was generated (`can_pause`, `tokens`, `text`, a pause). A stream that is never
+  paused is never decoded, except the events that carry usage and `[DONE]`;
 * after it, each chunk gets the first segment's `id`, `created` and `model`, a
   continuation's role chunk is dropped, and usage chunks are held back;
 * `[DONE]` is sent once, at the very end, after one usage chunk when the client asked for
@@ -36,6 +39,7 @@ is close to its `max_tokens` running.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import orjson
@@ -58,6 +62,10 @@ __all__ = [
 Kind = Literal["chat", "completions"]
 
 DONE: Final = b"data: [DONE]\n\n"
+#: An event with usage (an object, not `null`): it is read when it arrives.
+_USAGE: Final = re.compile(rb'"usage"\s*:\s*\{')
+#: Bytes of unread events kept at most; beyond, they are read (bounds the memory).
+_UNREAD_LIMIT: Final = 1 << 18
 #: Fields whose presence (with a value other than these) rules out pausing.
 _NEVER: Final[Mapping[str, tuple[object, ...]]] = {
     "tools": (None, []),
@@ -284,10 +292,7 @@ class StreamSplicer:
     Attributes:
         client_stream: The client asked for a stream (else see `response_body`).
         include_usage: The client asked for a usage chunk.
-        blocker: Why the request may not pause (from its body, or from what its stream
-            turned out to carry), or None.
         pauses: Pauses so far.
-        finished: A finish reason arrived: nothing is left to pause.
         done: The final `[DONE]` arrived.
     """
 
@@ -307,14 +312,17 @@ class StreamSplicer:
         options = body.get("stream_options")
         self.client_stream = bool(body.get("stream"))
         self.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        self.blocker = pause_blocker(body, kind)
         self.pauses = 0
-        self.finished = False  # a finish_reason arrived: nothing is left to pause
         self.done = False  # the final [DONE] arrived
+        self._blocker = pause_blocker(body, kind)
+        self._finished = False  # a finish_reason arrived: nothing is left to pause
         self._head: dict[str, Any] = {}
         self._segments = [_Segment()]
         self._buffer = b""
         self._usage_sent = False
+        #: Whole events passed on but not read yet, and their size (see `_catch_up`).
+        self._unread: list[bytes] = []
+        self._unread_size = 0
 
     def __repr__(self) -> str:
         return (
@@ -323,26 +331,43 @@ class StreamSplicer:
         )
 
     @property
+    def blocker(self) -> str | None:
+        """Why the request may not pause (from its body, or from what its stream turned
+        out to carry), or None."""
+        self._catch_up()
+        return self._blocker
+
+    @property
+    def finished(self) -> bool:
+        """A finish reason arrived: nothing is left to pause."""
+        self._catch_up()
+        return self._finished
+
+    @property
     def text(self) -> str:
         """The content generated so far, over all segments (whole events only)."""
+        self._catch_up()
         return "".join(part for segment in self._segments for part in segment.parts)
 
     @property
     def tokens(self) -> int:
         """Completion tokens generated so far (usage where known, else counted chunks)."""
+        self._catch_up()
         return _merged_usage(self._segments, 0)[1]
 
     @property
     def usage(self) -> tuple[int, int]:
         """(prompt, completion) tokens of the whole answer, as the client is told."""
+        self._catch_up()
         return _merged_usage(self._segments, self._prompt_hint)
 
     @property
     def can_pause(self) -> bool:
         """True when pausing now is safe and within the policy."""
+        self._catch_up()
         return (
-            self.blocker is None
-            and not self.finished
+            self._blocker is None
+            and not self._finished
             and not self.done
             and self._policy.allows(
                 pauses=self.pauses, generated=self.tokens, max_tokens=self._max_tokens
@@ -374,6 +399,7 @@ class StreamSplicer:
         self._buffer = b""
         self._head = {}
         self._segments[-1] = _Segment()
+        self._unread, self._unread_size = [], 0
 
     def feed(self, data: bytes) -> bytes:
         """Take bytes of the current segment's stream; return the bytes for the client.
@@ -391,15 +417,48 @@ class StreamSplicer:
             self._buffer = buffer
             return b""
         complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        if self.pauses == 0 and not self._eager(complete):
+            self._keep(complete)  # the common path: passed on byte for byte, unread
+            return complete if self.client_stream else b""
         raws = complete[:-2].split(b"\n\n")
-        out = [self._event(raw) for raw in raws]
+        out: list[bytes | None] = []
+        for raw in raws:
+            if self.pauses == 0 and not self._eager(raw):
+                self._keep(raw + b"\n\n")
+                out.append(None)  # passed on unchanged
+            else:
+                out.append(self._event(raw))
         if not self.client_stream:
             return b""
-        if self.pauses == 0 and all(piece is None for piece in out):
-            return complete  # the common path: passed on byte for byte
         return b"".join(
             raw + b"\n\n" if piece is None else piece for raw, piece in zip(raws, out, strict=True)
         )
+
+    @staticmethod
+    def _eager(events: bytes) -> bool:
+        """Do these events need reading now? Before a pause, only usage and `[DONE]` do
+        (a client may not be sent usage, and `[DONE]` ends the answer); whatever else
+        they carry is known to leave them unchanged."""
+        return b"[DONE]" in events or (b'"usage"' in events and _USAGE.search(events) is not None)
+
+    def _keep(self, events: bytes) -> None:
+        """Keep whole events, passed on unchanged, to read when asked (`_catch_up`)."""
+        self._unread.append(events)
+        self._unread_size += len(events)
+        if self._unread_size > _UNREAD_LIMIT:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Read the kept events, in order: until the first pause, events are read only
+        when something asks what was generated, so a stream that is never paused is
+        never decoded. Reading them then yields what reading each as it came would:
+        before a pause, `_event` passes every kept event on unchanged (see `_eager`)."""
+        if not self._unread:
+            return
+        unread, self._unread, self._unread_size = self._unread, [], 0
+        for events in unread:
+            for raw in events[:-2].split(b"\n\n"):
+                self._event(raw)
 
     def end_with_error(self, message: str, *, error_type: str, code: str) -> bytes:
         """End the client's stream now with an OpenAI-shaped SSE `error` event.
@@ -417,6 +476,7 @@ class StreamSplicer:
 
     def response_body(self) -> bytes:
         """The merged non-streamed answer (for a client that asked for no stream)."""
+        self._catch_up()
         return orjson.dumps(_response(self.kind, self._head, self._segments, self.usage))
 
     def _event(self, raw: bytes) -> bytes | None:
@@ -430,7 +490,7 @@ class StreamSplicer:
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            self.blocker = "the stream carries something other than JSON chunks"
+            self._blocker = "the stream carries something other than JSON chunks"
             return None
         if not isinstance(chunk, dict) or "choices" not in chunk:
             return None  # an error object: the gateway decides what it means
@@ -448,6 +508,7 @@ class StreamSplicer:
                 self._usage_sent = True  # never paused: the original's usage is the answer's
                 return None
             return b""  # held back: the merged usage goes out before [DONE]
+        self._catch_up()  # earlier text first
         only_role = self._track(choices[0], segment)
         if self.pauses == 0:
             if usage is None:
@@ -462,7 +523,7 @@ class StreamSplicer:
         """Record one choice's text and finish reason; True if it carries nothing else
         than a role (the role is removed from a continuation's chunks)."""
         if choice.get("logprobs") is not None:
-            self.blocker = "the stream carries logprobs"
+            self._blocker = "the stream carries logprobs"
         other = False
         if self.kind == "chat":
             delta = choice.get("delta") or {}
@@ -470,7 +531,7 @@ class StreamSplicer:
             if len(delta) > ("role" in delta) + ("content" in delta):  # rare: look closer
                 other = any(v for k, v in delta.items() if k not in ("role", "content"))
             if other:
-                self.blocker = "the stream carries more than text"
+                self._blocker = "the stream carries more than text"
             if self.pauses > 0:
                 delta.pop("role", None)
         else:
@@ -481,7 +542,7 @@ class StreamSplicer:
         reason = choice.get("finish_reason")
         if reason is not None:
             segment.finish_reason = reason
-            self.finished = True
+            self._finished = True
         return not text and reason is None and not other
 
     def _closing(self) -> bytes | None:
