@@ -106,8 +106,15 @@ def test_overhead_part_measures_a_target_gateway_beside_ours(tmp_path: Path) -> 
         other.wait(timeout=30)
         assert other.stdout is not None
         other.stdout.close()
-    assert {"target added p50 ms", "target cpu us/req @64"} <= set(result.raw["results"])
+    results = result.raw["results"]
+    assert {"target added p50 ms", "target cpu us/req @64"} <= set(results)
     assert any(f.name.startswith("target:") and f.target is None for f in result.figures)
+    # The target's open loop runs at 80 % of its own closed-loop rate, not ours.
+    assert results["target open-loop rate req/s"] == [0.8 * results["target req/s @64"][0]]
+    assert results["open-loop rate req/s"] == [0.8 * results["sluicegate req/s @64"][0]]
+    (p99,) = results["target open-loop p99 ms"]
+    (direct,) = results["target open-loop direct p99 ms"]
+    assert results["target open-loop added p99 ms"] == [p99 - direct]
 
 
 @pytest.mark.asyncio

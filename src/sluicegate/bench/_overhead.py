@@ -300,28 +300,52 @@ async def _closed_round(
 async def _open_round(
     ep: Endpoints, seconds: float, headers: dict[str, str], results: dict[str, list[float]]
 ) -> None:
-    """Open loop at 80 % of the gateway's own closed-loop rate, every path in turn, from
-    the lean open-loop sender (`_open_loop.py`)."""
+    """Open loop at 80 % of each gateway's own closed-loop rate, from the lean open-loop
+    sender (`_open_loop.py`): direct then sluicegate at sluicegate's rate, then direct and
+    the target at the target's (a slower target at sluicegate's rate would only measure
+    its backlog, and that backlog would disturb the next rounds)."""
     rate = 0.8 * statistics.median(results["sluicegate req/s @64"])
     results.setdefault("open-loop rate req/s", []).append(rate)
-    measured = await _open_paths(ep, rate, seconds, headers)
+    measured = await _open_paths(ep, rate, seconds, headers, ("direct", "sluicegate"))
+    _record_open(results, measured, measured["direct"][0])
+    if ep.target is not None:
+        rate = 0.8 * statistics.median(results["target req/s @64"])
+        results.setdefault("target open-loop rate req/s", []).append(rate)
+        measured = await _open_paths(ep, rate, seconds, headers, ("direct", "target"))
+        direct = measured.pop("direct")[0]
+        results.setdefault("target open-loop direct p99 ms", []).append(direct)
+        _record_open(results, measured, direct)
+
+
+def _record_open(
+    results: dict[str, list[float]],
+    measured: dict[str, tuple[float, float, float | None]],
+    direct: float,
+) -> None:
+    """File one open loop's p99 and failures per path, and each one's added p99 over
+    `direct` (the direct path's p99 at the same rate)."""
     for name, (p99, failed, _) in measured.items():
         results.setdefault(f"{name} open-loop failed", []).append(failed)
         results.setdefault(f"{name} open-loop p99 ms", []).append(p99)
-    direct = measured["direct"][0]
-    for name, (p99, _, _) in measured.items():
         if name != "direct":
             results.setdefault(f"{name} open-loop added p99 ms", []).append(p99 - direct)
 
 
 async def _open_paths(
-    ep: Endpoints, rate: float, seconds: float, headers: dict[str, str]
+    ep: Endpoints,
+    rate: float,
+    seconds: float,
+    headers: dict[str, str],
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, tuple[float, float, float | None]]:
-    """Open loop at `rate` on every path in turn: per path, its p99 (ms), its failed
-    requests and its server's CPU us per request (None without its pid)."""
+    """Open loop at `rate` on every path (or those named in `only`) in turn: per path,
+    its p99 (ms), its failed requests and its server's CPU us per request (None
+    without its pid)."""
     pids = _cpu_pids(ep)
     out: dict[str, tuple[float, float, float | None]] = {}
     for name, base in paths(ep):
+        if only is not None and name not in only:
+            continue
         pid = pids[name]
         began = cpu_seconds(pid) if pid is not None else 0.0
         sent = await open_loop(base + _CHAT, BODY, rate, seconds, headers)
