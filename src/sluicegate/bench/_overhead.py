@@ -75,7 +75,7 @@ class OverheadOptions:
         short_events: part 3's second stream length: CPU per stream at `events` and at
             this many chunks gives the marginal cost of a chunk and the fixed cost of a
             stream.
-        open_loop_s: seconds per path of part 2's open loop (80 % of the gateway's rate).
+        open_loop_s: seconds per path of part 2's open loop (80 % of each gateway's rate).
         upstream: what serves the upstream (`_upstream.SERVERS`): ``raw``, the floor, or
             ``aiohttp``, the minimal aiohttp upstream issue 17's targets are stated against.
     """
@@ -409,13 +409,16 @@ def paths(ep: Endpoints) -> list[tuple[str, str]]:
 
 async def measure_overhead(ep: Endpoints, options: OverheadOptions) -> dict[str, list[float]]:
     """Part 2: per round, latency at concurrency 1 then req/s at 64, every path in turn;
-    then, per round, an open loop at 80 % of the gateway's median closed-loop rate.
+    then, per round, an open loop at 80 % of each gateway's median closed-loop rate
+    (`_open_round`).
 
     Returns:
         Lists over rounds: ``<path> p50 ms``, ``<path> p99 ms``, ``<path> added p50 ms``
         (minus direct, same round), ``<path> req/s @64``, ``<path> cpu us/req @64`` (the
         upstream's CPU for direct; the target's only with its pid),
-        ``<path> open-loop p99 ms`` and ``<path> open-loop added p99 ms``.
+        ``<path> open-loop p99 ms`` and ``<path> open-loop added p99 ms``; the rates,
+        ``open-loop rate req/s`` (sluicegate's) and ``target open-loop rate req/s``, and
+        ``target open-loop direct p99 ms`` (direct at the target's rate).
     """
     results: dict[str, list[float]] = {}
     session = _Load(_auth(options))
