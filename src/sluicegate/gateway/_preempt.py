@@ -87,7 +87,8 @@ class _InFlight:
         """Nothing was generated for it yet (a requeue loses no work)."""
         r = self.resumable
         if r is not None:
-            return r.splicer.pauses == 0 and r.splicer.tokens == 0 and not self.ex.started
+            # `tokens` last: it decodes the events passed on so far (see `StreamSplicer`).
+            return not self.ex.started and r.splicer.pauses == 0 and r.splicer.tokens == 0
         return not self.ex.started
 
 
@@ -233,10 +234,10 @@ class Preemption:
         for entry in self._live.values():
             if (
                 entry.preempted
-                or not entry.unstarted
                 or entry.ticket.priority >= priority
                 or entry.ticket.requeues >= self.max_requeues
                 or (entry.resumable is not None and entry.resumable.requested)
+                or not entry.unstarted  # last: the dearest test
             ):
                 continue
             if victim is None or self._better(entry, victim):
