@@ -31,7 +31,7 @@ async def _post_twice(port: int) -> list[tuple[int, bytes]]:
         return out
 
 
-@pytest.mark.parametrize("stack", ["uvicorn-aiohttp", "uvicorn-lean", "lean-lean"])
+@pytest.mark.parametrize("stack", ["uvicorn-aiohttp", "uvicorn-lean", "lean-lean", "splice"])
 def test_each_stack_relays_the_answer(stack: str) -> None:
     """Status and body arrive as the upstream sent them, over keep-alive."""
     up_port, port = free_port(), free_port()

@@ -7,7 +7,10 @@
   (`sluicegate.gateway._http1`: asyncio protocol, httptools' response parser; a
   prototype of it before it went on the data path);
 * ``lean-lean``: an asyncio protocol server with httptools' request parser + that
-  client: the byte pump, the floor of a Python proxy;
+  client: the byte pump, the floor of a Python proxy that reads HTTP;
+* ``splice``: each client connection joined to its own upstream connection, bytes passed
+  both ways unread (no HTTP parsing at all): the floor of any Python relay, for a
+  streamed chunk (one read, one write) as for a request;
 * granian: ``granian --interface asgi sluicegate.bench._stacks:asgi_aiohttp`` (granian
   is not a dependency; install it in a separate virtualenv to measure).
 
@@ -169,17 +172,80 @@ class _LeanServer(asyncio.Protocol):
         self._transport.write(b"".join(lines))
 
 
+@final
+class _Splice(asyncio.Protocol):
+    """A client connection joined to an upstream connection of its own."""
+
+    def __init__(self, upstream: int) -> None:
+        self._upstream = upstream
+        self._peer: asyncio.Transport | None = None
+        self._early: list[bytes] = []  # the client's bytes before the upstream connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        front = cast("asyncio.Transport", transport)
+        loop = asyncio.get_running_loop()
+        self._connecting = loop.create_task(self._connect(loop, front))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, front: asyncio.Transport) -> None:
+        try:
+            peer, _ = await loop.create_connection(
+                lambda: _SpliceBack(front), "127.0.0.1", self._upstream
+            )
+        except OSError:
+            front.close()
+            return
+        if front.is_closing():  # the client left while the upstream connected
+            peer.close()
+            return
+        self._peer = peer
+        peer.writelines(self._early)
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._peer is None:
+            self._early.append(data)
+        else:
+            self._peer.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is not None:
+            self._peer.close()
+
+
+@final
+class _SpliceBack(asyncio.Protocol):
+    """The upstream side of a splice: what arrives goes to the client as it is."""
+
+    def __init__(self, front: asyncio.Transport) -> None:
+        self._front = front
+
+    def data_received(self, data: bytes) -> None:
+        self._front.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._front.close()
+
+
 def main() -> None:
     """Serve one stack on 127.0.0.1 (uvloop) until killed."""
     import uvloop
 
     parser = argparse.ArgumentParser(prog="stacks")
-    parser.add_argument("--stack", choices=["uvicorn-aiohttp", "uvicorn-lean", "lean-lean"])
+    parser.add_argument(
+        "--stack", choices=["uvicorn-aiohttp", "uvicorn-lean", "lean-lean", "splice"]
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", type=int, required=True)
     args = parser.parse_args()
 
     async def serve() -> None:
+        if args.stack == "splice":
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: _Splice(args.upstream), "127.0.0.1", args.port
+            )
+            print("listening", flush=True)  # noqa: T201 - the parent waits for this line
+            await server.serve_forever()
         if args.stack == "lean-lean":
             client, base = Client(), f"http://127.0.0.1:{args.upstream}"
             loop = asyncio.get_running_loop()
